@@ -1,0 +1,25 @@
+# Set-up and the two main commands. Each creates .venv on first use: torch 2.13.0 (CPU wheel) first, then the
+# package with its test extras, so pip never pulls a CUDA build of torch.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: install test demo clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $@
+
+test: install
+	$(BIN)/python -m pytest -q tests
+
+demo: install
+	$(BIN)/python examples/run_mimir.py --output_dir outputs/demo --overwrite_output_dir
+
+clean:
+	rm -rf $(VENV) outputs

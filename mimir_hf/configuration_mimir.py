@@ -1,0 +1,240 @@
+"""MIMIR model configuration: one config for the MAE encoder/decoder, the classifier head and MIMIR's knobs."""
+
+from __future__ import annotations
+
+import math
+
+from huggingface_hub.dataclasses import strict
+from transformers import PretrainedConfig
+
+MI_ESTIMATORS = ("hsic", "renyi", "none")
+CLASSIFIER_POOLINGS = ("mean", "cls")
+
+# Encoder shapes of the paper (width, depth, heads); the MLP is 4x wide.
+_ENCODERS = {
+    "vit-tiny": (192, 12, 3),
+    "vit-small": (384, 12, 6),
+    "vit-base": (768, 12, 12),
+    "vit-large": (1024, 24, 16),
+}
+# Input shapes of the paper: CIFAR-10 at 32 px with patch 2, ImageNet at 224 px with patch 16.
+_INPUTS = {"patch2-32": (32, 2), "patch16-224": (224, 16)}
+PRESETS = {
+    f"{encoder}-{inputs}": dict(
+        hidden_size=width,
+        num_hidden_layers=depth,
+        num_attention_heads=heads,
+        intermediate_size=4 * width,
+        image_size=image_size,
+        patch_size=patch_size,
+    )
+    for encoder, (width, depth, heads) in _ENCODERS.items()
+    for inputs, (image_size, patch_size) in _INPUTS.items()
+}
+
+
+@strict
+class MimirConfig(PretrainedConfig):
+    r"""
+    Configuration of the MIMIR models (`MimirForPreTraining`, `MimirForImageClassification`).
+
+    MIMIR (Xu et al., arXiv:2312.04960) pre-trains a masked autoencoder whose encoder reads adversarial images and
+    whose decoder reconstructs the clean ones, with an HSIC penalty on the mutual information between the
+    adversarial input and the latent. The defaults reproduce the paper's ViT-B / 224 px recipe with the
+    "recommended" light decoder. Field names follow `transformers.ViTMAEConfig` where the concept is the same.
+
+    Pixel values given to every MIMIR model are in [0, 1]; `image_mean`/`image_std`, when set, are applied inside the
+    model, so every attack budget (`attack_epsilon`, ...) is in pixel units.
+
+    Args:
+        image_size (`int` or `tuple[int, int]`, defaults to 224):
+            Input resolution; an int means a square image. Each side must be divisible by `patch_size`.
+        patch_size (`int`, defaults to 16):
+            Side of the square patches (2 for the paper's 32 px CIFAR-10 models).
+        num_channels (`int`, defaults to 3):
+            Number of input channels.
+        hidden_size (`int`, defaults to 768):
+            Width of the encoder.
+        num_hidden_layers (`int`, defaults to 12):
+            Depth of the encoder.
+        num_attention_heads (`int`, defaults to 12):
+            Attention heads per encoder layer; must divide `hidden_size`.
+        intermediate_size (`int`, defaults to 3072):
+            Width of the encoder MLP.
+        hidden_act (`str`, defaults to `"gelu"`):
+            Activation of the MLPs.
+        hidden_dropout_prob (`float`, defaults to 0.0):
+            Dropout on the residual branches.
+        attention_probs_dropout_prob (`float`, defaults to 0.0):
+            Dropout on the attention probabilities.
+        initializer_range (`float`, defaults to 0.02):
+            Standard deviation of the normal init of the CLS and mask tokens.
+        layer_norm_eps (`float`, defaults to 1e-6):
+            Epsilon of every LayerNorm (MAE/MIMIR use 1e-6; `ViTMAEConfig` defaults to 1e-12).
+        qkv_bias (`bool`, defaults to `True`):
+            Whether the query/key/value projections have a bias.
+        drop_path_rate (`float`, defaults to 0.0):
+            Stochastic-depth rate of the last encoder layer (linearly increasing from 0 over the depth). The paper
+            pre-trains with 0 and fine-tunes with 0.1.
+        decoder_hidden_size (`int`, defaults to 128):
+            Width of the MAE decoder (MIMIR's recommended light decoder, whatever the encoder size).
+        decoder_num_hidden_layers (`int`, defaults to 2):
+            Depth of the MAE decoder.
+        decoder_num_attention_heads (`int`, defaults to 16):
+            Attention heads per decoder layer; must divide `decoder_hidden_size`.
+        decoder_intermediate_size (`int`, defaults to 512):
+            Width of the decoder MLP.
+        mask_ratio (`float`, defaults to 0.75):
+            Fraction of patches hidden from the encoder in pre-training; in [0, 1).
+        norm_pix_loss (`bool`, defaults to `True`):
+            Reconstruct per-patch normalised pixels (mean 0, variance 1), as every MIMIR reference script does.
+        classifier_pooling (`str`, defaults to `"mean"`):
+            `"mean"`: average the patch tokens and apply `fc_norm` (the MAE fine-tuning head; the encoder's final
+            norm is then unused). `"cls"`: the CLS token after the encoder's final norm.
+        label_smoothing (`float`, defaults to 0.1):
+            Label smoothing of the classification loss.
+        image_mean (`list[float]`, *optional*):
+            Per-channel mean subtracted inside the model. `None` feeds [0, 1] pixels to the patch embedding.
+        image_std (`list[float]`, *optional*):
+            Per-channel standard deviation divided out inside the model; set together with `image_mean`.
+        attack_epsilon (`float`, defaults to 8/255):
+            L-inf radius of the pre-training attack, in [0, 1] pixel units.
+        attack_step_size (`float`, defaults to 10/255):
+            Step size of the pre-training attack (the reference uses 10/255 with one step).
+        attack_steps (`int`, defaults to 1):
+            Number of PGD steps of the pre-training attack, which maximises the MAE loss of x' against itself.
+        attack_random_start (`bool`, defaults to `True`):
+            Start the pre-training attack from a uniform point of the eps-ball.
+        mi_estimator (`str`, defaults to `"hsic"`):
+            Estimator of the I(X'; Z) penalty: `"hsic"` (normalised HSIC), `"renyi"` (matrix Renyi alpha-entropy MI)
+            or `"none"` (plain adversarial MAE).
+        mi_weight (`float`, defaults to 1e-5):
+            Weight lambda of the MI penalty in `loss = reconstruction_loss + lambda * mi_loss`.
+        mi_sigma (`float`, defaults to 5.0):
+            Width of the Gaussian kernels of the MI estimators.
+        mi_alpha (`float`, defaults to 1.01):
+            Order alpha of the Renyi entropy (only for `mi_estimator="renyi"`).
+
+    Example:
+
+    ```python
+    >>> from mimir_hf import MimirConfig, MimirForPreTraining
+    >>> config = MimirConfig.from_preset("vit-small-patch2-32")
+    >>> model = MimirForPreTraining(config)
+    ```
+    """
+
+    model_type = "mimir"
+
+    image_size: int | list[int] | tuple[int, int] = 224
+    patch_size: int = 16
+    num_channels: int = 3
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float | int = 0.0
+    attention_probs_dropout_prob: float | int = 0.0
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-6
+    qkv_bias: bool = True
+    drop_path_rate: float | int = 0.0
+    decoder_hidden_size: int = 128
+    decoder_num_hidden_layers: int = 2
+    decoder_num_attention_heads: int = 16
+    decoder_intermediate_size: int = 512
+    mask_ratio: float | int = 0.75
+    norm_pix_loss: bool = True
+    classifier_pooling: str = "mean"
+    label_smoothing: float | int = 0.1
+    image_mean: list[float] | tuple[float, ...] | None = None
+    image_std: list[float] | tuple[float, ...] | None = None
+    attack_epsilon: float | int = 8 / 255
+    attack_step_size: float | int = 10 / 255
+    attack_steps: int = 1
+    attack_random_start: bool = True
+    mi_estimator: str = "hsic"
+    mi_weight: float | int = 1e-5
+    mi_sigma: float | int = 5.0
+    mi_alpha: float | int = 1.01
+
+    def validate_architecture(self):
+        """Checks run by `@strict` at construction: each names the field, the value and what is expected."""
+        height, width = self.image_size_hw
+        if self.patch_size < 1 or height % self.patch_size or width % self.patch_size:
+            raise ValueError(
+                f"image_size {self.image_size} must be divisible by patch_size {self.patch_size} (both positive)."
+            )
+        for prefix in ("", "decoder_"):
+            size, heads = getattr(self, f"{prefix}hidden_size"), getattr(self, f"{prefix}num_attention_heads")
+            if heads < 1 or size % heads:
+                raise ValueError(
+                    f"{prefix}hidden_size ({size}) must be divisible by {prefix}num_attention_heads ({heads})."
+                )
+        if not 0 <= self.mask_ratio < 1:
+            raise ValueError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}.")
+        if self.classifier_pooling not in CLASSIFIER_POOLINGS:
+            raise ValueError(f"classifier_pooling must be one of {CLASSIFIER_POOLINGS}, got {self.classifier_pooling!r}.")
+        if self.mi_estimator not in MI_ESTIMATORS:
+            raise ValueError(f"mi_estimator must be one of {MI_ESTIMATORS}, got {self.mi_estimator!r}.")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}.")
+        if not 0 <= self.drop_path_rate < 1:
+            raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}.")
+        if self.mi_weight < 0 or self.mi_sigma <= 0:
+            raise ValueError(f"mi_weight must be >= 0 and mi_sigma > 0, got {self.mi_weight} and {self.mi_sigma}.")
+        if self.mi_alpha <= 0 or self.mi_alpha == 1:
+            raise ValueError(f"mi_alpha must be > 0 and != 1, got {self.mi_alpha}.")
+        check_attack_budget(self.attack_epsilon, self.attack_step_size, self.attack_steps, prefix="attack_")
+        if (self.image_mean is None) != (self.image_std is None):
+            raise ValueError("image_mean and image_std must be set together (or both left None).")
+        if self.image_mean is not None:
+            if len(self.image_mean) != self.num_channels or len(self.image_std) != self.num_channels:
+                raise ValueError(
+                    f"image_mean and image_std need one value per channel ({self.num_channels}), "
+                    f"got {len(self.image_mean)} and {len(self.image_std)}."
+                )
+            if min(self.image_std) <= 0:
+                raise ValueError(f"image_std must be positive, got {list(self.image_std)}.")
+
+    @property
+    def image_size_hw(self) -> tuple[int, int]:
+        """`image_size` as (height, width)."""
+        if isinstance(self.image_size, int):
+            return (self.image_size, self.image_size)
+        height, width = self.image_size
+        return (int(height), int(width))
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        """Patch grid (rows, columns)."""
+        height, width = self.image_size_hw
+        return (height // self.patch_size, width // self.patch_size)
+
+    @property
+    def num_patches(self) -> int:
+        return math.prod(self.grid_size)
+
+    @classmethod
+    def from_preset(cls, name: str, **kwargs) -> "MimirConfig":
+        """A config for one of the paper's shapes, e.g. `"vit-small-patch2-32"` or `"vit-base-patch16-224"`.
+
+        Keyword arguments override the preset's fields (and set any other field).
+        """
+        if name not in PRESETS:
+            raise ValueError(f"Unknown MIMIR preset {name!r}. Available presets: {', '.join(sorted(PRESETS))}.")
+        return cls(**{**PRESETS[name], **kwargs})
+
+
+def check_attack_budget(epsilon: float, step_size: float, steps: int, prefix: str = "") -> None:
+    """Raise a `ValueError` naming the argument when an L-inf attack budget is not usable."""
+    if not 0 <= epsilon <= 1:
+        raise ValueError(f"{prefix}epsilon must be in [0, 1] (pixel units, e.g. 8/255), got {epsilon}.")
+    if not step_size > 0:
+        raise ValueError(f"{prefix}step_size must be > 0, got {step_size}.")
+    if int(steps) != steps or steps < 1:
+        raise ValueError(f"{prefix}steps must be an integer >= 1, got {steps}.")
+
+
+__all__ = ["MimirConfig", "PRESETS"]

@@ -1,0 +1,477 @@
+"""MIMIR models: the adversarial MAE of pre-training and the ViT classifier of fine-tuning, built on transformers' ViTMAE.
+
+Read top to bottom: embeddings -> layer -> encoder / decoder -> `MimirPreTrainedModel` -> `MimirForPreTraining`,
+`MimirForImageClassification`. Pixel values are in [0, 1]; the optional per-channel normalisation of the config is
+applied inside the embeddings, so attacks act on pixels.
+
+Parameter names are those of transformers' ViTMAE (`vit.embeddings...`, `vit.layers.N...`, `decoder...`), and
+checkpoints are written in ViTMAE's on-disk layout, so a `facebook/vit-mae-*` checkpoint initialises
+`MimirForPreTraining` and a MIMIR checkpoint initialises `MimirForImageClassification`'s encoder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
+from transformers.modeling_outputs import ImageClassifierOutput
+from transformers.models.vit_mae.modeling_vit_mae import (
+    ViTMAEDecoder,
+    ViTMAEEmbeddings,
+    ViTMAELayer,
+    build_2d_sinusoidal_position_embedding,
+)
+from transformers.utils import ModelOutput, logging
+
+from .configuration_mimir import MimirConfig
+from .mutual_information import mutual_information
+
+logger = logging.get_logger(__name__)
+
+# Save and load in ViTMAE's on-disk key layout (`vit.encoder.layer.N.attention.attention.query`, ...).
+if get_checkpoint_conversion_mapping(MimirConfig.model_type) is None:
+    register_checkpoint_conversion_mapping(MimirConfig.model_type, get_checkpoint_conversion_mapping("ViTModel"))
+
+
+@dataclass
+class MimirModelOutput(ModelOutput):
+    """
+    Output of the MIMIR encoder.
+
+    Args:
+        last_hidden_state (`torch.FloatTensor` of shape `(batch_size, 1 + num_kept_patches, hidden_size)`):
+            Encoder tokens (CLS first) after the final norm; with masking only the visible patches, in shuffled order.
+        mask (`torch.FloatTensor` of shape `(batch_size, num_patches)`, *optional*):
+            0 for a visible patch, 1 for a masked one; `None` when no masking was applied.
+        ids_restore (`torch.LongTensor` of shape `(batch_size, num_patches)`, *optional*):
+            Permutation that puts the shuffled tokens back in patch order; `None` without masking.
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*):
+            Input of every layer and the output of the last (before the final norm), when asked for.
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    mask: torch.FloatTensor | None = None
+    ids_restore: torch.LongTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class MimirForPreTrainingOutput(ModelOutput):
+    """
+    Output of `MimirForPreTraining`.
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`):
+            MIMIR's loss, `reconstruction_loss + mi_weight * mi_loss` (just the reconstruction loss without MI term).
+        reconstruction_loss (`torch.FloatTensor` of shape `()`):
+            MSE on the masked patches between the prediction and the clean target (per-patch normalised when
+            `config.norm_pix_loss`).
+        mi_loss (`torch.FloatTensor` of shape `()`, *optional*):
+            The I(X'; Z) estimate between the encoder input X' and its output tokens Z; `None` when not computed.
+        logits (`torch.FloatTensor` of shape `(batch_size, num_patches, patch_size**2 * num_channels)`):
+            Predicted pixels of every patch.
+        mask (`torch.FloatTensor` of shape `(batch_size, num_patches)`):
+            0 for a visible patch, 1 for a masked one.
+        ids_restore (`torch.LongTensor` of shape `(batch_size, num_patches)`):
+            Permutation that puts the shuffled tokens back in patch order.
+        latent (`torch.FloatTensor` of shape `(batch_size, 1 + num_kept_patches, hidden_size)`):
+            The encoder tokens Z used for the MI term.
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*):
+            Encoder hidden states, when asked for.
+    """
+
+    loss: torch.FloatTensor | None = None
+    reconstruction_loss: torch.FloatTensor | None = None
+    mi_loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    mask: torch.FloatTensor | None = None
+    ids_restore: torch.LongTensor | None = None
+    latent: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+
+def sincos_position_embedding(grid_size: tuple[int, int], dim: int) -> torch.Tensor:
+    """Fixed 2-D sin-cos embedding with a zero CLS row, in MAE's layout (w-half first). Shape [1, 1 + h*w, dim]."""
+    embedding = build_2d_sinusoidal_position_embedding(*grid_size, embed_dim=dim, cls_token=True)
+    half = dim // 2
+    return torch.cat([embedding[:, half:], embedding[:, :half]], dim=-1).unsqueeze(0)
+
+
+class MimirEmbeddings(ViTMAEEmbeddings):
+    """[0, 1] pixels -> (optional normalisation) -> patch tokens + sin-cos positions -> (optional masking) -> CLS."""
+
+    def __init__(self, config: MimirConfig):
+        super().__init__(config)
+        self.grid_size = config.grid_size
+        self.image_size = config.image_size_hw
+        # Derived from the config, not saved; (re)filled by `initialize_weights`, which also runs after loading.
+        self.register_buffer("pixel_mean", torch.zeros(1, config.num_channels, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.ones(1, config.num_channels, 1, 1), persistent=False)
+
+    def initialize_weights(self):
+        mean, std = self.config.image_mean, self.config.image_std
+        init.copy_(self.pixel_mean, torch.tensor(mean if mean is not None else [0.0] * len(self.pixel_mean[0])).view_as(self.pixel_mean))
+        init.copy_(self.pixel_std, torch.tensor(std if std is not None else [1.0] * len(self.pixel_std[0])).view_as(self.pixel_std))
+        init.copy_(self.position_embeddings, sincos_position_embedding(self.grid_size, self.position_embeddings.shape[-1]))
+        weight = self.patch_embeddings.projection.weight  # initialised like an nn.Linear, as in MAE
+        if not getattr(weight, "_is_hf_initialized", False):
+            nn.init.xavier_uniform_(weight.view(weight.shape[0], -1))
+        init.normal_(self.cls_token, std=self.config.initializer_range)
+
+    def interpolate_pos_encoding(self, embeddings: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """Position embeddings resized (bicubic) from the trained grid to the grid of a `height` x `width` image."""
+        new_grid = (height // self.config.patch_size, width // self.config.patch_size)
+        if new_grid == self.grid_size:
+            return self.position_embeddings
+        cls_position, patch_positions = self.position_embeddings[:, :1], self.position_embeddings[:, 1:]
+        dim = patch_positions.shape[-1]
+        patch_positions = patch_positions.reshape(1, *self.grid_size, dim).permute(0, 3, 1, 2)
+        patch_positions = nn.functional.interpolate(patch_positions, size=new_grid, mode="bicubic", align_corners=False)
+        return torch.cat([cls_position, patch_positions.permute(0, 2, 3, 1).reshape(1, -1, dim)], dim=1)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        noise: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool = False,
+        apply_masking: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        check_pixel_values(pixel_values, self.config, interpolate_pos_encoding)
+        height, width = pixel_values.shape[-2:]
+        pixel_values = (pixel_values - self.pixel_mean) / self.pixel_std
+        embeddings = self.patch_embeddings(pixel_values.to(self.patch_embeddings.projection.weight.dtype))
+        if interpolate_pos_encoding:
+            position_embeddings = self.interpolate_pos_encoding(embeddings, height, width)
+        else:
+            position_embeddings = self.position_embeddings
+        embeddings = embeddings + position_embeddings[:, 1:]
+        mask = ids_restore = None
+        if apply_masking:
+            embeddings, mask, ids_restore = self.random_masking(embeddings, noise)
+        cls_tokens = (self.cls_token + position_embeddings[:, :1]).expand(embeddings.shape[0], -1, -1)
+        return torch.cat([cls_tokens, embeddings], dim=1), mask, ids_restore
+
+
+def check_pixel_values(pixel_values: torch.Tensor, config: MimirConfig, interpolate_pos_encoding: bool = False) -> None:
+    """Raise a `ValueError` that says what is expected when `pixel_values` cannot be fed to a MIMIR model."""
+    if not isinstance(pixel_values, torch.Tensor) or pixel_values.dim() != 4:
+        shape = tuple(pixel_values.shape) if isinstance(pixel_values, torch.Tensor) else type(pixel_values).__name__
+        raise ValueError(f"pixel_values must be a 4-D tensor (batch, channels, height, width), got {shape}.")
+    if pixel_values.shape[1] != config.num_channels:
+        raise ValueError(
+            f"pixel_values has {pixel_values.shape[1]} channels but the model expects {config.num_channels} "
+            f"(shape {tuple(pixel_values.shape)})."
+        )
+    height, width = pixel_values.shape[-2:]
+    if interpolate_pos_encoding:
+        if height % config.patch_size or width % config.patch_size:
+            raise ValueError(
+                f"With interpolate_pos_encoding the image sides must be multiples of patch_size {config.patch_size}, "
+                f"got {height}x{width}."
+            )
+    elif (height, width) != config.image_size_hw:
+        expected = "x".join(map(str, config.image_size_hw))
+        raise ValueError(
+            f"Input image size {height}x{width} does not match the model's {expected}; resize the images or pass "
+            "interpolate_pos_encoding=True."
+        )
+
+
+class MimirDropPath(nn.Module):
+    """Stochastic depth: drops a sample's whole residual branch with probability `rate` in training."""
+
+    def __init__(self, rate: float):
+        super().__init__()
+        self.rate = rate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.rate == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.rate
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"rate={self.rate}"
+
+
+class MimirLayer(ViTMAELayer):
+    """A ViTMAE pre-norm transformer layer with stochastic depth on both residual branches."""
+
+    def __init__(self, config: MimirConfig, drop_path_rate: float = 0.0):
+        super().__init__(config)
+        self.drop_path = MimirDropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+        attention_output, _ = self.attention(self.layernorm_before(hidden_states), attention_mask, **kwargs)
+        hidden_states = hidden_states + self.drop_path(self.dropout(attention_output))
+        mlp_output = self.mlp(self.layernorm_after(hidden_states))
+        return hidden_states + self.drop_path(self.dropout(mlp_output))
+
+
+class MimirDecoder(ViTMAEDecoder):
+    """ViTMAE's light decoder: mask tokens filled in, sin-cos positions, transformer layers, pixel predictor."""
+
+    def __init__(self, config: MimirConfig):
+        super().__init__(config, num_patches=config.num_patches)
+
+    def initialize_weights(self, num_patches: int | None = None):
+        grid_size = self.config.grid_size
+        init.copy_(self.decoder_pos_embed, sincos_position_embedding(grid_size, self.decoder_pos_embed.shape[-1]))
+        init.normal_(self.mask_token, std=self.config.initializer_range)
+
+
+class MimirPreTrainedModel(PreTrainedModel):
+    config_class = MimirConfig
+    config: MimirConfig
+    base_model_prefix = "vit"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["MimirEmbeddings", "MimirLayer", "ViTMAELayer"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    # Losses are batch means: Trainer must divide them by the gradient-accumulation steps itself.
+    accepts_loss_kwargs = False
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        """MAE's init: xavier-uniform linear layers, zero biases, unit norms, sin-cos positions, N(0, 0.02) tokens."""
+        if isinstance(module, nn.Linear):
+            init.xavier_uniform_(module.weight)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        else:
+            super()._init_weights(module)
+        if isinstance(module, (MimirEmbeddings, MimirDecoder)):
+            module.initialize_weights()
+
+
+class MimirModel(MimirPreTrainedModel):
+    """The MIMIR ViT encoder: embeddings, `num_hidden_layers` layers, final LayerNorm (or none, see below).
+
+    `use_final_norm=False` replaces the final norm by `nn.Identity()`: the mean-pooling classifier normalises the
+    pooled feature with its own `fc_norm` instead, as in MAE fine-tuning.
+    """
+
+    def __init__(self, config: MimirConfig, use_final_norm: bool = True):
+        super().__init__(config)
+        self.embeddings = MimirEmbeddings(config)
+        rates = torch.linspace(0, config.drop_path_rate, config.num_hidden_layers).tolist()
+        self.layers = nn.ModuleList([MimirLayer(config, rate) for rate in rates])
+        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if use_final_norm else nn.Identity()
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        noise: torch.Tensor | None = None,
+        apply_masking: bool = True,
+        interpolate_pos_encoding: bool = False,
+        output_hidden_states: bool = False,
+    ) -> MimirModelOutput:
+        r"""
+        pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
+            Images in [0, 1].
+        noise (`torch.FloatTensor` of shape `(batch_size, num_patches)`, *optional*):
+            Uniform noise whose per-sample argsort decides the mask (for reproducible masks).
+        apply_masking (`bool`, defaults to `True`):
+            Mask `config.mask_ratio` of the patches (pre-training). `False`: every patch, in order, no shuffling.
+        """
+        hidden_states, mask, ids_restore = self.embeddings(
+            pixel_values, noise=noise, interpolate_pos_encoding=interpolate_pos_encoding, apply_masking=apply_masking
+        )
+        all_hidden_states = (hidden_states,) if output_hidden_states else None
+        for layer in self.layers:
+            hidden_states = layer(hidden_states)
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+        return MimirModelOutput(
+            last_hidden_state=self.layernorm(hidden_states),
+            mask=mask,
+            ids_restore=ids_restore,
+            hidden_states=all_hidden_states,
+        )
+
+
+class MimirForPreTraining(MimirPreTrainedModel):
+    """MIMIR pre-training: an MAE whose encoder reads adversarial images X' and whose decoder reconstructs clean X.
+
+    `loss = reconstruction_loss + config.mi_weight * I(X'; Z)`, with Z the encoder tokens (CLS + visible patches).
+    The adversarial images come from outside (see `mimir_hf.attacks.mae_attack` and `MimirPreTrainingTrainer`).
+    """
+
+    def __init__(self, config: MimirConfig):
+        super().__init__(config)
+        self.vit = MimirModel(config)
+        self.decoder = MimirDecoder(config)
+        self.post_init()
+
+    def patchify(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """`[B, C, H, W]` -> `[B, num_patches, patch_size**2 * C]`, patches row-major, pixels (p, q, c)-ordered."""
+        batch_size, channels, height, width = pixel_values.shape
+        p = self.config.patch_size
+        patches = pixel_values.reshape(batch_size, channels, height // p, p, width // p, p)
+        return patches.permute(0, 2, 4, 3, 5, 1).reshape(batch_size, (height // p) * (width // p), p * p * channels)
+
+    def unpatchify(self, patches: torch.Tensor) -> torch.Tensor:
+        """Inverse of `patchify` at the config's image size."""
+        (rows, columns), p, channels = self.config.grid_size, self.config.patch_size, self.config.num_channels
+        images = patches.reshape(patches.shape[0], rows, columns, p, p, channels)
+        return images.permute(0, 5, 1, 3, 2, 4).reshape(patches.shape[0], channels, rows * p, columns * p)
+
+    def reconstruction_target(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Patchified clean pixels, per-patch normalised (mean 0, var 1, eps 1e-6) when `config.norm_pix_loss`."""
+        target = self.patchify(pixel_values.float())
+        if self.config.norm_pix_loss:
+            mean, var = target.mean(dim=-1, keepdim=True), target.var(dim=-1, keepdim=True)
+            target = (target - mean) / (var + 1.0e-6) ** 0.5
+        return target
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        adversarial_pixel_values: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
+        compute_mi_loss: bool | None = None,
+        output_hidden_states: bool = False,
+    ) -> MimirForPreTrainingOutput:
+        r"""
+        pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
+            Clean images in [0, 1]: always the reconstruction target.
+        adversarial_pixel_values (`torch.FloatTensor`, same shape, *optional*):
+            What the encoder reads (X'); `pixel_values` when not given (plain MAE, with the MI term on X).
+        noise (`torch.FloatTensor` of shape `(batch_size, num_patches)`, *optional*):
+            Uniform noise whose argsort decides the mask; a fresh random mask when not given.
+        compute_mi_loss (`bool`, *optional*):
+            Whether to compute the I(X'; Z) term; defaults to `config.mi_estimator != "none"`.
+        """
+        encoder_input = pixel_values if adversarial_pixel_values is None else adversarial_pixel_values
+        if encoder_input.shape != pixel_values.shape:
+            raise ValueError(
+                f"adversarial_pixel_values {tuple(encoder_input.shape)} must have the shape of pixel_values "
+                f"{tuple(pixel_values.shape)}."
+            )
+        outputs = self.vit(encoder_input, noise=noise, output_hidden_states=output_hidden_states)
+        latent, mask = outputs.last_hidden_state, outputs.mask
+        logits = self.decoder(latent, outputs.ids_restore).logits
+
+        # Reconstruction of the clean image from the adversarial view, on masked patches only, in float32.
+        per_patch = (logits.float() - self.reconstruction_target(pixel_values)).pow(2).mean(dim=-1)
+        reconstruction_loss = (per_patch * mask).sum() / mask.sum()
+
+        if compute_mi_loss is None:
+            compute_mi_loss = self.config.mi_estimator != "none"
+        mi_loss = None
+        loss = reconstruction_loss
+        if compute_mi_loss:
+            # HSIC(Z, X'): the information-bottleneck penalty on I(X'; Z).
+            mi_loss = mutual_information(
+                self.config.mi_estimator if self.config.mi_estimator != "none" else "hsic",
+                latent,
+                encoder_input,
+                sigma=self.config.mi_sigma,
+                alpha=self.config.mi_alpha,
+            )
+            loss = reconstruction_loss + self.config.mi_weight * mi_loss
+        return MimirForPreTrainingOutput(
+            loss=loss,
+            reconstruction_loss=reconstruction_loss,
+            mi_loss=mi_loss,
+            logits=logits,
+            mask=mask,
+            ids_restore=outputs.ids_restore,
+            latent=latent,
+            hidden_states=outputs.hidden_states,
+        )
+
+
+class MimirForImageClassification(MimirPreTrainedModel):
+    """The MIMIR encoder on all patches (no masking, no shuffling), pooled, then a linear head.
+
+    Pooling `"mean"` (default): average of the patch tokens -> `fc_norm` -> `classifier` (the encoder's final norm is
+    unused and absent). Pooling `"cls"`: the CLS token after the encoder's final norm -> `classifier`.
+    """
+
+    # A pre-training checkpoint's decoder (and, with mean pooling, the encoder's final norm) is dropped on purpose.
+    _keys_to_ignore_on_load_unexpected = [r"^decoder\.", r"^vit\.layernorm\."]
+
+    def __init__(self, config: MimirConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        mean_pooling = config.classifier_pooling == "mean"
+        self.vit = MimirModel(config, use_final_norm=not mean_pooling)
+        self.fc_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if mean_pooling else nn.Identity()
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if module is getattr(self, "classifier", None):
+            init.trunc_normal_(module.weight, std=2e-5)  # MAE fine-tuning's head init
+
+    def features(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
+        """The pooled, normalised feature fed to the head. Shape `[batch_size, hidden_size]`."""
+        tokens = self.vit(pixel_values, apply_masking=False, interpolate_pos_encoding=interpolate_pos_encoding)
+        tokens = tokens.last_hidden_state
+        pooled = tokens[:, 1:].mean(dim=1) if self.config.classifier_pooling == "mean" else tokens[:, 0]
+        return self.fc_norm(pooled)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool = False,
+    ) -> ImageClassifierOutput:
+        r"""
+        pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
+            Images in [0, 1].
+        labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
+            Class indices in `[0, config.num_labels)`; the loss is label-smoothed by `config.label_smoothing`.
+        """
+        logits = self.classifier(self.features(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding))
+        loss = None
+        if labels is not None:
+            check_labels(labels, self.config.num_labels)
+            loss = nn.functional.cross_entropy(
+                logits.float(), labels.to(logits.device), label_smoothing=self.config.label_smoothing
+            )
+        return ImageClassifierOutput(loss=loss, logits=logits)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, plus one log line that says what was loaded, dropped and initialised."""
+        wants_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
+        new = sorted({key.rsplit(".", 1)[0] for key in info["missing_keys"]})
+        loaded = len(model.state_dict()) - len(info["missing_keys"])
+        logger.warning(
+            f"MimirForImageClassification loaded {loaded} tensors from {pretrained_model_name_or_path} and newly "
+            f"initialised {', '.join(new) if new else 'nothing'} (a pre-training decoder, and the encoder's final norm "
+            "under mean pooling, are not used by the classifier)."
+        )
+        return (model, info) if wants_info else model
+
+
+def check_labels(labels: torch.Tensor, num_labels: int) -> None:
+    """Raise a `ValueError` naming the bad values when a label is not a class index of the model."""
+    if labels.dtype.is_floating_point or labels.dim() != 1:
+        raise ValueError(f"labels must be a 1-D tensor of class indices, got dtype {labels.dtype}, shape {tuple(labels.shape)}.")
+    bad = labels[(labels < 0) | (labels >= num_labels)]
+    if bad.numel():
+        raise ValueError(f"labels must be in [0, {num_labels}) (config.num_labels), got {sorted(set(bad.tolist()))}.")
+
+
+__all__ = [
+    "MimirForImageClassification",
+    "MimirForPreTraining",
+    "MimirModel",
+    "MimirPreTrainedModel",
+]

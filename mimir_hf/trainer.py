@@ -1,0 +1,213 @@
+"""Trainers for MIMIR: `transformers.Trainer` subclasses that put adversarial examples and the MI loss in `compute_loss`.
+
+The loop, gradient accumulation, mixed precision, checkpointing, distributed training and logging stay Trainer's.
+`MimirPreTrainingTrainer` runs MIMIR pre-training (MAE-objective attack -> reconstruction + MI loss);
+`MimirAdversarialTrainer` runs adversarial fine-tuning (PGD-AT, TRADES, MART, or clean). Both build AdamW with
+layer-wise lr decay and no weight decay on biases, norms, tokens and position embeddings.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import Trainer, TrainingArguments
+from transformers.modeling_outputs import ImageClassifierOutput
+
+from .attacks import logits_of, mae_attack, pgd_attack, trades_attack
+from .configuration_mimir import check_attack_budget
+
+ADVERSARIAL_METHODS = ("pgd", "trades", "mart", "none")
+_NO_WEIGHT_DECAY = ("cls_token", "mask_token", "position_embeddings", "decoder_pos_embed")
+
+
+@dataclass
+class MimirTrainingArguments(TrainingArguments):
+    """`TrainingArguments` plus MIMIR's fine-tuning knobs.
+
+    The pre-training attack is part of the method and lives in `MimirConfig` (`attack_epsilon`, ...); the fields
+    below are the adversarial-training recipe of `MimirAdversarialTrainer` (the paper's CIFAR-10 PGD-AT by default).
+    """
+
+    adversarial_method: str = field(
+        default="pgd", metadata={"help": f"Adversarial fine-tuning recipe, one of {ADVERSARIAL_METHODS}."}
+    )
+    adversarial_epsilon: float = field(default=8 / 255, metadata={"help": "L-inf radius of training attacks, pixel units."})
+    adversarial_step_size: float = field(default=2 / 255, metadata={"help": "PGD step size of training attacks."})
+    adversarial_steps: int = field(default=10, metadata={"help": "PGD steps of training attacks."})
+    trades_beta: float = field(default=6.0, metadata={"help": "Weight of TRADES' KL term."})
+    mart_beta: float = field(default=6.0, metadata={"help": "Weight of MART's misclassification-aware KL term."})
+    layer_decay: float = field(
+        default=1.0, metadata={"help": "Layer-wise lr decay (0.65 in MIMIR fine-tuning; 1.0 = none)."}
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.adversarial_method not in ADVERSARIAL_METHODS:
+            raise ValueError(
+                f"adversarial_method must be one of {ADVERSARIAL_METHODS}, got {self.adversarial_method!r}."
+            )
+        check_attack_budget(
+            self.adversarial_epsilon, self.adversarial_step_size, self.adversarial_steps, prefix="adversarial_"
+        )
+        if not 0 < self.layer_decay <= 1:
+            raise ValueError(f"layer_decay must be in (0, 1], got {self.layer_decay}.")
+
+
+def layer_id(name: str, num_layers: int) -> int:
+    """0 for the embeddings, i + 1 for encoder layer i, num_layers + 1 for everything above (norms, heads, decoder)."""
+    if name.startswith(("vit.embeddings.", "embeddings.")):
+        return 0
+    match = re.match(r"^(?:vit\.)?layers\.(\d+)\.", name)
+    return int(match.group(1)) + 1 if match else num_layers + 1
+
+
+def parameter_groups(model: nn.Module, learning_rate: float, weight_decay: float, layer_decay: float = 1.0) -> list[dict]:
+    """AdamW groups: lr * layer_decay^(depth - layer_id), weight decay only on matrices that are not tokens."""
+    num_layers = getattr(getattr(model, "config", None), "num_hidden_layers", 0)
+    groups: dict[tuple[int, bool], dict] = {}
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        decay = parameter.ndim > 1 and not name.endswith(_NO_WEIGHT_DECAY)
+        depth = layer_id(name, num_layers)
+        group = groups.setdefault(
+            (depth, decay),
+            {
+                "params": [],
+                "weight_decay": weight_decay if decay else 0.0,
+                "lr": learning_rate * layer_decay ** (num_layers + 1 - depth),
+            },
+        )
+        group["params"].append(parameter)
+    return list(groups.values())
+
+
+class _MimirTrainerBase(Trainer):
+    """Shared by both trainers: the optimizer and the logging of the loss parts through Trainer's `log`."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # compute_loss returns batch means: Trainer must scale them for gradient accumulation itself.
+        self.model_accepts_loss_kwargs = False
+        self._metrics: dict[str, dict[str, list[torch.Tensor]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+
+    def create_optimizer(self, model=None):
+        opt_model = self.model if model is None else model
+        if self.optimizer is None:
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+            layer_decay = getattr(self.args, "layer_decay", 1.0)
+            groups = parameter_groups(opt_model, self.args.learning_rate, self.args.weight_decay, layer_decay)
+            self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+        return self.optimizer
+
+    def _store(self, model: nn.Module, **values: torch.Tensor | None) -> None:
+        metrics = self._metrics["train" if model.training else "eval"]
+        for name, value in values.items():
+            if value is not None:
+                metrics[name].append(value.detach().float())
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        mode = "eval" if any(key.startswith("eval_") for key in logs) else "train"
+        prefix = "eval_" if mode == "eval" else ""
+        for name, values in self._metrics[mode].items():
+            mean = torch.stack(values).mean()
+            if self.accelerator.num_processes > 1:
+                mean = self.accelerator.reduce(mean.to(self.accelerator.device), reduction="mean")
+            logs[prefix + name] = round(mean.item(), 6)
+        self._metrics[mode].clear()
+        super().log(logs, *args, **kwargs)
+
+
+class MimirPreTrainingTrainer(_MimirTrainerBase):
+    """MIMIR pre-training: each step attacks the batch (MAE objective, model in eval mode, fresh mask), then
+    minimises `reconstruction(x | encoder(x')) + mi_weight * I(X'; Z)` under another fresh mask.
+
+    Logs `reconstruction_loss` and `mi_loss` beside Trainer's `loss`. The attack budget comes from the model's
+    `MimirConfig` (`attack_epsilon`, `attack_step_size`, `attack_steps`, `attack_random_start`).
+    """
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        images = inputs["pixel_values"]
+        adversarial = mae_attack(self.accelerator.unwrap_model(model), images)
+        outputs = model(pixel_values=images, adversarial_pixel_values=adversarial)
+        self._store(model, reconstruction_loss=outputs.reconstruction_loss, mi_loss=outputs.mi_loss)
+        return (outputs.loss, outputs) if return_outputs else outputs.loss
+
+
+class MimirAdversarialTrainer(_MimirTrainerBase):
+    """Adversarial fine-tuning of an image classifier (any model returning `.logits` for `pixel_values` in [0, 1]).
+
+    `args.adversarial_method`: `"pgd"` (Madry PGD-AT: cross-entropy on PGD examples), `"trades"` (clean CE +
+    beta KL(p(x) || p(x'))), `"mart"` (boosted CE on x' + beta KL weighted by 1 - p_y(x)), or `"none"` (clean
+    training). Attacks run with the model in eval mode. Logs `adversarial_accuracy` (accuracy on the training
+    attack's examples) and, where the clean logits are computed, `natural_accuracy`. In evaluation the same loss is
+    computed, so `eval_loss` and `eval_adversarial_accuracy` are under the training attack.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not isinstance(self.args, MimirTrainingArguments):
+            raise TypeError("MimirAdversarialTrainer needs MimirTrainingArguments (for the adversarial recipe).")
+
+    @property
+    def label_smoothing(self) -> float:
+        config = getattr(self.accelerator.unwrap_model(self.model), "config", None)
+        return getattr(config, "label_smoothing", self.args.label_smoothing_factor)
+
+    def _attack(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        args = self.args
+        budget = dict(epsilon=args.adversarial_epsilon, step_size=args.adversarial_step_size, steps=args.adversarial_steps)
+        if args.adversarial_method == "trades":
+            return trades_attack(model, images, **budget)
+        return pgd_attack(model, images, labels, **budget)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        images, labels = inputs["pixel_values"], inputs["labels"]
+        args, batch_size = self.args, images.shape[0]
+        method = args.adversarial_method
+
+        if method == "none":
+            logits = logits_of(model, images)
+            loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
+            self._store(model, natural_accuracy=(logits.argmax(1) == labels).float().mean())
+            return (loss, ImageClassifierOutput(loss=loss, logits=logits)) if return_outputs else loss
+
+        adversarial = self._attack(self.accelerator.unwrap_model(model), images, labels)
+        if method == "pgd":
+            clean_logits, adversarial_logits = None, logits_of(model, adversarial)
+            loss = F.cross_entropy(adversarial_logits, labels, label_smoothing=self.label_smoothing)
+        else:
+            # One forward pass over [clean; adversarial]: ViTs have no batch statistics, so this is exact.
+            clean_logits, adversarial_logits = logits_of(model, torch.cat([images, adversarial])).split(batch_size)
+            if method == "trades":
+                natural = F.cross_entropy(clean_logits, labels, label_smoothing=self.label_smoothing)
+                robust = F.kl_div(F.log_softmax(adversarial_logits, 1), F.softmax(clean_logits, 1), reduction="batchmean")
+                loss = natural + args.trades_beta * robust
+            else:  # MART (Wang et al. 2020)
+                adversarial_probs = F.softmax(adversarial_logits, dim=1)
+                top2 = adversarial_probs.argsort(dim=1)[:, -2:]
+                runner_up = torch.where(top2[:, -1] == labels, top2[:, -2], top2[:, -1])
+                boosted = F.cross_entropy(adversarial_logits, labels) + F.nll_loss(
+                    torch.log(1.0001 - adversarial_probs + 1e-12), runner_up
+                )
+                clean_probs = F.softmax(clean_logits, dim=1)
+                true_probs = clean_probs.gather(1, labels[:, None]).squeeze(1)
+                kl = F.kl_div(torch.log(adversarial_probs + 1e-12), clean_probs, reduction="none").sum(dim=1)
+                loss = boosted + args.mart_beta * (kl * (1.0000001 - true_probs)).mean()
+            self._store(model, natural_accuracy=(clean_logits.argmax(1) == labels).float().mean())
+        self._store(model, adversarial_accuracy=(adversarial_logits.argmax(1) == labels).float().mean())
+        return (loss, ImageClassifierOutput(loss=loss, logits=adversarial_logits)) if return_outputs else loss
+
+
+__all__ = [
+    "ADVERSARIAL_METHODS",
+    "MimirAdversarialTrainer",
+    "MimirPreTrainingTrainer",
+    "MimirTrainingArguments",
+    "parameter_groups",
+]

@@ -1,0 +1,212 @@
+"""Model tests in the spirit of transformers' ModelTester: tiny config, round trips, Auto classes, exact loading."""
+
+import os
+
+import pytest
+import torch
+import transformers
+from huggingface_hub.errors import StrictDataclassError
+from safetensors import safe_open
+from transformers import AutoConfig, AutoModel, AutoModelForImageClassification, AutoModelForPreTraining
+
+import mimir_hf  # noqa: F401  (registers the Auto classes)
+from mimir_hf import MimirConfig, MimirForImageClassification, MimirForPreTraining, MimirModel
+from mimir_hf.mutual_information import hsic
+
+from .conftest import tiny_config
+
+
+def test_presets_and_unknown_preset():
+    config = MimirConfig.from_preset("vit-small-patch2-32", num_labels=10)
+    assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads) == (384, 12, 6)
+    assert config.grid_size == (16, 16) and config.layer_norm_eps == 1e-6 and config.num_labels == 10
+    assert MimirConfig.from_preset("vit-large-patch16-224").num_patches == 196
+    with pytest.raises(ValueError, match="Unknown MIMIR preset 'vit-huge'.*vit-base-patch16-224"):
+        MimirConfig.from_preset("vit-huge")
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (dict(hidden_size=30), "hidden_size \\(30\\) must be divisible by num_attention_heads"),
+        (dict(mask_ratio=1.0), "mask_ratio must be in \\[0, 1\\)"),
+        (dict(attack_epsilon=-0.1), "attack_epsilon must be in \\[0, 1\\]"),
+        (dict(attack_steps=0), "attack_steps must be an integer >= 1"),
+        (dict(attack_step_size=0.0), "attack_step_size must be > 0"),
+        (dict(mi_estimator="kde"), "mi_estimator must be one of"),
+        (dict(classifier_pooling="max"), "classifier_pooling must be one of"),
+        (dict(image_size=18), "divisible by patch_size"),
+        (dict(image_mean=[0.5, 0.5, 0.5]), "set together"),
+    ],
+)
+def test_config_rejects_bad_values_with_a_message(bad, message):
+    # transformers' @strict configs wrap the ValueError of validate_architecture, keeping its message
+    with pytest.raises((ValueError, StrictDataclassError), match=message):
+        tiny_config(**bad)
+
+
+def test_every_class_builds_from_auto_config():
+    fields = tiny_config().to_diff_dict()
+    fields.pop("model_type")
+    config = AutoConfig.for_model("mimir", **fields)
+    assert isinstance(config, MimirConfig)
+    assert type(AutoModel.from_config(config)) is MimirModel
+    assert type(AutoModelForPreTraining.from_config(config)) is MimirForPreTraining
+    assert type(AutoModelForImageClassification.from_config(config)) is MimirForImageClassification
+
+
+def test_sincos_positions_and_tokens_are_initialised(config):
+    model = MimirForPreTraining(config)
+    positions = model.vit.embeddings.position_embeddings
+    assert not positions.requires_grad and positions[0, 0].abs().sum() == 0 and positions[0, 1:].abs().sum() > 0
+    assert model.decoder.decoder_pos_embed[0, 1:].abs().sum() > 0
+    assert model.decoder.mask_token.abs().sum() > 0 and model.vit.embeddings.cls_token.abs().sum() > 0
+
+
+def test_pretraining_outputs_and_mimir_loss(config, images):
+    model = MimirForPreTraining(config).eval()
+    noise = torch.rand(6, config.num_patches)
+    adversarial = (images + 0.03 * torch.randn_like(images)).clamp(0, 1)
+    out = model(images, adversarial_pixel_values=adversarial, noise=noise)
+    kept = int(config.num_patches * (1 - config.mask_ratio))
+    assert out.logits.shape == (6, config.num_patches, config.patch_size**2 * 3)
+    assert out.mask.shape == (6, config.num_patches) and out.mask.sum(1).eq(config.num_patches - kept).all()
+    assert out.latent.shape == (6, 1 + kept, config.hidden_size)
+    # loss = reconstruction + lambda * HSIC(Z, X'), Z the encoder tokens, X' what the encoder read
+    torch.testing.assert_close(out.mi_loss, hsic(out.latent, adversarial))
+    torch.testing.assert_close(out.loss, out.reconstruction_loss + config.mi_weight * out.mi_loss)
+    # the encoder reads X', the target is the clean X
+    encoder_only = model.vit(adversarial, noise=noise).last_hidden_state
+    torch.testing.assert_close(out.latent, encoder_only)
+    target = model.reconstruction_target(images)
+    expected = (((out.logits - target) ** 2).mean(-1) * out.mask).sum() / out.mask.sum()
+    torch.testing.assert_close(out.reconstruction_loss, expected)
+    assert not torch.allclose(out.reconstruction_loss, model(adversarial, noise=noise).reconstruction_loss)
+
+
+def test_mi_estimator_none_and_renyi(images):
+    noise = torch.rand(6, 16)
+    plain = MimirForPreTraining(tiny_config(mi_estimator="none")).eval()
+    out = plain(images, noise=noise)
+    assert out.mi_loss is None and torch.equal(out.loss, out.reconstruction_loss)
+    renyi = MimirForPreTraining(tiny_config(mi_estimator="renyi", mi_weight=0.1)).eval()
+    out = renyi(images, noise=noise)
+    torch.testing.assert_close(out.loss, out.reconstruction_loss + 0.1 * out.mi_loss)
+
+
+def test_fixed_noise_is_deterministic_and_fresh_masks_differ(config, images):
+    model = MimirForPreTraining(config).eval()
+    noise = torch.rand(6, config.num_patches)
+    assert torch.equal(model(images, noise=noise).loss, model(images, noise=noise).loss)
+    assert not torch.equal(model(images).mask, model(images).mask)
+
+
+def test_save_load_round_trip_gives_equal_outputs(tmp_path, config, images, labels):
+    noise = torch.rand(6, config.num_patches)
+    model = MimirForPreTraining(config).eval()
+    model.save_pretrained(tmp_path / "pt")
+    assert sorted(os.listdir(tmp_path / "pt")) == ["config.json", "model.safetensors"]
+    reloaded = MimirForPreTraining.from_pretrained(tmp_path / "pt").eval()
+    for name in ("loss", "logits", "latent"):
+        torch.testing.assert_close(getattr(model(images, noise=noise), name), getattr(reloaded(images, noise=noise), name))
+
+    classifier = MimirForImageClassification(config).eval()
+    classifier.save_pretrained(tmp_path / "clf")
+    reloaded = MimirForImageClassification.from_pretrained(tmp_path / "clf").eval()
+    torch.testing.assert_close(classifier(images).logits, reloaded(images).logits)
+
+
+def test_saved_keys_follow_the_vit_mae_layout(tmp_path, config):
+    MimirForPreTraining(config).save_pretrained(tmp_path)
+    with safe_open(tmp_path / "model.safetensors", "pt") as f:
+        keys = set(f.keys())
+    vit_mae = transformers.ViTMAEForPreTraining(
+        transformers.ViTMAEConfig(**{k: v for k, v in config.to_dict().items() if k in transformers.ViTMAEConfig().to_dict()})
+    )
+    vit_mae.save_pretrained(tmp_path / "vit_mae")
+    with safe_open(tmp_path / "vit_mae" / "model.safetensors", "pt") as f:
+        assert keys == set(f.keys())
+    assert "vit.encoder.layer.0.attention.attention.query.weight" in keys
+
+
+def test_pretraining_initialises_from_a_transformers_vit_mae_checkpoint(tmp_path, config, images):
+    fields = {k: v for k, v in config.to_dict().items() if k in transformers.ViTMAEConfig().to_dict()}
+    vit_mae = transformers.ViTMAEForPreTraining(transformers.ViTMAEConfig(**fields)).eval()
+    vit_mae.save_pretrained(tmp_path)
+    model = MimirForPreTraining.from_pretrained(tmp_path, **config.to_diff_dict()).eval()
+    theirs = dict(vit_mae.named_parameters())
+    for name, parameter in model.named_parameters():
+        assert torch.equal(parameter, theirs[name]), name
+
+
+def test_classifier_loads_every_encoder_weight_of_a_pretraining_checkpoint(tmp_path, config, images):
+    pretrained = MimirForPreTraining(config)
+    pretrained.save_pretrained(tmp_path)
+    classifier, info = MimirForImageClassification.from_pretrained(tmp_path, output_loading_info=True)
+    assert info["missing_keys"] == {"classifier.weight", "classifier.bias", "fc_norm.weight", "fc_norm.bias"}
+    encoder = dict(pretrained.vit.named_parameters())
+    for name, parameter in classifier.vit.named_parameters():
+        assert torch.equal(parameter, encoder[name]), name
+    assert len(list(classifier.vit.parameters())) == len(encoder) - 2  # all but the unused final norm
+
+
+def test_classifier_sees_every_patch_in_order_and_is_deterministic(config, images, labels):
+    model = MimirForImageClassification(config).eval()
+    tokens = model.vit(images, apply_masking=False).last_hidden_state
+    assert tokens.shape == (6, 1 + config.num_patches, config.hidden_size)
+    out = model(images, labels=labels)
+    assert out.logits.shape == (6, config.num_labels) and torch.equal(out.logits, model(images).logits)
+    expected = torch.nn.functional.cross_entropy(out.logits, labels, label_smoothing=config.label_smoothing)
+    torch.testing.assert_close(out.loss, expected)
+    # a patch's output depends on where it is: the pooled feature is not permutation-blind to the image
+    assert not torch.allclose(model(images.flip(-1)).logits, out.logits)
+
+
+def test_cls_pooling_uses_the_final_norm(images):
+    model = MimirForImageClassification(tiny_config(classifier_pooling="cls")).eval()
+    assert isinstance(model.fc_norm, torch.nn.Identity) and isinstance(model.vit.layernorm, torch.nn.LayerNorm)
+    assert model(images).logits.shape == (6, 4)
+
+
+def test_normalisation_inside_the_model_equals_normalised_inputs(images):
+    mean, std = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
+    normalising = MimirForImageClassification(tiny_config(image_mean=mean, image_std=std)).eval()
+    plain = MimirForImageClassification(tiny_config()).eval()
+    plain.load_state_dict(normalising.state_dict())
+    normalised = (images - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    torch.testing.assert_close(normalising(images).logits, plain(normalised).logits)
+
+
+def test_interpolate_pos_encoding_and_size_errors(config, images):
+    model = MimirForImageClassification(config).eval()
+    bigger = torch.rand(2, 3, 24, 32)
+    assert model(bigger, interpolate_pos_encoding=True).logits.shape == (2, 4)
+    with pytest.raises(ValueError, match="Input image size 24x32 does not match the model's 16x16"):
+        model(bigger)
+    with pytest.raises(ValueError, match="has 1 channels but the model expects 3"):
+        model(torch.rand(2, 1, 16, 16))
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 4\)"):
+        model(images, labels=torch.tensor([0, 1, 2, 3, 4, 9]))
+
+
+def test_non_square_images(images):
+    config = tiny_config(image_size=[16, 24])
+    model = MimirForPreTraining(config).eval()
+    x = torch.rand(3, 3, 16, 24)
+    out = model(x)
+    assert out.logits.shape == (3, 24, 48)
+    torch.testing.assert_close(model.unpatchify(model.patchify(x)), x)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(config, images):
+    model = MimirForPreTraining(config)
+    noise = torch.rand(6, config.num_patches)
+    model(images, noise=noise).loss.backward()
+    expected = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    model.zero_grad()
+    model.gradient_checkpointing_enable()
+    model.train()
+    model(images, noise=noise).loss.backward()
+    got = [p.grad for p in model.parameters() if p.grad is not None]
+    for a, b in zip(expected, got):
+        torch.testing.assert_close(a, b)

@@ -1,0 +1,166 @@
+"""The two Trainer subclasses: a few steps run, log their parts and lower the loss; optimizer groups; accumulation."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from datasets import Dataset
+
+from mimir_hf import MimirForImageClassification, MimirForPreTraining
+from mimir_hf.attacks import pgd_attack
+from mimir_hf.trainer import (
+    MimirAdversarialTrainer,
+    MimirPreTrainingTrainer,
+    MimirTrainingArguments,
+    parameter_groups,
+)
+from transformers import TrainingArguments
+
+from .conftest import tiny_config
+
+
+def fixed_batch(n=8):
+    """Images whose class sets their brightness (classes 0.2 apart, well beyond eps = 8/255), plus noise."""
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(n) % 4
+    images = 0.2 + 0.2 * labels.view(-1, 1, 1, 1) + 0.1 * torch.rand(n, 3, 16, 16, generator=generator)
+    return images, labels
+
+
+def dataset(n=8):
+    images, labels = fixed_batch(n)
+    return Dataset.from_dict({"pixel_values": images.numpy(), "labels": labels.numpy()}).with_format("torch")
+
+
+def arguments(tmp_path, **overrides):
+    fields = dict(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=8,
+        num_train_epochs=30,
+        learning_rate=3e-3,
+        logging_steps=5,
+        save_strategy="no",
+        report_to=[],
+        seed=0,
+        use_cpu=True,
+        adversarial_steps=3,
+        adversarial_step_size=4 / 255,
+        disable_tqdm=True,
+    )
+    fields.update(overrides)
+    return MimirTrainingArguments(**fields)
+
+
+def test_pretraining_trainer_logs_its_parts_and_lowers_the_loss(tmp_path):
+    config = tiny_config()
+    model = MimirForPreTraining(config)
+    images, _ = fixed_batch()
+    noise = torch.rand(8, config.num_patches, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        before = model.eval()(images, noise=noise).reconstruction_loss
+    trainer = MimirPreTrainingTrainer(model=model, args=arguments(tmp_path), train_dataset=dataset())
+    trainer.train()
+    with torch.no_grad():
+        after = model.eval()(images, noise=noise).reconstruction_loss
+    assert after < 0.8 * before
+    logged = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert all("reconstruction_loss" in entry and "mi_loss" in entry for entry in logged)
+    assert logged[-1]["loss"] < logged[0]["loss"]
+    # loss = reconstruction + 1e-5 * MI, logged as means over the same steps
+    entry = logged[0]
+    assert entry["loss"] == pytest.approx(entry["reconstruction_loss"] + 1e-5 * entry["mi_loss"], rel=1e-3)
+
+
+@pytest.mark.parametrize("method", ["pgd", "trades", "mart", "none"])
+def test_adversarial_trainer_lowers_the_robust_loss(tmp_path, method):
+    torch.manual_seed(0)
+    model = MimirForImageClassification(tiny_config())
+    images, labels = fixed_batch()
+
+    def robust_loss():
+        model.eval()
+        adversarial = pgd_attack(model, images, labels, 8 / 255, 4 / 255, 3, generator=torch.Generator().manual_seed(2))
+        with torch.no_grad():
+            return F.cross_entropy(model(adversarial).logits, labels)
+
+    before = robust_loss()
+    trainer = MimirAdversarialTrainer(
+        model=model, args=arguments(tmp_path, adversarial_method=method, learning_rate=1e-2), train_dataset=dataset()
+    )
+    trainer.train()
+    assert robust_loss() < 0.8 * before
+    logged = [entry for entry in trainer.state.log_history if "loss" in entry]
+    expected = {"pgd": {"adversarial_accuracy"}, "none": {"natural_accuracy"}}.get(
+        method, {"adversarial_accuracy", "natural_accuracy"}
+    )
+    assert all(expected <= set(entry) for entry in logged)
+
+
+def test_evaluate_runs_the_attack_under_no_grad(tmp_path):
+    model = MimirForImageClassification(tiny_config())
+    trainer = MimirAdversarialTrainer(model=model, args=arguments(tmp_path), eval_dataset=dataset())
+    metrics = trainer.evaluate()
+    assert {"eval_loss", "eval_adversarial_accuracy"} <= set(metrics)
+    assert 0 <= metrics["eval_adversarial_accuracy"] <= 1
+
+
+def test_gradient_accumulation_gives_the_same_update(tmp_path):
+    def train(batch, accumulation):
+        torch.manual_seed(0)
+        model = MimirForImageClassification(tiny_config())
+        args = arguments(
+            tmp_path, per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation,
+            num_train_epochs=1, adversarial_method="none", learning_rate=1e-2,
+        )
+        MimirAdversarialTrainer(model=model, args=args, train_dataset=dataset()).train()
+        return model.state_dict()
+
+    whole, accumulated = train(8, 1), train(4, 2)
+    for name in whole:
+        torch.testing.assert_close(whole[name], accumulated[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_optimizer_groups_layer_decay_and_no_weight_decay():
+    model = MimirForImageClassification(tiny_config())  # 2 layers -> ids 0 (embeddings), 1, 2, 3 (head)
+    groups = parameter_groups(model, learning_rate=1.0, weight_decay=0.05, layer_decay=0.5)
+    by_parameter = {id(p): g for g in groups for p in g["params"]}
+    named = dict(model.named_parameters())
+
+    def group(name):
+        return by_parameter[id(named[name])]
+
+    assert group("classifier.weight")["lr"] == 1.0
+    assert group("vit.layers.1.mlp.fc1.weight")["lr"] == 0.5
+    assert group("vit.layers.0.mlp.fc1.weight")["lr"] == 0.25
+    assert group("vit.embeddings.patch_embeddings.projection.weight")["lr"] == 0.125
+    assert group("vit.embeddings.cls_token")["weight_decay"] == 0.0
+    assert group("vit.layers.0.attention.q_proj.bias")["weight_decay"] == 0.0
+    assert group("fc_norm.weight")["weight_decay"] == 0.0
+    assert group("vit.layers.0.attention.q_proj.weight")["weight_decay"] == 0.05
+    assert "vit.embeddings.position_embeddings" not in {n for n, p in named.items() if id(p) in by_parameter}
+    assert sum(len(g["params"]) for g in groups) == sum(p.requires_grad for p in model.parameters())
+
+
+def test_bad_training_arguments_are_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="adversarial_method must be one of"):
+        arguments(tmp_path, adversarial_method="fast")
+    with pytest.raises(ValueError, match="adversarial_epsilon must be in"):
+        arguments(tmp_path, adversarial_epsilon=2.0)
+    with pytest.raises(ValueError, match="adversarial_steps must be an integer >= 1"):
+        arguments(tmp_path, adversarial_steps=0)
+    with pytest.raises(TypeError, match="needs MimirTrainingArguments"):
+        MimirAdversarialTrainer(
+            model=MimirForImageClassification(tiny_config()),
+            args=TrainingArguments(output_dir=str(tmp_path), report_to=[]),
+        )
+
+
+def test_both_trainers_run_under_bf16_autocast_on_cpu(tmp_path):
+    config = tiny_config()
+    args = arguments(tmp_path, bf16=True, num_train_epochs=2)
+    pretrainer = MimirPreTrainingTrainer(model=MimirForPreTraining(config), args=args, train_dataset=dataset())
+    pretrainer.train()
+    classifier = MimirAdversarialTrainer(model=MimirForImageClassification(config), args=args, train_dataset=dataset())
+    classifier.train()
+    for trainer in (pretrainer, classifier):
+        losses = [entry["train_loss"] for entry in trainer.state.log_history if "train_loss" in entry]
+        assert losses and all(torch.isfinite(torch.tensor(losses)))
