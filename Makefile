@@ -1,5 +1,5 @@
 # Set-up and the two main commands. Each creates .venv on first use: torch 2.13.0 (CPU wheel) first, then the
-# package with its test extras, so pip never pulls a CUDA build of torch.
+# package with its test extras and torchattacks, so pip never pulls a CUDA build of torch.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -13,6 +13,9 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e ".[test]"
+	# AutoAttack for the robustness report: torchattacks without its torchvision requirement (it imports without it)
+	$(BIN)/pip install --quiet --no-deps torchattacks==3.5.1
+	$(BIN)/pip install --quiet scipy requests tqdm
 	touch $@
 
 test: install

@@ -1,8 +1,8 @@
-"""One projected-gradient L-inf attack engine, and the objectives it maximises (MAE loss, CE, CW margin, TRADES KL).
+"""One projected-gradient L-inf attack engine, and the objectives it maximises (MAE loss, CE, CW margin, KL, ...).
 
 Every attack in mimir_hf -- MIMIR's pre-training perturbation, PGD and FGSM for adversarial training and evaluation,
-CW-inf, the TRADES inner maximum -- is `projected_gradient_ascent` with a different objective. Images are pixels in
-[0, 1] and every budget is in those units. During an attack the model is in eval mode (restored afterwards, module by
+CW-inf, the TRADES inner maximum, the adaptive PGD-MI and PGD-feature -- is `projected_gradient_ascent` with a
+different objective. Images are pixels in [0, 1] and every budget is in those units. During an attack the model is in eval mode (restored afterwards, module by
 module), only the input gradient is computed (no parameter `.grad` is touched), and it runs under autocast.
 """
 
@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .configuration_mimir import check_attack_budget
+from .mutual_information import hsic
 
 Objective = Callable[[torch.Tensor], torch.Tensor]
 """Maps adversarial images `[B, C, H, W]` to a scalar to maximise (a sum over the batch, so each sample ascends its
@@ -81,6 +82,8 @@ def projected_gradient_ascent(
     check_attack_budget(epsilon, step_size, steps)
     check_images(images)
     clean = images.detach()
+    if epsilon == 0:  # the eps-ball is the clean image itself
+        return clean.clone()
     if random_start:
         noise = torch.rand(clean.shape, generator=generator, device=clean.device, dtype=clean.dtype)
         adversarial = (clean + (2 * noise - 1) * epsilon).clamp_(0.0, 1.0)
@@ -127,6 +130,25 @@ def trades_objective(model: nn.Module, clean_probabilities: torch.Tensor) -> Obj
     return lambda images: F.kl_div(
         F.log_softmax(logits_of(model, images), dim=1), clean_probabilities, reduction="sum"
     )
+
+
+def mi_objective(model: nn.Module, labels: torch.Tensor, weight: float = 1e-5, sigma: float = 5.0) -> Objective:
+    """Adaptive PGD-MI: cross-entropy plus `weight` * HSIC(features(x'), x'), the defence's own MI term.
+
+    Needs a classifier with `features` and `classifier` (e.g. `MimirForImageClassification`).
+    """
+
+    def objective(images: torch.Tensor) -> torch.Tensor:
+        features = model.features(images)
+        logits = model.classifier(features).float()
+        return F.cross_entropy(logits, labels, reduction="sum") + weight * hsic(features, images, sigma=sigma)
+
+    return objective
+
+
+def feature_objective(model: nn.Module, clean_features: torch.Tensor) -> Objective:
+    """Adaptive PGD-feature: summed L2 distance between the encoder features of x' and of the clean x."""
+    return lambda images: (model.features(images).float() - clean_features).norm(dim=1).sum()
 
 
 def mae_objective(model: nn.Module) -> Objective:
@@ -219,10 +241,12 @@ def mae_attack(
 __all__ = [
     "cross_entropy_objective",
     "eval_mode",
+    "feature_objective",
     "fgsm_attack",
     "mae_attack",
     "mae_objective",
     "margin_objective",
+    "mi_objective",
     "pgd_attack",
     "project",
     "projected_gradient_ascent",

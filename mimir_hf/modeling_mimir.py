@@ -452,11 +452,14 @@ class MimirForImageClassification(MimirPreTrainedModel):
         model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
         new = sorted({key.rsplit(".", 1)[0] for key in info["missing_keys"]})
         loaded = len(model.state_dict()) - len(info["missing_keys"])
-        logger.warning(
-            f"MimirForImageClassification loaded {loaded} tensors from {pretrained_model_name_or_path} and newly "
-            f"initialised {', '.join(new) if new else 'nothing'} (a pre-training decoder, and the encoder's final norm "
-            "under mean pooling, are not used by the classifier)."
-        )
+        if new:
+            logger.warning(
+                f"MimirForImageClassification loaded {loaded} tensors from {pretrained_model_name_or_path} and newly "
+                f"initialised {', '.join(new)} (a pre-training decoder, and the encoder's final norm under mean "
+                "pooling, are not used by the classifier)."
+            )
+        else:
+            logger.info(f"MimirForImageClassification loaded all {loaded} tensors from {pretrained_model_name_or_path}.")
         return (model, info) if wants_info else model
 
 

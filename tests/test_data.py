@@ -1,0 +1,70 @@
+"""The offline default dataset, image folders, column checks and the pixel transform."""
+
+import numpy as np
+import pytest
+import torch
+from datasets import Dataset
+from PIL import Image
+
+from mimir_hf.data import (
+    collate_fn,
+    label_names,
+    load_digits_dataset,
+    load_image_dataset,
+    resolve_columns,
+    to_pixel_values,
+    with_pixel_transform,
+)
+
+
+def test_digits_default_is_real_fixed_and_stratified():
+    first, second = load_digits_dataset(), load_digits_dataset()
+    assert (len(first["train"]), len(first["test"])) == (1437, 360)
+    assert first["test"]["label"] == second["test"]["label"]
+    assert label_names(first["train"], "label") == [str(d) for d in range(10)]
+    counts = np.bincount(first["test"]["label"], minlength=10)
+    assert counts.min() >= 35 and counts.max() <= 37  # stratified: ~36 of each digit
+    image = first["train"][0]["image"]
+    assert image.size == (8, 8) and image.mode == "L"
+    assert load_image_dataset()["test"]["label"] == first["test"]["label"]  # no argument -> the default
+
+
+def test_transform_gives_unit_range_tensors_at_the_model_size():
+    dataset = load_digits_dataset()["test"].select(range(4))
+    transformed = with_pixel_transform(dataset, "image", "label", (16, 16), 1)
+    batch = collate_fn([transformed[i] for i in range(4)])
+    assert batch["pixel_values"].shape == (4, 1, 16, 16) and batch["labels"].dtype == torch.long
+    assert batch["pixel_values"].min() >= 0 and batch["pixel_values"].max() <= 1
+    assert batch["pixel_values"].max() > 0.9  # strokes are bright: pixels were scaled, not left at 0..16
+    rgb = to_pixel_values(Image.new("L", (8, 8), 128), (12, 20), 3)
+    assert rgb.shape == (3, 12, 20) and torch.allclose(rgb, torch.full_like(rgb, 128 / 255))
+
+
+def test_image_folder_and_its_errors(tmp_path):
+    for split in ("train", "val"):
+        for label in ("cat", "dog"):
+            folder = tmp_path / split / label
+            folder.mkdir(parents=True)
+            for i in range(3):
+                Image.fromarray(np.full((10, 10, 3), 40 * i, dtype=np.uint8)).save(folder / f"{i}.png")
+    dataset = load_image_dataset(train_dir=str(tmp_path / "train"), validation_dir=str(tmp_path / "val"))
+    assert len(dataset["train"]) == 6 and len(dataset["test"]) == 6
+    assert resolve_columns(dataset["train"]) == ("image", "label")
+    assert label_names(dataset["train"], "label") == ["cat", "dog"]
+    empty = tmp_path / "empty" / "cat"
+    empty.mkdir(parents=True)
+    (empty / "notes.txt").write_text("no images here")
+    with pytest.raises(ValueError, match="--train_dir=.*holds no image files"):
+        load_image_dataset(train_dir=str(tmp_path / "empty"))
+    with pytest.raises(ValueError, match="is not a directory"):
+        load_image_dataset(train_dir=str(tmp_path / "missing"))
+
+
+def test_missing_columns_are_named():
+    dataset = Dataset.from_dict({"picture_bytes": [1, 2], "target": [0, 1]})
+    with pytest.raises(ValueError, match="No image column.*--image_column_name"):
+        resolve_columns(dataset)
+    dataset = Dataset.from_dict({"image": [1, 2], "target": [0, 1]})
+    with pytest.raises(ValueError, match="No label column.*--label_column_name"):
+        resolve_columns(dataset)
+    assert resolve_columns(dataset, label_column="target") == ("image", "target")

@@ -1,0 +1,84 @@
+"""The robustness report: numbers, worst case, sanity rows, files; and evaluation leaves the model untouched."""
+
+import json
+
+import pytest
+import torch
+
+from mimir_hf import MimirForImageClassification
+from mimir_hf.evaluation import RobustnessSettings, evaluate_robustness, report_markdown, sanity_checks, write_report
+
+from .conftest import tiny_config
+
+QUICK = RobustnessSettings(pgd_steps=(3, 6), cw_steps=3, adaptive_steps=3, eps_sweep=(0.0, 8 / 255, 1.0),
+                           autoattack=False, batch_size=4)
+
+
+@pytest.fixture
+def model():
+    model = MimirForImageClassification(tiny_config())
+    model.classifier.weight.data.normal_(std=0.5)
+    return model
+
+
+def test_report_numbers_and_worst_case(model, images, labels):
+    report = evaluate_robustness(model, images, labels, QUICK)
+    accuracy = report["accuracy"]
+    assert set(accuracy) == {"natural", "fgsm", "pgd3", "pgd6", "cw_inf", "uniform_noise", "pgd_mi", "pgd_feature"}
+    assert report["natural_accuracy"] == accuracy["natural"]
+    attacked = [accuracy[name] for name in report["robust_accuracy_attacks"]]
+    assert report["robust_accuracy"] <= min(attacked)
+    assert report["eps_sweep"][0]["accuracy"] == accuracy["natural"]
+    assert report["eps_sweep"][-1]["accuracy"] == 0.0  # eps = 1 can turn any image into any other
+    assert report["autoattack"] == "skipped: disabled"
+    assert {row["check"] for row in report["sanity_checks"]} >= {
+        "accuracy reaches 0 at a large eps", "more PGD steps never help the model",
+        "multi-step PGD at least as strong as FGSM", "random noise of the same eps weaker than PGD",
+    }
+
+
+def test_evaluation_is_deterministic_and_leaves_the_model_untouched(model, images, labels):
+    model.train()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    requires = {n: p.requires_grad for n, p in model.named_parameters()}
+    first = evaluate_robustness(model, images, labels, QUICK)
+    assert model.training and all(m.training for m in model.modules())
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == requires
+    assert all(p.grad is None for p in model.parameters())
+    assert evaluate_robustness(model, images, labels, QUICK)["accuracy"] == first["accuracy"]
+
+
+def test_sanity_checks_catch_gradient_masking():
+    sweep = [{"epsilon": 0.0, "epsilon_255": 0, "accuracy": 90.0}, {"epsilon": 1.0, "epsilon_255": 255, "accuracy": 0.0}]
+    honest = {"natural": 90.0, "fgsm": 50.0, "pgd20": 40.0, "pgd100": 39.0, "uniform_noise": 88.0, "autoattack": 38.0}
+    assert all(row["passed"] for row in sanity_checks(honest, sweep))
+    masked = {"natural": 90.0, "fgsm": 30.0, "pgd20": 60.0, "pgd100": 70.0, "uniform_noise": 40.0, "autoattack": 65.0}
+    rising = [sweep[0], {"epsilon": 8 / 255, "epsilon_255": 8, "accuracy": 10.0}, {**sweep[1], "accuracy": 20.0}]
+    failed = {row["check"] for row in sanity_checks(masked, rising) if not row["passed"]}
+    assert failed == {
+        "accuracy reaches 0 at a large eps", "more PGD steps never help the model",
+        "multi-step PGD at least as strong as FGSM", "AutoAttack at least as strong as PGD",
+        "random noise of the same eps weaker than PGD", "accuracy falls monotonically with eps, from the natural accuracy",
+    }
+    no_autoattack = {k: v for k, v in honest.items() if k != "autoattack"}
+    rows = {row["check"]: row["passed"] for row in sanity_checks(no_autoattack, sweep)}
+    assert rows["AutoAttack at least as strong as PGD"] is None
+
+
+def test_report_files(tmp_path, model, images, labels):
+    report = evaluate_robustness(model, images, labels, QUICK)
+    write_report(report, str(tmp_path))
+    assert json.loads((tmp_path / "robustness.json").read_text())["robust_accuracy"] == report["robust_accuracy"]
+    markdown = (tmp_path / "robustness.md").read_text()
+    assert markdown == report_markdown(report)
+    assert "worst case over all attacks" in markdown and "| PGD-3 |" in markdown and "FGSM" in markdown
+    assert (tmp_path / "robust_accuracy_vs_eps.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_autoattack_row_when_torchattacks_is_installed(model, images, labels):
+    pytest.importorskip("torchattacks")
+    settings = RobustnessSettings(pgd_steps=(3, 6), cw_steps=3, adaptive_steps=3, eps_sweep=(0.0, 1.0), batch_size=6)
+    report = evaluate_robustness(model, images, labels, settings)
+    assert "autoattack" in report["accuracy"] and report["autoattack"].startswith("torchattacks")
+    assert report["robust_accuracy"] <= report["accuracy"]["autoattack"]
