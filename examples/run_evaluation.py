@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import DataArguments, RunArguments, load_data, logger, mark_complete, parse, prepare_output_dir  # noqa: E402
 import torch  # noqa: E402
+from common import DataArguments, RunArguments, load_data, logger, mark_complete, parse, prepare_output_dir  # noqa: E402
 from transformers import AutoModelForImageClassification, set_seed  # noqa: E402
 
 import mimir_hf  # noqa: E402,F401  (registers the MIMIR classes)

@@ -16,6 +16,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import torch  # noqa: E402
 from common import (  # noqa: E402
     DataArguments,
     FineTuningArguments,
@@ -31,7 +32,6 @@ from common import (  # noqa: E402
     run_identity,
     setup_logging,
 )
-import torch  # noqa: E402
 from transformers import AutoConfig, set_seed  # noqa: E402
 
 from mimir_hf import MimirForImageClassification  # noqa: E402

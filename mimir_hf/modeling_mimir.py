@@ -4,9 +4,10 @@ Read top to bottom: embeddings -> layer -> encoder / decoder -> `MimirPreTrained
 `MimirForImageClassification`. Pixel values are in [0, 1]; the optional per-channel normalisation of the config is
 applied inside the embeddings, so attacks act on pixels.
 
-Parameter names are those of transformers' ViTMAE (`vit.embeddings...`, `vit.layers.N...`, `decoder...`), and
-checkpoints are written in ViTMAE's on-disk layout, so a `facebook/vit-mae-*` checkpoint initialises
-`MimirForPreTraining` and a MIMIR checkpoint initialises `MimirForImageClassification`'s encoder.
+Parameter names are those of transformers' ViTMAE modules (`vit.embeddings...`, `vit.layers.N.attention.q_proj...`,
+`decoder...`) and checkpoints store exactly these names, so `Trainer`'s `resume_from_checkpoint` (a plain
+`load_state_dict`) restores every weight. `from_pretrained` also reads ViTMAE's on-disk layout (`facebook/vit-mae-*`:
+`vit.encoder.layer.N.attention.attention.query...`) through `VIT_MAE_KEY_MAPPING`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
-from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
 from transformers.modeling_outputs import ImageClassifierOutput
 from transformers.models.vit_mae.modeling_vit_mae import (
     ViTMAEDecoder,
@@ -32,9 +32,16 @@ from .mutual_information import mutual_information
 
 logger = logging.get_logger(__name__)
 
-# Save and load in ViTMAE's on-disk key layout (`vit.encoder.layer.N.attention.attention.query`, ...).
-if get_checkpoint_conversion_mapping(MimirConfig.model_type) is None:
-    register_checkpoint_conversion_mapping(MimirConfig.model_type, get_checkpoint_conversion_mapping("ViTModel"))
+# ViTMAE's on-disk key layout -> module names (applied when loading only; regexes, in order).
+VIT_MAE_KEY_MAPPING = {
+    r"encoder\.layer\.": "layers.",  # also decoder.decoder_encoder.layer. -> decoder.decoder_layers.
+    r"attention\.attention\.query": "attention.q_proj",
+    r"attention\.attention\.key": "attention.k_proj",
+    r"attention\.attention\.value": "attention.v_proj",
+    r"attention\.output\.dense": "attention.o_proj",
+    r"intermediate\.dense": "mlp.fc1",
+    r"(?<!attention\.)output\.dense": "mlp.fc2",
+}
 
 
 @dataclass
@@ -239,6 +246,12 @@ class MimirPreTrainedModel(PreTrainedModel):
     _supports_attention_backend = True
     # Losses are batch means: Trainer must divide them by the gradient-accumulation steps itself.
     accepts_loss_kwargs = False
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, also reading checkpoints in ViTMAE's on-disk key layout."""
+        kwargs.setdefault("key_mapping", VIT_MAE_KEY_MAPPING)
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
     @torch.no_grad()
     def _init_weights(self, module):

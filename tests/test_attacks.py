@@ -14,8 +14,6 @@ from mimir_hf.attacks import (
     trades_attack,
 )
 
-from .conftest import tiny_config
-
 EPS = 8 / 255
 
 

@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from datasets import Dataset
+from transformers import TrainerCallback, TrainingArguments
 
 from mimir_hf import MimirForImageClassification, MimirForPreTraining
 from mimir_hf.attacks import pgd_attack
@@ -13,7 +14,6 @@ from mimir_hf.trainer import (
     MimirTrainingArguments,
     parameter_groups,
 )
-from transformers import TrainingArguments
 
 from .conftest import tiny_config
 
@@ -164,3 +164,30 @@ def test_both_trainers_run_under_bf16_autocast_on_cpu(tmp_path):
     for trainer in (pretrainer, classifier):
         losses = [entry["train_loss"] for entry in trainer.state.log_history if "train_loss" in entry]
         assert losses and all(torch.isfinite(torch.tensor(losses)))
+
+
+def test_resume_from_checkpoint_reaches_the_same_weights(tmp_path):
+    """An interrupted run resumed from its checkpoint ends where an uninterrupted one does (masks and attack noise
+    come from the RNG state Trainer checkpoints)."""
+
+    class KillAfterStep2(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 2:
+                control.should_training_stop = True
+
+    def run(output_dir, callbacks=(), resume=None):
+        torch.manual_seed(0)
+        model = MimirForPreTraining(tiny_config())
+        args = arguments(output_dir, max_steps=4, per_device_train_batch_size=4, save_strategy="steps", save_steps=2)
+        trainer = MimirPreTrainingTrainer(
+            model=model, args=args, train_dataset=dataset(16), callbacks=list(callbacks)
+        )
+        trainer.train(resume_from_checkpoint=resume)
+        return model.state_dict()
+
+    straight = run(tmp_path / "straight")
+    killed = run(tmp_path / "interrupted", callbacks=[KillAfterStep2()])
+    assert any(not torch.equal(straight[name], killed[name]) for name in straight)
+    resumed = run(tmp_path / "interrupted", resume=str(tmp_path / "interrupted" / "checkpoint-2"))
+    for name in straight:
+        torch.testing.assert_close(straight[name], resumed[name], msg=name)
