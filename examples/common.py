@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 import datasets
 import transformers
-from transformers import HfArgumentParser
+from transformers import HfArgumentParser, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from mimir_hf import PRESETS, MimirConfig
@@ -223,6 +223,24 @@ def run_identity(*argument_objects) -> dict:
     for obj in argument_objects:
         merged.update({k: v for k, v in asdict(obj).items() if k not in ignored})
     return merged
+
+
+def start_training_run(script: str, training_class: type, argv: list[str] | None = None):
+    """Parse a training script's arguments, set up logging, guard the output dir (rank 0), seed.
+
+    Returns (model_args, data_args, training_args, checkpoint to resume from or None).
+    """
+    model_args, data_args, run_args, training_args = parse((ModelArguments, DataArguments, RunArguments, training_class), argv)
+    setup_logging(training_args)
+    resume = on_main_process(
+        training_args,
+        lambda: prepare_output_dir(
+            training_args.output_dir, script, run_identity(model_args, data_args, training_args),
+            run_args.overwrite_output_dir,
+        ),
+    )
+    set_seed(training_args.seed)
+    return model_args, data_args, training_args, resume
 
 
 @dataclass

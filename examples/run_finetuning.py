@@ -16,27 +16,21 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import torch  # noqa: E402
 from common import (  # noqa: E402
-    DataArguments,
     FineTuningArguments,
     ModelArguments,
-    RunArguments,
     default_num_channels,
     load_data,
     logger,
     mark_complete,
-    on_main_process,
-    parse,
-    prepare_output_dir,
-    run_identity,
-    setup_logging,
+    start_training_run,
 )
-from transformers import AutoConfig, set_seed  # noqa: E402
+from transformers import AutoConfig  # noqa: E402
 
 from mimir_hf import MimirForImageClassification  # noqa: E402
 from mimir_hf.attacks import pgd_attack  # noqa: E402
 from mimir_hf.data import collate_fn, tensors  # noqa: E402
+from mimir_hf.evaluation import correct_under_attack  # noqa: E402
 from mimir_hf.model_card import write_model_card  # noqa: E402
 from mimir_hf.trainer import MimirAdversarialTrainer  # noqa: E402
 
@@ -51,33 +45,19 @@ def build_classifier(model_args: ModelArguments, num_channels: int, names: list[
     return MimirForImageClassification(model_args.new_config(num_channels, **overrides))
 
 
-def quick_robustness(model, images, labels, epsilon: float, batch_size: int = 256) -> dict:
+def quick_robustness(model, images, labels, epsilon: float) -> dict:
     """Natural and PGD-20 accuracy (%) at the training eps, step eps/4, random start."""
-    model.eval()
-    device = next(model.parameters()).device
-    natural = robust = 0
-    for i in range(0, len(images), batch_size):
-        x, y = images[i : i + batch_size].to(device), labels[i : i + batch_size].to(device)
-        adversarial = pgd_attack(model, x, y, epsilon=epsilon, step_size=max(epsilon / 4, 1e-6), steps=20)
-        with torch.no_grad():
-            natural += (model(x).logits.argmax(1) == y).sum().item()
-            robust += (model(adversarial).logits.argmax(1) == y).sum().item()
-    return {"natural_accuracy": round(100 * natural / len(images), 2), "pgd20_accuracy": round(100 * robust / len(images), 2)}
+    natural = correct_under_attack(model, lambda x, y: x, images, labels)
+    robust = correct_under_attack(
+        model, lambda x, y: pgd_attack(model, x, y, epsilon=epsilon, step_size=max(epsilon / 4, 1e-6), steps=20),
+        images, labels,
+    )
+    return {"natural_accuracy": round(100 * natural.float().mean().item(), 2),
+            "pgd20_accuracy": round(100 * robust.float().mean().item(), 2)}
 
 
 def main(argv: list[str] | None = None) -> dict:
-    model_args, data_args, run_args, training_args = parse(
-        (ModelArguments, DataArguments, RunArguments, FineTuningArguments), argv
-    )
-    setup_logging(training_args)
-    resume = on_main_process(
-        training_args,
-        lambda: prepare_output_dir(
-            training_args.output_dir, "run_finetuning", run_identity(model_args, data_args, training_args),
-            run_args.overwrite_output_dir,
-        ),
-    )
-    set_seed(training_args.seed)
+    model_args, data_args, training_args, resume = start_training_run("run_finetuning", FineTuningArguments, argv)
 
     num_channels = default_num_channels(data_args)
     if model_args.model_name_or_path:  # the checkpoint decides the input shape

@@ -18,21 +18,14 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from common import (  # noqa: E402
-    DataArguments,
     ModelArguments,
     PreTrainingArguments,
-    RunArguments,
     default_num_channels,
     load_data,
     logger,
     mark_complete,
-    on_main_process,
-    parse,
-    prepare_output_dir,
-    run_identity,
-    setup_logging,
+    start_training_run,
 )
-from transformers import set_seed  # noqa: E402
 
 from mimir_hf import MimirConfig, MimirForPreTraining  # noqa: E402
 from mimir_hf.data import collate_fn, tensors  # noqa: E402
@@ -48,18 +41,7 @@ def build_model(model_args: ModelArguments, num_channels: int) -> MimirForPreTra
 
 
 def main(argv: list[str] | None = None) -> dict:
-    model_args, data_args, run_args, training_args = parse(
-        (ModelArguments, DataArguments, RunArguments, PreTrainingArguments), argv
-    )
-    setup_logging(training_args)
-    resume = on_main_process(
-        training_args,
-        lambda: prepare_output_dir(
-            training_args.output_dir, "run_pretraining", run_identity(model_args, data_args, training_args),
-            run_args.overwrite_output_dir,
-        ),
-    )
-    set_seed(training_args.seed)
+    model_args, data_args, training_args, resume = start_training_run("run_pretraining", PreTrainingArguments, argv)
 
     model = build_model(model_args, default_num_channels(data_args))
     config: MimirConfig = model.config

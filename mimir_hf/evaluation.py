@@ -61,8 +61,11 @@ def _batched(images, labels, batch_size) -> list[tuple[torch.Tensor, torch.Tenso
     return [(images[i : i + batch_size], labels[i : i + batch_size]) for i in range(0, len(images), batch_size)]
 
 
-def _correct(model: nn.Module, attack: Callable, images: torch.Tensor, labels: torch.Tensor, batch_size: int, device):
-    """Per-image correctness of `model` on `attack(images, labels)`, batch by batch."""
+def correct_under_attack(
+    model: nn.Module, attack: Callable, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 256
+) -> torch.Tensor:
+    """Per-image correctness (bool, on the CPU) of `model` on `attack(images, labels)`, batch by batch on its device."""
+    device = next(model.parameters()).device
     results = []
     for x, y in _batched(images, labels, batch_size):
         x, y = x.to(device), y.to(device)
@@ -72,7 +75,7 @@ def _correct(model: nn.Module, attack: Callable, images: torch.Tensor, labels: t
     return torch.cat(results)
 
 
-def _autoattack(model, images, labels, settings, device) -> tuple[torch.Tensor | None, str]:
+def _autoattack(model, images, labels, settings) -> tuple[torch.Tensor | None, str]:
     """Per-image correctness under AutoAttack "standard" (torchattacks' port), or None and why it was skipped."""
     try:
         import torchattacks
@@ -98,7 +101,7 @@ def _autoattack(model, images, labels, settings, device) -> tuple[torch.Tensor |
         with eval_mode(model):
             return attack(x, y)
 
-    correct = _correct(model, run, images[:limit], labels[:limit], settings.batch_size, device)
+    correct = correct_under_attack(model, run, images[:limit], labels[:limit], settings.batch_size)
     return correct, f"torchattacks {torchattacks.__version__} AutoAttack standard (APGD-CE, APGD-T, FAB-T, Square)"
 
 
@@ -115,7 +118,6 @@ def evaluate_robustness(
     `settings.seed`, so the same model and data give the same numbers.
     """
     settings = settings or RobustnessSettings()
-    device = next(model.parameters()).device
     say = progress or (lambda message: None)
     eps, alpha, (short, long) = settings.epsilon, settings.step_size, settings.pgd_steps
     torch.manual_seed(settings.seed)
@@ -123,7 +125,7 @@ def evaluate_robustness(
 
     def run(name: str, attack: Callable) -> None:
         say(name)
-        correct[name] = _correct(model, attack, images, labels, settings.batch_size, device)
+        correct[name] = correct_under_attack(model, attack, images, labels, settings.batch_size)
 
     run("natural", lambda x, y: x)
     run("fgsm", lambda x, y: fgsm_attack(model, x, y, epsilon=eps))
@@ -154,7 +156,7 @@ def evaluate_robustness(
     autoattack_status = "skipped: disabled"
     if settings.autoattack:
         say("autoattack")
-        aa, autoattack_status = _autoattack(model, images, labels, settings, device)
+        aa, autoattack_status = _autoattack(model, images, labels, settings)
         if aa is not None:
             correct["autoattack"] = aa
 
@@ -165,9 +167,9 @@ def evaluate_robustness(
         if sweep_eps == 0:
             sweep_correct = correct["natural"]
         else:
-            sweep_correct = _correct(
+            sweep_correct = correct_under_attack(
                 model, lambda x, y, e=sweep_eps, a=step: pgd_attack(model, x, y, e, a, short), images, labels,
-                settings.batch_size, device,
+                settings.batch_size,
             )
         sweep.append({"epsilon": sweep_eps, "epsilon_255": round(sweep_eps * 255, 2), "accuracy": _accuracy(sweep_correct)})
 
@@ -373,6 +375,7 @@ def plot_reconstructions(model, images: torch.Tensor, path: str, seed: int = 0) 
 
 __all__ = [
     "RobustnessSettings",
+    "correct_under_attack",
     "evaluate_robustness",
     "plot_reconstructions",
     "report_markdown",
