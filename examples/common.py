@@ -116,7 +116,7 @@ def setup_logging(training_args) -> None:
         format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%H:%M:%S", handlers=[logging.StreamHandler(sys.stdout)]
     )
     level = training_args.get_process_log_level()
-    logger.setLevel(level)
+    logger.setLevel(logging.INFO if training_args.should_log else level)
     datasets.utils.logging.set_verbosity(level)
     transformers.utils.logging.set_verbosity(level)
 

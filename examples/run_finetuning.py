@@ -29,7 +29,7 @@ from transformers import AutoConfig  # noqa: E402
 
 from mimir_hf import MimirForImageClassification  # noqa: E402
 from mimir_hf.attacks import pgd_attack  # noqa: E402
-from mimir_hf.data import collate_fn, tensors  # noqa: E402
+from mimir_hf.data import collate_fn, image_processor_for, tensors  # noqa: E402
 from mimir_hf.evaluation import correct_under_attack  # noqa: E402
 from mimir_hf.model_card import write_model_card  # noqa: E402
 from mimir_hf.trainer import MimirAdversarialTrainer  # noqa: E402
@@ -78,6 +78,8 @@ def main(argv: list[str] | None = None) -> dict:
     )
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint or resume)
     trainer.save_model()
+    if trainer.is_world_process_zero():
+        image_processor_for(model.config).save_pretrained(training_args.output_dir)
     metrics = dict(result.metrics)
     if trainer.is_world_process_zero():
         images, labels = tensors(eval_dataset)

@@ -28,7 +28,7 @@ from common import (  # noqa: E402
 )
 
 from mimir_hf import MimirConfig, MimirForPreTraining  # noqa: E402
-from mimir_hf.data import collate_fn, tensors  # noqa: E402
+from mimir_hf.data import collate_fn, image_processor_for, tensors  # noqa: E402
 from mimir_hf.evaluation import plot_reconstructions  # noqa: E402
 from mimir_hf.model_card import write_model_card  # noqa: E402
 from mimir_hf.trainer import MimirPreTrainingTrainer  # noqa: E402
@@ -64,6 +64,8 @@ def main(argv: list[str] | None = None) -> dict:
     if training_args.do_eval:
         metrics.update(trainer.evaluate())
     trainer.save_model()
+    if trainer.is_world_process_zero():
+        image_processor_for(model.config).save_pretrained(training_args.output_dir)
     trainer.log_metrics("train", metrics)
     trainer.save_metrics("all", metrics)
 

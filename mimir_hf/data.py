@@ -14,6 +14,8 @@ import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, load_dataset
 from PIL import Image as PILImage
 
+from .image_processing_mimir import MimirImageProcessor
+
 DIGITS_SEED = 0
 DIGITS_TEST_FRACTION = 0.2
 _IMAGE_COLUMNS = ("image", "img", "pixel_values", "picture")
@@ -141,6 +143,16 @@ def with_pixel_transform(
     return dataset.with_transform(transform)
 
 
+def image_processor_for(config) -> MimirImageProcessor:
+    """The image processor of a MIMIR model: its size and channels, bicubic resize, [0, 1], no normalisation.
+
+    Normalisation happens inside the model (`config.image_mean`/`image_std`). Saved next to a model, it lets
+    `pipeline("image-classification", model=folder)` feed the model exactly the pixels training fed it.
+    """
+    height, width = config.image_size_hw
+    return MimirImageProcessor(num_channels=config.num_channels, size={"height": height, "width": width})
+
+
 def collate_fn(examples: list[dict]) -> dict[str, torch.Tensor]:
     """Stack `pixel_values` (and `labels`, when present) into a batch."""
     batch = {"pixel_values": torch.stack([example["pixel_values"] for example in examples])}
@@ -159,6 +171,7 @@ def tensors(dataset: Dataset, limit: int | None = None) -> tuple[torch.Tensor, t
 
 __all__ = [
     "collate_fn",
+    "image_processor_for",
     "label_names",
     "load_digits_dataset",
     "load_image_dataset",

@@ -485,6 +485,14 @@ def check_labels(labels: torch.Tensor, num_labels: int) -> None:
         raise ValueError(f"labels must be in [0, {num_labels}) (config.num_labels), got {sorted(set(bad.tolist()))}.")
 
 
+# `save_pretrained` writes `auto_map` and copies this file, the config file and mutual_information.py, so a saved
+# model loads with `trust_remote_code=True` where mimir_hf is not installed.
+MimirConfig.register_for_auto_class()
+MimirModel.register_for_auto_class("AutoModel")
+MimirForPreTraining.register_for_auto_class("AutoModelForPreTraining")
+MimirForImageClassification.register_for_auto_class("AutoModelForImageClassification")
+
+
 __all__ = [
     "MimirForImageClassification",
     "MimirForPreTraining",

@@ -1,0 +1,36 @@
+"""Image processor of MIMIR models: resize to the model's size, rescale to [0, 1], match the model's channel count.
+
+transformers' ViT image processor (PIL backend) with normalisation off -- it happens inside the model -- and one
+addition: PIL images are converted to the model's channels ("L" for 1, "RGB" for 3) before anything else, so
+`pipeline("image-classification")`, which hands over RGB images, also feeds grey-scale models.
+"""
+
+from __future__ import annotations
+
+from PIL import Image
+from transformers.image_utils import PILImageResampling
+from transformers.models.vit.image_processing_pil_vit import ViTImageProcessorPil
+
+
+class MimirImageProcessor(ViTImageProcessorPil):
+    resample = PILImageResampling.BICUBIC
+    do_normalize = False
+    image_mean = None
+    image_std = None
+
+    def __init__(self, num_channels: int = 3, **kwargs):
+        super().__init__(**kwargs)
+        if num_channels not in (1, 3):
+            raise ValueError(f"MimirImageProcessor handles 1- or 3-channel models, got num_channels={num_channels}.")
+        self.num_channels = num_channels
+
+    def process_image(self, image, do_convert_rgb=None, input_data_format=None, **kwargs):
+        if isinstance(image, Image.Image):
+            image = image.convert("L" if self.num_channels == 1 else "RGB")
+            do_convert_rgb = False
+        return super().process_image(image, do_convert_rgb=do_convert_rgb, input_data_format=input_data_format, **kwargs)
+
+
+MimirImageProcessor.register_for_auto_class("AutoImageProcessor")
+
+__all__ = ["MimirImageProcessor"]
