@@ -13,7 +13,6 @@ which shapes cannot tell (defaults: 64-wide encoder heads as in ViT-T/S/B/L, 16 
 from __future__ import annotations
 
 import argparse
-import os
 import pickle
 import re
 

@@ -8,6 +8,7 @@ layer-wise lr decay and no weight decay on biases, norms, tokens and position em
 
 from __future__ import annotations
 
+import os
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -95,6 +96,13 @@ class _MimirTrainerBase(Trainer):
         # compute_loss returns batch means: Trainer must scale them for gradient accumulation itself.
         self.model_accepts_loss_kwargs = False
         self._metrics: dict[str, dict[str, list[torch.Tensor]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+
+    def create_model_card(self, *args, **kwargs):
+        """Keep a model card written by mimir_hf (e.g. by the example scripts); otherwise Trainer's generic one."""
+        card = os.path.join(self.args.output_dir, "README.md")
+        if os.path.isfile(card) and "mimir_hf" in open(card).read():
+            return
+        super().create_model_card(*args, **kwargs)
 
     def create_optimizer(self, model=None):
         opt_model = self.model if model is None else model

@@ -15,6 +15,8 @@ from mimir_hf.data import image_processor_for, load_digits_dataset, to_pixel_val
 
 from .conftest import tiny_config
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples"))
+
 
 def saved_classifier(path, **overrides):
     names = ["cat", "dog", "owl", "emu"]
@@ -86,3 +88,84 @@ def test_image_processor_feeds_exactly_the_training_pixels():
     for row in load_digits_dataset()["test"].select(range(5)):
         from_processor = processor(images=row["image"], return_tensors="pt")["pixel_values"][0]
         assert torch.equal(from_processor, to_pixel_values(row["image"], (16, 16), 1))
+
+
+def http_client():
+    """The HTTP client module huggingface_hub uses: httpx2 from 2.x on, httpx in 1.x."""
+    try:
+        import httpx2
+
+        return httpx2
+    except ImportError:
+        import httpx
+
+        return httpx
+
+
+class FakeHub:
+    """Stands in for the Hub's HTTP API: records what would be sent, answers like the Hub for uploads."""
+
+    def __init__(self):
+        self.commits, self.created = [], []
+
+    def handler(self, request):
+        import base64
+
+        httpx = http_client()
+
+        path = request.url.path
+        if path.endswith("/api/repos/create"):
+            self.created.append(json.loads(request.content)["name"])
+            return httpx.Response(200, json={"url": "https://huggingface.co/me/mimir-test"})
+        if "/preupload/" in path:
+            files = json.loads(request.content)["files"]
+            return httpx.Response(200, json={"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]})
+        if "/commit/" in path:
+            lines = [json.loads(line) for line in request.content.decode().splitlines() if line.strip()]
+            files = {
+                line["value"]["path"]: base64.b64decode(line["value"]["content"])
+                for line in lines if line["key"] == "file"
+            }
+            self.commits.append(files)
+            return httpx.Response(200, json={"commitUrl": "https://huggingface.co/me/mimir-test/commit/1", "commitOid": "1" * 40})
+        return httpx.Response(200, json={})
+
+
+@pytest.fixture
+def fake_hub(monkeypatch):
+    httpx = http_client()
+    from huggingface_hub.utils import close_session, set_client_factory
+
+    hub = FakeHub()
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    set_client_factory(lambda: httpx.Client(transport=httpx.MockTransport(hub.handler)))
+    close_session()
+    yield hub
+    set_client_factory(httpx.Client)
+    close_session()
+
+
+def test_model_push_to_hub_sends_safetensors_config_and_code(tmp_path, fake_hub):
+    model = MimirForImageClassification(tiny_config())
+    model.push_to_hub("me/mimir-test", token="hf_fake_token")
+    sent = fake_hub.commits[-1]
+    assert {"model.safetensors", "config.json", "modeling_mimir.py", "configuration_mimir.py"} <= set(sent)
+    assert json.loads(sent["config.json"])["model_type"] == "mimir"
+    assert not any(name.endswith((".bin", ".pth")) for name in sent)
+
+
+def test_finetuning_script_pushes_weights_processor_and_mimir_card(tmp_path, fake_hub):
+    import run_finetuning
+
+    run_finetuning.main(
+        ["--output_dir", str(tmp_path / "out"), "--max_train_samples", "32", "--max_eval_samples", "8",
+         "--num_train_epochs", "1", "--adversarial_steps", "1", "--image_size", "8", "--patch_size", "2",
+         "--hidden_size", "32", "--num_hidden_layers", "1", "--num_attention_heads", "2", "--disable_tqdm", "true",
+         "--report_to", "none", "--use_cpu", "true", "--save_strategy", "no",
+         "--push_to_hub", "true", "--hub_model_id", "me/mimir-test", "--hub_token", "hf_fake_token"]
+    )
+    assert fake_hub.created and fake_hub.created[0] == "mimir-test"
+    sent = fake_hub.commits[-1]
+    assert {"model.safetensors", "config.json", "preprocessor_config.json", "README.md"} <= set(sent)
+    card = sent["README.md"].decode()
+    assert "mimir_hf" in card and "model-index" in card and "PGD-20" in card
