@@ -11,7 +11,7 @@ from .reference_mae import ReferenceMAE, ReferenceViT
 
 def randomised(module):
     with torch.no_grad():
-        for name, parameter in module.named_parameters():
+        for parameter in module.parameters():
             if parameter.requires_grad:  # keep the fixed sin-cos tables
                 parameter.normal_(std=0.2)
     return module.eval()

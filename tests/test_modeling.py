@@ -133,10 +133,17 @@ def test_pretraining_initialises_from_a_transformers_vit_mae_checkpoint(tmp_path
     fields = {k: v for k, v in config.to_dict().items() if k in transformers.ViTMAEConfig().to_dict()}
     vit_mae = transformers.ViTMAEForPreTraining(transformers.ViTMAEConfig(**fields)).eval()
     vit_mae.save_pretrained(tmp_path)
-    model = MimirForPreTraining.from_pretrained(tmp_path, **config.to_diff_dict()).eval()
+    model = MimirForPreTraining.from_pretrained(tmp_path).eval()  # its config carries over
+    assert isinstance(model.config, MimirConfig)
+    for field in ("hidden_size", "num_hidden_layers", "decoder_hidden_size", "image_size", "patch_size", "layer_norm_eps"):
+        assert getattr(model.config, field) == getattr(vit_mae.config, field), field
     theirs = dict(vit_mae.named_parameters())
     for name, parameter in model.named_parameters():
         assert torch.equal(parameter, theirs[name]), name
+    noise = torch.rand(6, config.num_patches)
+    with torch.no_grad():
+        torch.testing.assert_close(model(images, noise=noise, compute_mi_loss=False).reconstruction_loss,
+                                   vit_mae(images, noise=noise).loss)
 
 
 def test_classifier_loads_every_encoder_weight_of_a_pretraining_checkpoint(tmp_path, config, images):
