@@ -191,3 +191,19 @@ def test_resume_from_checkpoint_reaches_the_same_weights(tmp_path):
     resumed = run(tmp_path / "interrupted", resume=str(tmp_path / "interrupted" / "checkpoint-2"))
     for name in straight:
         torch.testing.assert_close(straight[name], resumed[name], msg=name)
+
+
+@pytest.mark.parametrize("model_class, trainer_class", [(MimirForPreTraining, MimirPreTrainingTrainer),
+                                                        (MimirForImageClassification, MimirAdversarialTrainer)])
+def test_gradient_checkpointing_through_training_arguments_gives_the_same_weights(tmp_path, model_class, trainer_class):
+    def train(checkpointing):
+        torch.manual_seed(0)
+        model = model_class(tiny_config(drop_path_rate=0.1))
+        args = arguments(tmp_path, max_steps=3, per_device_train_batch_size=4, gradient_checkpointing=checkpointing)
+        trainer_class(model=model, args=args, train_dataset=dataset()).train()
+        assert model.is_gradient_checkpointing == checkpointing
+        return model.state_dict()
+
+    plain, checkpointed = train(False), train(True)
+    for name in plain:
+        torch.testing.assert_close(plain[name], checkpointed[name], msg=name)

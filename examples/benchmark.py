@@ -1,0 +1,169 @@
+#!/usr/bin/env python
+"""How far MIMIR's training steps sit above their floors, measured in one process, interleaved, after warm-up.
+
+    python examples/benchmark.py                                            # CPU-sized default (the digits recipe)
+    python examples/benchmark.py --preset vit-small-patch2-32 --batch_size 256 --output bench.json   # on a GPU
+
+Cases, each a full optimizer step (forward, backward, AdamW):
+  a) transformers' own `ViTMAEForPreTraining` with the same shapes (the MAE floor);
+  b) a MIMIR pre-training step (`MimirPreTrainingTrainer.compute_loss`: k-step attack + reconstruction + MI);
+  c) a clean classifier step;
+  d) a PGD-k adversarial-training step (`MimirAdversarialTrainer.compute_loss`).
+A k-step attack costs k forward/backward passes, so b/a and d/c cannot be below k + 1. The MI term's share is timed
+on its own (HSIC forward + backward on tensors of the step's shapes). On CUDA, steps run under bf16 autocast and peak
+memory is measured per case; on a CPU memory is not reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+
+import torch
+import torch.nn.functional as F
+from transformers import ViTMAEConfig, ViTMAEForPreTraining
+from transformers.utils import logging
+
+from mimir_hf import PRESETS, MimirConfig, MimirForImageClassification, MimirForPreTraining
+from mimir_hf.mutual_information import hsic
+from mimir_hf.trainer import MimirAdversarialTrainer, MimirPreTrainingTrainer, MimirTrainingArguments
+
+DEFAULT_SHAPE = dict(image_size=16, patch_size=2, hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
+                     intermediate_size=128, decoder_hidden_size=32, decoder_num_hidden_layers=1,
+                     decoder_num_attention_heads=4, decoder_intermediate_size=64)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", choices=sorted(PRESETS), help="A paper shape; default: the small digits recipe.")
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--attack_steps", type=int, default=1, help="k of the MIMIR pre-training attack (paper: 1).")
+    parser.add_argument("--pgd_steps", type=int, default=3, help="k of the PGD adversarial-training step.")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--output", help="Write the results as JSON here.")
+    return parser.parse_args(argv)
+
+
+class Case:
+    """One kind of training step: `step()` runs it once, the times and peak memory accumulate."""
+
+    def __init__(self, name, model, loss_fn, device):
+        self.name, self.model, self.loss_fn, self.device = name, model.to(device).train(), loss_fn, device
+        self.optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+        self.times, self.peak = [], 0
+
+    def step(self, images, labels, record=True):
+        cuda = self.device.startswith("cuda")
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        with torch.autocast(device_type="cuda" if cuda else "cpu", dtype=torch.bfloat16, enabled=cuda):
+            loss = self.loss_fn(self.model, images, labels)
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if cuda:
+            torch.cuda.synchronize()
+            self.peak = max(self.peak, torch.cuda.max_memory_allocated())
+        if record:
+            self.times.append(time.perf_counter() - start)
+
+    @property
+    def median(self):
+        return statistics.median(self.times)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    logging.set_verbosity_error()
+    torch.manual_seed(0)
+    shape = dict(PRESETS[args.preset]) if args.preset else dict(DEFAULT_SHAPE)
+    config = MimirConfig(**shape, attack_steps=args.attack_steps, num_labels=10)
+    vit_mae_fields = {k: v for k, v in config.to_dict().items() if k in ViTMAEConfig().to_dict()}
+    device = args.device
+
+    scratch = tempfile.mkdtemp()
+    training = MimirTrainingArguments(output_dir=scratch, report_to=[], adversarial_steps=args.pgd_steps,
+                                      adversarial_step_size=2 / 255, use_cpu=not device.startswith("cuda"))
+    pretrainer = MimirPreTrainingTrainer(model=MimirForPreTraining(config), args=training)
+    adversarial_trainer = MimirAdversarialTrainer(model=MimirForImageClassification(config), args=training)
+
+    cases = [
+        Case("a) ViTMAE step (transformers)", ViTMAEForPreTraining(ViTMAEConfig(**vit_mae_fields)),
+             lambda m, x, y: m(pixel_values=x).loss, device),
+        Case(f"b) MIMIR pre-training step (k={args.attack_steps})", pretrainer.model,
+             lambda m, x, y: pretrainer.compute_loss(m, {"pixel_values": x}), device),
+        Case("c) clean classifier step", MimirForImageClassification(config),
+             lambda m, x, y: F.cross_entropy(m(pixel_values=x).logits.float(), y), device),
+        Case(f"d) PGD-{args.pgd_steps} AT step", adversarial_trainer.model,
+             lambda m, x, y: adversarial_trainer.compute_loss(m, {"pixel_values": x, "labels": y}), device),
+    ]
+    images = torch.rand(args.batch_size, config.num_channels, *config.image_size_hw, device=device)
+    labels = torch.randint(0, 10, (args.batch_size,), device=device)
+    for _ in range(args.warmup):
+        for case in cases:
+            case.step(images, labels, record=False)
+    for _ in range(args.repeats):  # interleaved, so drifts (clocks, other load) hit every case alike
+        for case in cases:
+            case.step(images, labels)
+
+    # The MI term alone: HSIC(Z, X') forward + backward at the step's shapes.
+    kept = 1 + int(config.num_patches * (1 - config.mask_ratio))
+    latent = torch.randn(args.batch_size, kept, config.hidden_size, device=device, requires_grad=True)
+    mi_times = []
+    for i in range(args.warmup + args.repeats):
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        hsic(latent, images, sigma=config.mi_sigma).backward()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        if i >= args.warmup:
+            mi_times.append(time.perf_counter() - start)
+
+    a, b, c, d = (case.median for case in cases)
+    mi = statistics.median(mi_times)
+    result = {
+        "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
+        "precision": "bf16 autocast" if device.startswith("cuda") else "fp32",
+        "shape": shape, "batch_size": args.batch_size, "attack_steps": args.attack_steps, "pgd_steps": args.pgd_steps,
+        "repeats": args.repeats,
+        "median_seconds": {case.name: round(case.median, 5) for case in cases},
+        "images_per_second": {case.name: round(args.batch_size / case.median, 1) for case in cases},
+        "peak_memory_mib": {case.name: round(case.peak / 2**20, 1) for case in cases} if device.startswith("cuda") else None,
+        "ratio_b_over_a": round(b / a, 3), "floor_b": args.attack_steps + 1, "target_b": round(2.10 * (args.attack_steps + 1) / 2, 2),
+        "ratio_d_over_c": round(d / c, 3), "floor_d": args.pgd_steps + 1, "target_d": round(1.05 * (args.pgd_steps + 1), 2),
+        "mi_seconds": round(mi, 5), "mi_share_of_b": round(mi / b, 4),
+    }
+    lines = [
+        f"device {result['device']} ({result['precision']}), batch {args.batch_size}, shape {args.preset or 'digits recipe'}",
+        "| case | median step (ms) | images/s | peak memory (MiB) |",
+        "| --- | --- | --- | --- |",
+    ]
+    for case in cases:
+        memory = f"{case.peak / 2**20:.0f}" if device.startswith("cuda") else "n/a"
+        lines.append(f"| {case.name} | {1000 * case.median:.1f} | {args.batch_size / case.median:.0f} | {memory} |")
+    lines += [
+        "",
+        f"b/a = {result['ratio_b_over_a']:.2f} (floor {result['floor_b']}, target <= {result['target_b']})",
+        f"d/c = {result['ratio_d_over_c']:.2f} (floor {result['floor_d']}, target <= {result['target_d']})",
+        f"MI term: {1000 * mi:.2f} ms = {100 * result['mi_share_of_b']:.1f}% of a MIMIR step (target <= 5% at batch 256)",
+    ]
+    if device.startswith("cuda"):
+        lines.append(f"peak memory b/a = {cases[1].peak / cases[0].peak:.2f} (target <= 1.3)")
+        result["memory_b_over_a"] = round(cases[1].peak / cases[0].peak, 3)
+    print("\n".join(lines))
+    if args.output:
+        with open(args.output, "w") as f:
+            json.dump(result, f, indent=2)
+    return result
+
+
+if __name__ == "__main__":
+    main()

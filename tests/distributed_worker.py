@@ -1,0 +1,34 @@
+"""Run under torchrun by test_distributed.py: a few MIMIR pre-training steps with DDP (gloo) on CPU.
+
+Each rank writes a checksum of its final weights to $CHECKSUM_DIR. Each rank gets its own output dir
+(`<dir>/rank<N>`), so the test can see that rank 1 writes nothing there.
+"""
+
+import json
+import os
+import sys
+
+import torch
+from datasets import Dataset
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from mimir_hf import MimirForPreTraining  # noqa: E402
+from mimir_hf.trainer import MimirPreTrainingTrainer, MimirTrainingArguments  # noqa: E402
+from tests.conftest import tiny_config  # noqa: E402
+
+output_dir = os.path.join(sys.argv[1], f"rank{os.environ['RANK']}")
+checksum_dir = os.environ["CHECKSUM_DIR"]
+torch.manual_seed(0)
+images = torch.rand(32, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+dataset = Dataset.from_dict({"pixel_values": images.numpy()}).with_format("torch")
+args = MimirTrainingArguments(output_dir=output_dir, per_device_train_batch_size=4, max_steps=4, logging_steps=1,
+                              save_strategy="no", report_to=[], use_cpu=True, disable_tqdm=True, ddp_backend="gloo")
+trainer = MimirPreTrainingTrainer(model=MimirForPreTraining(tiny_config()), args=args, train_dataset=dataset)
+trainer.train()
+trainer.save_model()
+weights = torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
+record = {"world_size": args.world_size, "checksum": float(weights.double().sum()), "norm": float(weights.double().norm()),
+          "mi_losses": [entry["mi_loss"] for entry in trainer.state.log_history if "mi_loss" in entry]}
+with open(os.path.join(checksum_dir, f"rank{args.process_index}.json"), "w") as f:
+    json.dump(record, f)

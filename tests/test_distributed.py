@@ -1,0 +1,57 @@
+"""Two processes with torchrun (gloo, CPU): the Trainers and the example scripts run data-parallel."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(args, env=None, timeout=300):
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+               "--master_port", str(free_port())] + args
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", **(env or {})}
+    return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=environment, timeout=timeout)
+
+
+def test_two_ranks_agree_on_the_weights_and_only_rank_0_writes(tmp_path):
+    checksums = tmp_path / "checksums"
+    checksums.mkdir()
+    result = torchrun([os.path.join(ROOT, "tests", "distributed_worker.py"), str(tmp_path / "out")],
+                      env={"CHECKSUM_DIR": str(checksums)})
+    assert result.returncode == 0, result.stderr[-4000:]
+    ranks = [json.load(open(checksums / f"rank{r}.json")) for r in (0, 1)]
+    assert ranks[0]["world_size"] == ranks[1]["world_size"] == 2
+    assert ranks[0]["checksum"] == ranks[1]["checksum"] and ranks[0]["norm"] == ranks[1]["norm"]
+    assert {"config.json", "model.safetensors"} <= set(os.listdir(tmp_path / "out" / "rank0"))
+    rank1 = tmp_path / "out" / "rank1"
+    assert not rank1.exists() or not any(path.is_file() for path in rank1.rglob("*"))
+    # The MI term is computed on each device's own batch (4 images): normalised HSIC is at most m - 1 = 3.
+    assert ranks[0]["mi_losses"] and max(ranks[0]["mi_losses"]) <= 3.0 + 1e-3
+
+
+@pytest.mark.parametrize("script", ["run_pretraining.py", "run_finetuning.py"])
+def test_example_scripts_run_under_torchrun(tmp_path, script):
+    out = tmp_path / "out"
+    result = torchrun(
+        [os.path.join(ROOT, "examples", script), "--output_dir", str(out), "--max_train_samples", "32",
+         "--max_eval_samples", "8", "--num_train_epochs", "1", "--per_device_train_batch_size", "8",
+         "--image_size", "8", "--patch_size", "2", "--hidden_size", "32", "--num_hidden_layers", "1",
+         "--num_attention_heads", "2", "--adversarial_steps", "1", "--disable_tqdm", "true", "--report_to", "none",
+         "--use_cpu", "true", "--save_strategy", "no", "--ddp_backend", "gloo", "--log_level", "info"]
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert json.load(open(out / "mimir_run.json"))["status"] == "complete"
+    assert (out / "model.safetensors").is_file() and (out / "README.md").is_file()
+    # 8 images per device on 2 processes: Trainer's global batch is 16
+    assert "Total train batch size (w. parallel, distributed & accumulation) = 16" in result.stdout + result.stderr
