@@ -243,6 +243,18 @@ def start_training_run(script: str, training_class: type, argv: list[str] | None
     return model_args, data_args, training_args, resume
 
 
+def train(trainer, resume: str | None):
+    """`trainer.train()`; if it stopped on non-finite losses, save the last finite weights and raise."""
+    result = trainer.train(resume_from_checkpoint=trainer.args.resume_from_checkpoint or resume)
+    if trainer.nonfinite_stop:
+        trainer.save_model()
+        raise RuntimeError(
+            f"{trainer.nonfinite_stop} The last finite weights are saved in {trainer.args.output_dir}; the run is not "
+            "marked complete."
+        )
+    return result
+
+
 @dataclass
 class PreTrainingArguments(MimirTrainingArguments):
     """`MimirTrainingArguments` with MIMIR's pre-training optimisation as defaults (AdamW betas (0.9, 0.95), weight

@@ -24,6 +24,7 @@ from common import (  # noqa: E402
     logger,
     mark_complete,
     start_training_run,
+    train,
 )
 from transformers import AutoConfig  # noqa: E402
 
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
     trainer = MimirAdversarialTrainer(
         model=model, args=training_args, train_dataset=train_dataset, data_collator=collate_fn
     )
-    result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint or resume)
+    result = train(trainer, resume)
     trainer.save_model()
     if trainer.is_world_process_zero():
         image_processor_for(model.config).save_pretrained(training_args.output_dir)

@@ -25,6 +25,7 @@ from common import (  # noqa: E402
     logger,
     mark_complete,
     start_training_run,
+    train,
 )
 
 from mimir_hf import MimirConfig, MimirForPreTraining  # noqa: E402
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> dict:
         eval_dataset=eval_dataset if training_args.do_eval else None,
         data_collator=collate_fn,
     )
-    result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint or resume)
+    result = train(trainer, resume)
     metrics = dict(result.metrics)
     if training_args.do_eval:
         metrics.update(trainer.evaluate())

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .configuration_mimir import check_attack_budget
+from .modeling_mimir import check_pixel_range, pixel_range_checked
 from .mutual_information import hsic
 
 Objective = Callable[[torch.Tensor], torch.Tensor]
@@ -43,19 +44,6 @@ def project(images: torch.Tensor, clean: torch.Tensor, epsilon: float) -> torch.
     return torch.min(torch.max(images, clean - epsilon), clean + epsilon).clamp_(0.0, 1.0)
 
 
-def check_images(images: torch.Tensor, tolerance: float = 1e-4) -> None:
-    """Raise a `ValueError` unless `images` are finite pixels in [0, 1] (up to rounding)."""
-    low, high = torch.aminmax(images.detach())
-    low, high = float(low), float(high)
-    if not (low == low and high == high) or abs(low) == float("inf") or abs(high) == float("inf"):
-        raise ValueError("The images to attack hold NaN or inf values; expected finite pixels in [0, 1].")
-    if low < -tolerance or high > 1 + tolerance:
-        raise ValueError(
-            f"The images to attack must be pixels in [0, 1] (normalisation belongs inside the model, see "
-            f"MimirConfig.image_mean), got values in [{low:.4g}, {high:.4g}]."
-        )
-
-
 def projected_gradient_ascent(
     objective: Objective,
     images: torch.Tensor,
@@ -80,8 +68,7 @@ def projected_gradient_ascent(
     Returns: detached adversarial images, within `epsilon` of `images` and in [0, 1].
     """
     check_attack_budget(epsilon, step_size, steps)
-    check_images(images)
-    clean = images.detach()
+    clean = check_pixel_range(images.detach())
     if epsilon == 0:  # the eps-ball is the clean image itself
         return clean.clone()
     if random_start:
@@ -89,7 +76,7 @@ def projected_gradient_ascent(
         adversarial = (clean + (2 * noise - 1) * epsilon).clamp_(0.0, 1.0)
     else:
         adversarial = clean.clone()
-    with eval_mode(model), torch.enable_grad():
+    with eval_mode(model), torch.enable_grad(), pixel_range_checked():  # checked above; projection keeps [0, 1]
         for _ in range(steps):
             adversarial.requires_grad_(True)
             (gradient,) = torch.autograd.grad(objective(adversarial), adversarial)

@@ -97,6 +97,10 @@ class MimirConfig(PretrainedConfig):
             Per-channel mean subtracted inside the model. `None` feeds [0, 1] pixels to the patch embedding.
         image_std (`list[float]`, *optional*):
             Per-channel standard deviation divided out inside the model; set together with `image_mean`.
+        clamp_pixel_values (`bool`, defaults to `False`):
+            What the models do with pixel values outside [0, 1] beyond rounding (1e-3): `False` raises a
+            `ValueError` (usually a sign of normalised or 0-255 inputs), `True` clamps them into [0, 1]. NaN or
+            infinite pixels always raise.
         attack_epsilon (`float`, defaults to 8/255):
             L-inf radius of the pre-training attack, in [0, 1] pixel units.
         attack_step_size (`float`, defaults to 10/255):
@@ -150,6 +154,7 @@ class MimirConfig(PretrainedConfig):
     label_smoothing: float | int = 0.1
     image_mean: list[float] | tuple[float, ...] | None = None
     image_std: list[float] | tuple[float, ...] | None = None
+    clamp_pixel_values: bool = False
     attack_epsilon: float | int = 8 / 255
     attack_step_size: float | int = 10 / 255
     attack_steps: int = 1

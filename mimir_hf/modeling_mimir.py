@@ -12,11 +12,15 @@ Parameter names are those of transformers' ViTMAE modules (`vit.embeddings...`, 
 
 from __future__ import annotations
 
+import math
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import PretrainedConfig, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import ImageClassifierOutput
 from transformers.models.vit_mae.modeling_vit_mae import (
@@ -31,6 +35,7 @@ from .configuration_mimir import MimirConfig
 from .mutual_information import mutual_information
 
 logger = logging.get_logger(__name__)
+_HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "proxies", "revision", "subfolder", "token")
 
 # ViTMAE's on-disk key layout -> module names (applied when loading only; regexes, in order).
 VIT_MAE_KEY_MAPPING = {
@@ -148,6 +153,7 @@ class MimirEmbeddings(ViTMAEEmbeddings):
         apply_masking: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         check_pixel_values(pixel_values, self.config, interpolate_pos_encoding)
+        pixel_values = check_pixel_range(pixel_values, self.config.clamp_pixel_values)
         height, width = pixel_values.shape[-2:]
         pixel_values = (pixel_values - self.pixel_mean) / self.pixel_std
         embeddings = self.patch_embeddings(pixel_values.to(self.patch_embeddings.projection.weight.dtype))
@@ -186,6 +192,38 @@ def check_pixel_values(pixel_values: torch.Tensor, config: MimirConfig, interpol
             f"Input image size {height}x{width} does not match the model's {expected}; resize the images or pass "
             "interpolate_pos_encoding=True."
         )
+
+
+PIXEL_TOLERANCE = 1e-3
+_range_checked = ContextVar("mimir_pixel_range_checked", default=False)
+
+
+@contextmanager
+def pixel_range_checked():
+    """Inside, models skip the [0, 1] check of their inputs: for callers that checked once and keep the range (the
+    attack engine projects every step into [0, 1]), sparing a host-device sync per forward pass."""
+    token = _range_checked.set(True)
+    try:
+        yield
+    finally:
+        _range_checked.reset(token)
+
+
+def check_pixel_range(pixel_values: torch.Tensor, clamp: bool = False) -> torch.Tensor:
+    """`pixel_values`, checked to be finite and in [0, 1] (up to 1e-3); clamped into [0, 1] instead when `clamp`."""
+    if _range_checked.get():
+        return pixel_values
+    low, high = (float(v) for v in torch.aminmax(pixel_values.detach().float()))
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise ValueError("pixel_values hold NaN or infinite values; expected finite pixels in [0, 1].")
+    if low < -PIXEL_TOLERANCE or high > 1 + PIXEL_TOLERANCE:
+        if clamp:
+            return pixel_values.clamp(0.0, 1.0)
+        raise ValueError(
+            f"pixel_values must be in [0, 1], got values in [{low:.4g}, {high:.4g}]. Feed un-normalised pixels (any "
+            "normalisation belongs in config.image_mean / image_std), or set config.clamp_pixel_values=True to clamp."
+        )
+    return pixel_values
 
 
 class MimirDropPath(nn.Module):
@@ -247,11 +285,56 @@ class MimirPreTrainedModel(PreTrainedModel):
     # Losses are batch means: Trainer must divide them by the gradient-accumulation steps itself.
     accepts_loss_kwargs = False
 
+    # Weights a checkpoint may lack for this class (initialised afresh, said in one log line); any other missing
+    # weight is an error: a half-loaded model must not go unnoticed.
+    _new_weights_allowed: tuple[str, ...] = ()
+    _loadable_model_types = ("mimir", "vit_mae")
+
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        """`PreTrainedModel.from_pretrained`, also reading checkpoints in ViTMAE's on-disk key layout."""
+        """`PreTrainedModel.from_pretrained` with MIMIR's checks.
+
+        Reads MIMIR and transformers ViTMAE checkpoints (the latter's on-disk key layout included); refuses other
+        architectures, unreadable weight files and checkpoints that leave weights other than
+        `_new_weights_allowed` uninitialised, each with a `ValueError` that says what was wrong.
+        """
+        path = pretrained_model_name_or_path
+        if not isinstance(kwargs.get("config"), PretrainedConfig):
+            hub_kwargs = {k: kwargs[k] for k in _HUB_KWARGS if k in kwargs}
+            config_dict, _ = PretrainedConfig.get_config_dict(path, **hub_kwargs)
+            model_type = config_dict.get("model_type")
+            if model_type not in cls._loadable_model_types:
+                raise ValueError(
+                    f"{path} holds a {model_type!r} checkpoint ({', '.join(config_dict.get('architectures') or [])}); "
+                    f"{cls.__name__} loads MIMIR ('mimir') or ViTMAE ('vit_mae') checkpoints. The authors' .pth files "
+                    "convert with `python -m mimir_hf.convert`."
+                )
         kwargs.setdefault("key_mapping", VIT_MAE_KEY_MAPPING)
-        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        wants_info = kwargs.pop("output_loading_info", False)
+        try:
+            model, info = super().from_pretrained(path, *args, output_loading_info=True, **kwargs)
+        except SafetensorError as error:
+            raise ValueError(
+                f"The weights file in {path} cannot be read ({error}): it is truncated or corrupt. Download or save it "
+                "again."
+            ) from None
+        missing = sorted(info["missing_keys"])
+        unexplained = [key for key in missing if not key.startswith(cls._new_weights_allowed)]
+        if unexplained:
+            raise ValueError(
+                f"{path} does not hold {len(unexplained)} weights {cls.__name__} needs (e.g. {unexplained[:6]}); "
+                "refusing to return a half-loaded model. Is it a checkpoint of another shape or model?"
+            )
+        if missing:
+            new = sorted({key.rsplit(".", 1)[0] for key in missing})
+            logger.warning(
+                f"{cls.__name__} loaded {len(model.state_dict()) - len(missing)} tensors from {path} and newly "
+                f"initialised {', '.join(new)}; unused checkpoint weights (a pre-training decoder, the encoder's "
+                "final norm under mean pooling) were dropped."
+            )
+        else:
+            logger.info(f"{cls.__name__} loaded all {len(model.state_dict())} tensors from {path}.")
+        return (model, info) if wants_info else model
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -319,6 +402,8 @@ class MimirForPreTraining(MimirPreTrainedModel):
     `loss = reconstruction_loss + config.mi_weight * I(X'; Z)`, with Z the encoder tokens (CLS + visible patches).
     The adversarial images come from outside (see `mimir_hf.attacks.mae_attack` and `MimirPreTrainingTrainer`).
     """
+
+    _new_weights_allowed = ("decoder.",)  # e.g. starting pre-training from an encoder-only checkpoint
 
     def __init__(self, config: MimirConfig):
         super().__init__(config)
@@ -414,6 +499,7 @@ class MimirForImageClassification(MimirPreTrainedModel):
 
     # A pre-training checkpoint's decoder (and, with mean pooling, the encoder's final norm) is dropped on purpose.
     _keys_to_ignore_on_load_unexpected = [r"^decoder\.", r"^vit\.layernorm\."]
+    _new_weights_allowed = ("classifier.", "fc_norm.")
 
     def __init__(self, config: MimirConfig):
         super().__init__(config)
@@ -457,23 +543,6 @@ class MimirForImageClassification(MimirPreTrainedModel):
                 logits.float(), labels.to(logits.device), label_smoothing=self.config.label_smoothing
             )
         return ImageClassifierOutput(loss=loss, logits=logits)
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        """`PreTrainedModel.from_pretrained`, plus one log line that says what was loaded, dropped and initialised."""
-        wants_info = kwargs.pop("output_loading_info", False)
-        model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
-        new = sorted({key.rsplit(".", 1)[0] for key in info["missing_keys"]})
-        loaded = len(model.state_dict()) - len(info["missing_keys"])
-        if new:
-            logger.warning(
-                f"MimirForImageClassification loaded {loaded} tensors from {pretrained_model_name_or_path} and newly "
-                f"initialised {', '.join(new)} (a pre-training decoder, and the encoder's final norm under mean "
-                "pooling, are not used by the classifier)."
-            )
-        else:
-            logger.info(f"MimirForImageClassification loaded all {loaded} tensors from {pretrained_model_name_or_path}.")
-        return (model, info) if wants_info else model
 
 
 def check_labels(labels: torch.Tensor, num_labels: int) -> None:

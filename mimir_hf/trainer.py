@@ -18,9 +18,12 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import Trainer, TrainingArguments
 from transformers.modeling_outputs import ImageClassifierOutput
+from transformers.utils import logging
 
 from .attacks import logits_of, mae_attack, pgd_attack, trades_attack
 from .configuration_mimir import check_attack_budget
+
+logger = logging.get_logger(__name__)
 
 ADVERSARIAL_METHODS = ("pgd", "trades", "mart", "none")
 _NO_WEIGHT_DECAY = ("cls_token", "mask_token", "position_embeddings", "decoder_pos_embed")
@@ -45,6 +48,9 @@ class MimirTrainingArguments(TrainingArguments):
     layer_decay: float = field(
         default=1.0, metadata={"help": "Layer-wise lr decay (0.65 in MIMIR fine-tuning; 1.0 = none)."}
     )
+    max_consecutive_nonfinite: int = field(
+        default=5, metadata={"help": "Stop after this many non-finite losses in a row (each one's batch is skipped)."}
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -57,6 +63,8 @@ class MimirTrainingArguments(TrainingArguments):
         )
         if not 0 < self.layer_decay <= 1:
             raise ValueError(f"layer_decay must be in (0, 1], got {self.layer_decay}.")
+        if self.max_consecutive_nonfinite < 1:
+            raise ValueError(f"max_consecutive_nonfinite must be >= 1, got {self.max_consecutive_nonfinite}.")
 
 
 def layer_id(name: str, num_layers: int) -> int:
@@ -89,13 +97,46 @@ def parameter_groups(model: nn.Module, learning_rate: float, weight_decay: float
 
 
 class _MimirTrainerBase(Trainer):
-    """Shared by both trainers: the optimizer and the logging of the loss parts through Trainer's `log`."""
+    """Shared by both trainers: the optimizer, the non-finite-loss guard, and the logging of the loss parts."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         # compute_loss returns batch means: Trainer must scale them for gradient accumulation itself.
         self.model_accepts_loss_kwargs = False
         self._metrics: dict[str, dict[str, list[torch.Tensor]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self._nonfinite_in_a_row = 0
+        self.nonfinite_stop: str | None = None  # why training stopped early, if it did
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, outputs = self.mimir_loss(model, inputs)
+        if model.training:
+            loss = self._skip_if_nonfinite(loss)
+        return (loss, outputs) if return_outputs else loss
+
+    def mimir_loss(self, model, inputs) -> tuple[torch.Tensor, object]:
+        raise NotImplementedError
+
+    def _skip_if_nonfinite(self, loss: torch.Tensor) -> torch.Tensor:
+        """A finite loss passes. A non-finite one is replaced by a zero with no graph to the parameters, so their
+        gradients stay None and the optimizer leaves them as they were; after `max_consecutive_nonfinite` in a row,
+        training stops with a message in `self.nonfinite_stop`."""
+        if torch.isfinite(loss):
+            self._nonfinite_in_a_row = 0
+            return loss
+        self._nonfinite_in_a_row += 1
+        limit = getattr(self.args, "max_consecutive_nonfinite", 5)
+        logger.warning(
+            f"Non-finite loss ({loss.item()}) at step {self.state.global_step}: this batch is skipped, no parameter "
+            f"is updated from it ({self._nonfinite_in_a_row} in a row; training stops at {limit})."
+        )
+        if self._nonfinite_in_a_row >= limit:
+            self.nonfinite_stop = (
+                f"Training stopped at step {self.state.global_step} after {self._nonfinite_in_a_row} non-finite "
+                "losses in a row (try a lower learning rate, fp32/bf16 instead of fp16, or check the data)."
+            )
+            logger.error(self.nonfinite_stop)
+            self.control.should_training_stop = True
+        return torch.zeros((), device=loss.device, requires_grad=True)
 
     def create_model_card(self, *args, **kwargs):
         """Keep a model card written by mimir_hf (e.g. by the example scripts); otherwise Trainer's generic one."""
@@ -139,12 +180,12 @@ class MimirPreTrainingTrainer(_MimirTrainerBase):
     `MimirConfig` (`attack_epsilon`, `attack_step_size`, `attack_steps`, `attack_random_start`).
     """
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+    def mimir_loss(self, model, inputs):
         images = inputs["pixel_values"]
         adversarial = mae_attack(self.accelerator.unwrap_model(model), images)
         outputs = model(pixel_values=images, adversarial_pixel_values=adversarial)
         self._store(model, reconstruction_loss=outputs.reconstruction_loss, mi_loss=outputs.mi_loss)
-        return (outputs.loss, outputs) if return_outputs else outputs.loss
+        return outputs.loss, outputs
 
 
 class MimirAdversarialTrainer(_MimirTrainerBase):
@@ -174,7 +215,7 @@ class MimirAdversarialTrainer(_MimirTrainerBase):
             return trades_attack(model, images, **budget)
         return pgd_attack(model, images, labels, **budget)
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+    def mimir_loss(self, model, inputs):
         images, labels = inputs["pixel_values"], inputs["labels"]
         args, batch_size = self.args, images.shape[0]
         method = args.adversarial_method
@@ -183,7 +224,7 @@ class MimirAdversarialTrainer(_MimirTrainerBase):
             logits = logits_of(model, images)
             loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
             self._store(model, natural_accuracy=(logits.argmax(1) == labels).float().mean())
-            return (loss, ImageClassifierOutput(loss=loss, logits=logits)) if return_outputs else loss
+            return loss, ImageClassifierOutput(loss=loss, logits=logits)
 
         adversarial = self._attack(self.accelerator.unwrap_model(model), images, labels)
         if method == "pgd":
@@ -209,7 +250,7 @@ class MimirAdversarialTrainer(_MimirTrainerBase):
                 loss = boosted + args.mart_beta * (kl * (1.0000001 - true_probs)).mean()
             self._store(model, natural_accuracy=(clean_logits.argmax(1) == labels).float().mean())
         self._store(model, adversarial_accuracy=(adversarial_logits.argmax(1) == labels).float().mean())
-        return (loss, ImageClassifierOutput(loss=loss, logits=adversarial_logits)) if return_outputs else loss
+        return loss, ImageClassifierOutput(loss=loss, logits=adversarial_logits)
 
 
 __all__ = [

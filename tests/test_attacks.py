@@ -150,11 +150,11 @@ def test_bad_budgets_are_clear_errors(images, budget, message):
 
 
 def test_images_outside_unit_range_are_a_clear_error(classifier, images, labels):
-    with pytest.raises(ValueError, match="must be pixels in \\[0, 1\\]"):
+    with pytest.raises(ValueError, match="must be in \\[0, 1\\]"):
         pgd_attack(classifier, images * 2 - 1, labels)
     bad = images.clone()
     bad[0, 0, 0, 0] = float("nan")
-    with pytest.raises(ValueError, match="NaN or inf"):
+    with pytest.raises(ValueError, match="NaN or infinite"):
         pgd_attack(classifier, bad, labels)
     with pytest.raises(ValueError, match="Unknown PGD loss"):
         pgd_attack(classifier, images, labels, loss="dlr")

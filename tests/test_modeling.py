@@ -11,6 +11,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForImageClassification,
 
 import mimir_hf  # noqa: F401  (registers the Auto classes)
 from mimir_hf import MimirConfig, MimirForImageClassification, MimirForPreTraining, MimirModel
+from mimir_hf.modeling_mimir import pixel_range_checked
 from mimir_hf.mutual_information import hsic
 
 from .conftest import tiny_config
@@ -105,7 +106,9 @@ def test_save_load_round_trip_gives_equal_outputs(tmp_path, config, images, labe
     noise = torch.rand(6, config.num_patches)
     model = MimirForPreTraining(config).eval()
     model.save_pretrained(tmp_path / "pt")
-    assert sorted(os.listdir(tmp_path / "pt")) == ["config.json", "model.safetensors"]
+    assert sorted(os.listdir(tmp_path / "pt")) == [
+        "config.json", "configuration_mimir.py", "model.safetensors", "modeling_mimir.py", "mutual_information.py"
+    ]
     reloaded = MimirForPreTraining.from_pretrained(tmp_path / "pt").eval()
     for name in ("loss", "logits", "latent"):
         torch.testing.assert_close(getattr(model(images, noise=noise), name), getattr(reloaded(images, noise=noise), name))
@@ -181,7 +184,8 @@ def test_normalisation_inside_the_model_equals_normalised_inputs(images):
     plain = MimirForImageClassification(tiny_config()).eval()
     plain.load_state_dict(normalising.state_dict())
     normalised = (images - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
-    torch.testing.assert_close(normalising(images).logits, plain(normalised).logits)
+    with pixel_range_checked():  # normalised values are outside [0, 1] on purpose here
+        torch.testing.assert_close(normalising(images).logits, plain(normalised).logits)
 
 
 def test_interpolate_pos_encoding_and_size_errors(config, images):
@@ -218,3 +222,44 @@ def test_gradient_checkpointing_gives_the_same_gradients(config, images):
     assert len(expected) == len(got)
     for a, b in zip(expected, got, strict=True):
         torch.testing.assert_close(a, b)
+
+
+def test_pixel_values_outside_unit_range_nan_and_the_clamp_flag(images, labels):
+    model = MimirForImageClassification(tiny_config()).eval()
+    with pytest.raises(ValueError, match=r"pixel_values must be in \[0, 1\], got values in \[-0\.9.*clamp_pixel_values"):
+        model(images * 2 - 1)
+    with pytest.raises(ValueError, match=r"got values in \[0, 255\]"):
+        model((images * 255).round())
+    bad = images.clone()
+    bad[0, 0, 0, 0] = float("inf")
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        model(bad)
+    model(images * (1 + 5e-4))  # rounding noise is tolerated
+    clamping = MimirForImageClassification(tiny_config(clamp_pixel_values=True)).eval()
+    clamping.load_state_dict(model.state_dict())
+    torch.testing.assert_close(clamping(images * 2 - 1).logits, model((images * 2 - 1).clamp(0, 1)).logits)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        clamping(bad)
+
+
+def test_from_pretrained_refuses_other_architectures_corrupt_files_and_half_loads(tmp_path, config):
+    bert = transformers.BertModel(transformers.BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                                          intermediate_size=64, vocab_size=50))
+    bert.save_pretrained(tmp_path / "bert")
+    with pytest.raises(ValueError, match="holds a 'bert' checkpoint.*loads MIMIR \\('mimir'\\) or ViTMAE"):
+        MimirForImageClassification.from_pretrained(tmp_path / "bert")
+
+    MimirForImageClassification(config).save_pretrained(tmp_path / "truncated")
+    weights = tmp_path / "truncated" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(ValueError, match="cannot be read.*truncated or corrupt"):
+        MimirForImageClassification.from_pretrained(tmp_path / "truncated")
+
+    from safetensors.torch import load_file, save_file
+
+    MimirForImageClassification(config).save_pretrained(tmp_path / "partial")
+    state = load_file(tmp_path / "partial" / "model.safetensors")
+    del state["vit.layers.1.mlp.fc2.weight"]
+    save_file(state, tmp_path / "partial" / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="does not hold 1 weights.*vit.layers.1.mlp.fc2.weight.*half-loaded"):
+        MimirForImageClassification.from_pretrained(tmp_path / "partial")

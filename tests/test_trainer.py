@@ -207,3 +207,48 @@ def test_gradient_checkpointing_through_training_arguments_gives_the_same_weight
     plain, checkpointed = train(False), train(True)
     for name in plain:
         torch.testing.assert_close(plain[name], checkpointed[name], msg=name)
+
+
+class FlakyTrainer(MimirAdversarialTrainer):
+    """Turns the loss of chosen steps into NaN, as an fp16 overflow or a bad batch would."""
+
+    nan_steps: set = set()
+
+    def mimir_loss(self, model, inputs):
+        loss, outputs = super().mimir_loss(model, inputs)
+        if self.state.global_step in self.nan_steps:
+            loss = loss * float("nan")
+        return loss, outputs
+
+
+class Snapshots(TrainerCallback):
+    def __init__(self):
+        self.weights = {}
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        self.weights[state.global_step] = {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_a_nonfinite_loss_skips_its_step_and_training_goes_on(tmp_path):
+    model = MimirForImageClassification(tiny_config())
+    snapshots = Snapshots()
+    FlakyTrainer.nan_steps = {2}
+    trainer = FlakyTrainer(model=model, args=arguments(tmp_path, max_steps=5, per_device_train_batch_size=4),
+                           train_dataset=dataset(), callbacks=[snapshots])
+    trainer.train()
+    assert trainer.state.global_step == 5 and trainer.nonfinite_stop is None
+    before, after = snapshots.weights[2], snapshots.weights[3]  # step 3 is the one computed at global_step 2
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert any(not torch.equal(after[k], snapshots.weights[4][k]) for k in after)
+    assert all(torch.isfinite(v).all() for v in model.state_dict().values())
+
+
+def test_too_many_nonfinite_losses_in_a_row_stop_training_with_a_message(tmp_path):
+    model = MimirForImageClassification(tiny_config())
+    FlakyTrainer.nan_steps = {1, 2, 3, 4, 5, 6, 7}
+    trainer = FlakyTrainer(model=model, args=arguments(tmp_path, max_steps=20, per_device_train_batch_size=4,
+                                                       max_consecutive_nonfinite=3), train_dataset=dataset())
+    trainer.train()
+    assert trainer.state.global_step == 4
+    assert "after 3 non-finite losses in a row" in trainer.nonfinite_stop
+    assert all(torch.isfinite(v).all() for v in model.state_dict().values())
