@@ -158,3 +158,33 @@ def test_images_outside_unit_range_are_a_clear_error(classifier, images, labels)
         pgd_attack(classifier, bad, labels)
     with pytest.raises(ValueError, match="Unknown PGD loss"):
         pgd_attack(classifier, images, labels, loss="dlr")
+
+
+def test_attacks_see_through_in_model_normalisation(images, labels):
+    """PGD on a model that normalises inside equals PGD on the same weights behind an explicit normalisation."""
+    from torch import nn
+
+    from mimir_hf.modeling_mimir import pixel_range_checked
+
+    from .conftest import tiny_config
+
+    mean, std = torch.tensor([0.5, 0.4, 0.3]).view(1, 3, 1, 1), torch.tensor([0.2, 0.25, 0.3]).view(1, 3, 1, 1)
+    inside = MimirForImageClassification(tiny_config(image_mean=[0.5, 0.4, 0.3], image_std=[0.2, 0.25, 0.3])).eval()
+    inside.classifier.weight.data.normal_(std=0.5)
+    plain = MimirForImageClassification(tiny_config()).eval()
+    plain.load_state_dict(inside.state_dict())
+
+    class Explicit(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = plain
+
+        def forward(self, x):
+            with pixel_range_checked():  # normalised values leave [0, 1] on purpose
+                return self.model(pixel_values=(x - mean) / std).logits
+
+    for loss in ("ce", "margin"):
+        a = pgd_attack(inside, images, labels, EPS, 2 / 255, 5, loss=loss, generator=torch.Generator().manual_seed(1))
+        b = pgd_attack(Explicit(), images, labels, EPS, 2 / 255, 5, loss=loss, generator=torch.Generator().manual_seed(1))
+        torch.testing.assert_close(a, b)
+        assert (a != images).any()

@@ -82,3 +82,37 @@ def test_autoattack_row_when_torchattacks_is_installed(model, images, labels):
     report = evaluate_robustness(model, images, labels, settings)
     assert "autoattack" in report["accuracy"] and report["autoattack"].startswith("torchattacks")
     assert report["robust_accuracy"] <= report["accuracy"]["autoattack"]
+
+
+def test_sanity_checks_hold_on_a_trained_model(tmp_path):
+    """A tiny ViT trained on digits for a few seconds passes every gradient-masking check."""
+    from datasets import Dataset
+
+    from mimir_hf.data import load_digits_dataset, tensors, with_pixel_transform
+    from mimir_hf.trainer import MimirAdversarialTrainer, MimirTrainingArguments
+
+    digits = load_digits_dataset()
+    train_images, train_labels = tensors(with_pixel_transform(digits["train"], "image", "label", (8, 8), 1), limit=768)
+    images, labels = tensors(with_pixel_transform(digits["test"], "image", "label", (8, 8), 1), limit=120)
+    train = Dataset.from_dict({"pixel_values": train_images.numpy(), "labels": train_labels.numpy()}).with_format("torch")
+    torch.manual_seed(0)
+    model = MimirForImageClassification(tiny_config(image_size=8, patch_size=2, num_channels=1, num_labels=10))
+    args = MimirTrainingArguments(
+        output_dir=str(tmp_path), num_train_epochs=8, per_device_train_batch_size=32, learning_rate=3e-3,
+        adversarial_method="none", report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True, seed=0,
+    )
+    MimirAdversarialTrainer(model=model, args=args, train_dataset=train).train()
+    settings = RobustnessSettings(pgd_steps=(20, 100), cw_steps=20, adaptive_steps=10, eps_sweep=(0.0, 8 / 255, 1.0),
+                                  autoattack_max_samples=24, batch_size=120)
+    report = evaluate_robustness(model, images, labels, settings)
+    accuracy = report["accuracy"]
+    assert accuracy["natural"] > 50  # it learned something, so the checks are not vacuous
+    failed = [row for row in report["sanity_checks"] if row["passed"] is False]
+    assert not failed, failed
+    assert report["eps_sweep"][-1]["accuracy"] == 0.0
+    assert accuracy["pgd100"] <= accuracy["pgd20"] + 0.5 and accuracy["pgd20"] <= accuracy["fgsm"] + 0.5
+    assert accuracy["cw_inf"] <= accuracy["pgd20"] + 1.0
+    assert accuracy["uniform_noise"] >= accuracy["pgd20"]
+    checks = {row["check"]: row["passed"] for row in report["sanity_checks"]}
+    if "autoattack" in accuracy:  # AutoAttack <= PGD-20 (+ tolerance) on the images it ran on
+        assert checks["AutoAttack at least as strong as PGD"] is True

@@ -252,3 +252,15 @@ def test_too_many_nonfinite_losses_in_a_row_stop_training_with_a_message(tmp_pat
     assert trainer.state.global_step == 4
     assert "after 3 non-finite losses in a row" in trainer.nonfinite_stop
     assert all(torch.isfinite(v).all() for v in model.state_dict().values())
+
+
+def test_same_seed_same_pretraining_loss_curve(tmp_path):
+    def curve():
+        torch.manual_seed(0)
+        trainer = MimirPreTrainingTrainer(model=MimirForPreTraining(tiny_config()), args=arguments(
+            tmp_path, max_steps=4, per_device_train_batch_size=4, logging_steps=1), train_dataset=dataset())
+        trainer.train()
+        return [(e["loss"], e["mi_loss"]) for e in trainer.state.log_history if "loss" in e]
+
+    first, second = curve(), curve()
+    assert len(first) == 4 and first == second
