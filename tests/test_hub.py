@@ -169,3 +169,21 @@ def test_finetuning_script_pushes_weights_processor_and_mimir_card(tmp_path, fak
     assert {"model.safetensors", "config.json", "preprocessor_config.json", "README.md"} <= set(sent)
     card = sent["README.md"].decode()
     assert "mimir_hf" in card and "model-index" in card and "PGD-20" in card
+
+
+def test_importing_mimir_hf_reaches_no_network():
+    script = textwrap.dedent(
+        """
+        import socket
+        def refuse(*args, **kwargs):
+            raise AssertionError("network access at import time")
+        socket.socket.connect = refuse
+        socket.create_connection = refuse
+        socket.getaddrinfo = refuse
+        import mimir_hf, mimir_hf.attacks, mimir_hf.trainer, mimir_hf.evaluation, mimir_hf.convert, mimir_hf.data
+        print("imported")
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
+    assert result.returncode == 0 and "imported" in result.stdout, result.stderr[-2000:]
