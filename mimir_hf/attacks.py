@@ -3,7 +3,9 @@
 Every attack in mimir_hf -- MIMIR's pre-training perturbation, PGD and FGSM for adversarial training and evaluation,
 CW-inf, the TRADES inner maximum, the adaptive PGD-MI and PGD-feature -- is `projected_gradient_ascent` with a
 different objective. Images are pixels in [0, 1] and every budget is in those units. During an attack the model is in eval mode (restored afterwards, module by
-module), only the input gradient is computed (no parameter `.grad` is touched), and it runs under autocast.
+module), only the input gradient is computed (no parameter `.grad` is touched), and it runs under autocast (bf16 or
+fp16): the objectives are computed in float32 and summed over the batch, so each sample's gradient keeps its own scale,
+and a non-finite gradient entry never reaches the images.
 """
 
 from __future__ import annotations
@@ -80,6 +82,8 @@ def projected_gradient_ascent(
         for _ in range(steps):
             adversarial.requires_grad_(True)
             (gradient,) = torch.autograd.grad(objective(adversarial), adversarial)
+            # torch's sign() maps a NaN gradient entry (e.g. an fp16 overflow inside the model) to 0 and +-inf to
+            # +-1, so a non-finite gradient costs that pixel one step, never the image (tested).
             adversarial = project(adversarial.detach() + step_size * gradient.sign(), clean, epsilon)
     return adversarial.detach()
 

@@ -106,6 +106,11 @@ class _MimirTrainerBase(Trainer):
         self._metrics: dict[str, dict[str, list[torch.Tensor]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
         self._nonfinite_in_a_row = 0
         self.nonfinite_stop: str | None = None  # why training stopped early, if it did
+        if self.args.fp16 and not self.accelerator.native_amp:
+            logger.warning(
+                f"fp16=True has no effect on {self.accelerator.device.type!r}: Accelerate runs fp16 mixed precision on "
+                "GPUs only, so this run trains in fp32. For mixed precision on a CPU, use bf16=True."
+            )
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, outputs = self.mimir_loss(model, inputs)
@@ -117,17 +122,23 @@ class _MimirTrainerBase(Trainer):
         raise NotImplementedError
 
     def _skip_if_nonfinite(self, loss: torch.Tensor) -> torch.Tensor:
-        """A finite loss passes. A non-finite one is replaced by a zero with no graph to the parameters, so their
-        gradients stay None and the optimizer leaves them as they were; after `max_consecutive_nonfinite` in a row,
-        training stops with a message in `self.nonfinite_stop`."""
+        """A finite loss passes. A non-finite one must not update any parameter; after `max_consecutive_nonfinite` in
+        a row, training stops with a message in `self.nonfinite_stop`.
+
+        Without a grad scaler (fp32, bf16) the loss is replaced by a zero with no graph to the parameters: their
+        gradients stay None and the optimizer leaves them as they are. With one (fp16 on GPU) the loss goes through
+        unchanged: its non-finite gradients make the scaler skip the optimizer step and lower its scale, which is
+        fp16's own remedy (a step with no gradients at all would make the scaler fail instead)."""
         if torch.isfinite(loss):
             self._nonfinite_in_a_row = 0
             return loss
         self._nonfinite_in_a_row += 1
         limit = getattr(self.args, "max_consecutive_nonfinite", 5)
+        scaler = getattr(self.accelerator, "scaler", None)
         logger.warning(
             f"Non-finite loss ({loss.item()}) at step {self.state.global_step}: this batch is skipped, no parameter "
-            f"is updated from it ({self._nonfinite_in_a_row} in a row; training stops at {limit})."
+            f"is updated from it{' (the fp16 grad scaler skips the step)' if scaler is not None else ''} "
+            f"({self._nonfinite_in_a_row} in a row; training stops at {limit})."
         )
         if self._nonfinite_in_a_row >= limit:
             self.nonfinite_stop = (
@@ -136,6 +147,8 @@ class _MimirTrainerBase(Trainer):
             )
             logger.error(self.nonfinite_stop)
             self.control.should_training_stop = True
+        if scaler is not None:
+            return loss
         return torch.zeros((), device=loss.device, requires_grad=True)
 
     def create_model_card(self, *args, **kwargs):

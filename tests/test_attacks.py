@@ -9,6 +9,7 @@ from mimir_hf.attacks import (
     eval_mode,
     fgsm_attack,
     mae_attack,
+    mi_objective,
     pgd_attack,
     projected_gradient_ascent,
     trades_attack,
@@ -116,11 +117,29 @@ def test_eval_mode_restores_on_error(classifier):
     assert classifier.training
 
 
-def test_attacks_run_inside_no_grad_and_under_bf16_autocast(classifier, images, labels):
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        adversarial = pgd_attack(classifier, images, labels, EPS, 2 / 255, 3)
-    assert adversarial.dtype == images.dtype and torch.isfinite(adversarial).all()
-    assert (adversarial - images).abs().max() <= EPS + 1e-6 and (adversarial != images).any()
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_attacks_run_inside_no_grad_and_under_low_precision_autocast(classifier, config, images, labels, dtype):
+    pretrainer = MimirForPreTraining(config)
+    with torch.no_grad(), torch.autocast("cpu", dtype=dtype):
+        attacked = {
+            "pgd": pgd_attack(classifier, images, labels, EPS, 2 / 255, 3),
+            "trades": trades_attack(classifier, images, EPS, 2 / 255, 3),
+            "mae": mae_attack(pretrainer, images, EPS, 2 / 255, 2),
+            "pgd-mi": projected_gradient_ascent(
+                mi_objective(classifier, labels), images, epsilon=EPS, step_size=2 / 255, steps=2, model=classifier
+            ),
+        }
+    for name, adversarial in attacked.items():
+        assert adversarial.dtype == images.dtype and torch.isfinite(adversarial).all(), name
+        assert (adversarial - images).abs().max() <= EPS + 1e-6 and (adversarial != images).any(), name
+        assert adversarial.min() >= 0 and adversarial.max() <= 1, name
+
+
+def test_a_nan_gradient_never_reaches_the_images(images):
+    """An objective whose gradient is NaN (as an fp16 overflow inside a model can make it) leaves the images finite."""
+    poisoned = lambda x: (x * torch.tensor(float("nan"))).sum()
+    adversarial = projected_gradient_ascent(poisoned, images, epsilon=EPS, step_size=2 / 255, steps=3)
+    assert torch.isfinite(adversarial).all() and (adversarial - images).abs().max() <= EPS + 1e-6
 
 
 def test_zero_epsilon_returns_the_clean_images(classifier, images, labels):

@@ -8,9 +8,11 @@ import transformers
 from huggingface_hub.errors import StrictDataclassError
 from safetensors import safe_open
 from transformers import AutoConfig, AutoModel, AutoModelForImageClassification, AutoModelForPreTraining
+from transformers.testing_utils import CaptureLogger
 
 import mimir_hf  # noqa: F401  (registers the Auto classes)
 from mimir_hf import MimirConfig, MimirForImageClassification, MimirForPreTraining, MimirModel
+from mimir_hf.modeling_mimir import logger as modeling_logger
 from mimir_hf.modeling_mimir import pixel_range_checked
 from mimir_hf.mutual_information import hsic
 
@@ -152,7 +154,9 @@ def test_pretraining_initialises_from_a_transformers_vit_mae_checkpoint(tmp_path
 def test_classifier_loads_every_encoder_weight_of_a_pretraining_checkpoint(tmp_path, config, images):
     pretrained = MimirForPreTraining(config)
     pretrained.save_pretrained(tmp_path)
-    classifier, info = MimirForImageClassification.from_pretrained(tmp_path, output_loading_info=True)
+    with CaptureLogger(modeling_logger) as captured:
+        classifier, info = MimirForImageClassification.from_pretrained(tmp_path, output_loading_info=True)
+    assert "newly initialised classifier, fc_norm" in captured.out and "decoder" in captured.out
     assert info["missing_keys"] == {"classifier.weight", "classifier.bias", "fc_norm.weight", "fc_norm.bias"}
     encoder = dict(pretrained.vit.named_parameters())
     for name, parameter in classifier.vit.named_parameters():

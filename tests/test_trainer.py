@@ -1,10 +1,13 @@
 """The two Trainer subclasses: a few steps run, log their parts and lower the loss; optimizer groups; accumulation."""
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 from datasets import Dataset
 from transformers import TrainerCallback, TrainingArguments
+from transformers.testing_utils import CaptureLogger
 
 from mimir_hf import MimirForImageClassification, MimirForPreTraining
 from mimir_hf.attacks import pgd_attack
@@ -14,6 +17,7 @@ from mimir_hf.trainer import (
     MimirTrainingArguments,
     parameter_groups,
 )
+from mimir_hf.trainer import logger as trainer_logger
 
 from .conftest import tiny_config
 
@@ -154,16 +158,52 @@ def test_bad_training_arguments_are_clear_errors(tmp_path):
         )
 
 
-def test_both_trainers_run_under_bf16_autocast_on_cpu(tmp_path):
-    config = tiny_config()
-    args = arguments(tmp_path, bf16=True, num_train_epochs=2)
-    pretrainer = MimirPreTrainingTrainer(model=MimirForPreTraining(config), args=args, train_dataset=dataset())
-    pretrainer.train()
-    classifier = MimirAdversarialTrainer(model=MimirForImageClassification(config), args=args, train_dataset=dataset())
-    classifier.train()
-    for trainer in (pretrainer, classifier):
-        losses = [entry["train_loss"] for entry in trainer.state.log_history if "train_loss" in entry]
-        assert losses and all(torch.isfinite(torch.tensor(losses)))
+def dtypes_seen_by(model):
+    """The dtypes the first attention projection computes in, over every forward pass (the attacks' included)."""
+    seen = []
+    model.vit.layers[0].attention.q_proj.register_forward_hook(lambda module, inputs, out: seen.append(out.dtype))
+    return seen
+
+
+def with_grad_scaler(trainer):
+    """What the Accelerator does for fp16 on a GPU -- autocast to float16 and a dynamic GradScaler -- on the CPU, so
+    the fp16 path (scaled backward, skipped steps on overflow) runs in CI."""
+    trainer.accelerator.native_amp = True
+    trainer.accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    return trainer
+
+
+TRAINERS = [(MimirPreTrainingTrainer, MimirForPreTraining), (MimirAdversarialTrainer, MimirForImageClassification)]
+
+
+@pytest.mark.parametrize("trainer_class, model_class", TRAINERS)
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_both_trainers_train_under_mixed_precision(tmp_path, trainer_class, model_class, precision):
+    """`bf16=True` runs every forward pass (the attack's included) under bf16 autocast; `fp16=True`, given the
+    Accelerator's GPU set-up (float16 autocast + GradScaler), under float16 with a scaled backward. Both lower the loss
+    on the fixed batch and keep every weight finite."""
+    torch.manual_seed(0)
+    model = model_class(tiny_config())
+    seen = dtypes_seen_by(model)
+    trainer = trainer_class(model=model, args=arguments(tmp_path, **{precision: True}), train_dataset=dataset())
+    if precision == "fp16":
+        with_grad_scaler(trainer)
+    trainer.train()
+    assert set(seen) == {torch.bfloat16 if precision == "bf16" else torch.float16}
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert len(losses) >= 2 and all(map(math.isfinite, losses)) and losses[-1] < losses[0], losses
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_fp16_on_cpu_warns_that_it_trains_in_fp32(tmp_path):
+    model = MimirForImageClassification(tiny_config())
+    seen = dtypes_seen_by(model)
+    with CaptureLogger(trainer_logger) as captured:
+        trainer = MimirAdversarialTrainer(model=model, args=arguments(tmp_path, fp16=True, max_steps=1),
+                                          train_dataset=dataset())
+    assert "fp16=True has no effect on 'cpu'" in captured.out and "bf16=True" in captured.out
+    trainer.train()
+    assert set(seen) == {torch.float32}
 
 
 def test_resume_from_checkpoint_reaches_the_same_weights(tmp_path):
@@ -229,13 +269,20 @@ class Snapshots(TrainerCallback):
         self.weights[state.global_step] = {k: v.clone() for k, v in model.state_dict().items()}
 
 
-def test_a_nonfinite_loss_skips_its_step_and_training_goes_on(tmp_path):
+@pytest.mark.parametrize("fp16_scaler", [False, True])
+def test_a_nonfinite_loss_skips_its_step_and_training_goes_on(tmp_path, fp16_scaler):
+    """Also with fp16's GradScaler, where a step without gradients would make the scaler fail: there the scaler skips
+    the step and halves its scale."""
     model = MimirForImageClassification(tiny_config())
     snapshots = Snapshots()
     FlakyTrainer.nan_steps = {2}
-    trainer = FlakyTrainer(model=model, args=arguments(tmp_path, max_steps=5, per_device_train_batch_size=4),
-                           train_dataset=dataset(), callbacks=[snapshots])
+    args = arguments(tmp_path, max_steps=5, per_device_train_batch_size=4, fp16=fp16_scaler)
+    trainer = FlakyTrainer(model=model, args=args, train_dataset=dataset(), callbacks=[snapshots])
+    if fp16_scaler:
+        with_grad_scaler(trainer)
     trainer.train()
+    if fp16_scaler:
+        assert trainer.accelerator.scaler.get_scale() == 2.0**9
     assert trainer.state.global_step == 5 and trainer.nonfinite_stop is None
     before, after = snapshots.weights[2], snapshots.weights[3]  # step 3 is the one computed at global_step 2
     assert all(torch.equal(before[k], after[k]) for k in before)
