@@ -105,6 +105,7 @@ class _MimirTrainerBase(Trainer):
         self.model_accepts_loss_kwargs = False
         self._metrics: dict[str, dict[str, list[torch.Tensor]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
         self._nonfinite_in_a_row = 0
+        self._window_has_finite_loss = False  # in the micro-batches of the current optimizer step
         self.nonfinite_stop: str | None = None  # why training stopped early, if it did
         if self.args.fp16 and not self.accelerator.native_amp:
             logger.warning(
@@ -115,29 +116,48 @@ class _MimirTrainerBase(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, outputs = self.mimir_loss(model, inputs)
         if model.training:
-            loss = self._skip_if_nonfinite(loss)
+            loss = self._skip_if_nonfinite(loss, model)
         return (loss, outputs) if return_outputs else loss
 
     def mimir_loss(self, model, inputs) -> tuple[torch.Tensor, object]:
         raise NotImplementedError
 
-    def _skip_if_nonfinite(self, loss: torch.Tensor) -> torch.Tensor:
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if self.accelerator.sync_gradients:  # the optimizer steps next
+            if not self._window_has_finite_loss and self.accelerator.scaler is None:
+                for parameter in model.parameters():  # every micro-batch was skipped: no update at all
+                    parameter.grad = None
+            self._window_has_finite_loss = False
+        return loss
+
+    def _skip_if_nonfinite(self, loss: torch.Tensor, model: nn.Module) -> torch.Tensor:
         """A finite loss passes. A non-finite one must not update any parameter; after `max_consecutive_nonfinite` in
         a row, training stops with a message in `self.nonfinite_stop`.
 
-        Without a grad scaler (fp32, bf16) the loss is replaced by a zero with no graph to the parameters: their
-        gradients stay None and the optimizer leaves them as they are. With one (fp16 on GPU) the loss goes through
-        unchanged: its non-finite gradients make the scaler skip the optimizer step and lower its scale, which is
-        fp16's own remedy (a step with no gradients at all would make the scaler fail instead)."""
-        if torch.isfinite(loss):
+        Under data parallelism the processes first agree (one all-reduce of a flag): if any has a non-finite loss,
+        all skip the batch and count it, so they stop together and none waits for the others' gradients forever.
+        A skipped batch contributes no gradient: its loss is replaced by a zero tied to every trainable parameter
+        (zero gradients, which DDP's reducer needs to see on each process), and when every micro-batch of an optimizer
+        step was skipped the gradients are dropped so that AdamW leaves the weights as they are. With fp16's grad
+        scaler the loss goes through unchanged instead: its non-finite gradients (shared by DDP's all-reduce) make the
+        scaler skip the step and lower its scale, fp16's own remedy."""
+        finite = torch.isfinite(loss.detach())
+        if self.args.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            flag = (~finite).to(torch.int32).reshape(1)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            finite = flag.item() == 0
+        if bool(finite):
             self._nonfinite_in_a_row = 0
+            self._window_has_finite_loss = True
             return loss
         self._nonfinite_in_a_row += 1
         limit = getattr(self.args, "max_consecutive_nonfinite", 5)
-        scaler = getattr(self.accelerator, "scaler", None)
+        scaler = self.accelerator.scaler
+        where = f" on at least one of the {self.args.world_size} processes" if self.args.world_size > 1 else ""
         logger.warning(
-            f"Non-finite loss ({loss.item()}) at step {self.state.global_step}: this batch is skipped, no parameter "
-            f"is updated from it{' (the fp16 grad scaler skips the step)' if scaler is not None else ''} "
+            f"Non-finite loss{where} at step {self.state.global_step} (here: {loss.item()}): this batch is skipped, no "
+            f"parameter is updated from it{' (the fp16 grad scaler skips the step)' if scaler is not None else ''} "
             f"({self._nonfinite_in_a_row} in a row; training stops at {limit})."
         )
         if self._nonfinite_in_a_row >= limit:
@@ -149,7 +169,7 @@ class _MimirTrainerBase(Trainer):
             self.control.should_training_stop = True
         if scaler is not None:
             return loss
-        return torch.zeros((), device=loss.device, requires_grad=True)
+        return sum((parameter * 0).sum() for parameter in model.parameters() if parameter.requires_grad)
 
     def create_model_card(self, *args, **kwargs):
         """Keep a model card written by mimir_hf (e.g. by the example scripts); otherwise Trainer's generic one."""

@@ -40,6 +40,27 @@ def test_two_ranks_agree_on_the_weights_and_only_rank_0_writes(tmp_path):
     assert ranks[0]["mi_losses"] and max(ranks[0]["mi_losses"]) <= 3.0 + 1e-3
 
 
+@pytest.mark.parametrize("nan_steps, max_nonfinite", [("2", "5"), ("1,2", "2")])
+def test_a_nonfinite_loss_on_one_rank_is_skipped_or_stops_on_every_rank(tmp_path, nan_steps, max_nonfinite):
+    """Rank 1 alone gets NaN losses: both ranks skip those steps (no hang waiting for gradients), keep equal weights,
+    and stop together once the limit is reached."""
+    checksums = tmp_path / "checksums"
+    checksums.mkdir()
+    result = torchrun([os.path.join(ROOT, "tests", "distributed_worker.py"), str(tmp_path / "out")], timeout=240,
+                      env={"CHECKSUM_DIR": str(checksums), "NAN_ON_RANK1_AT_STEPS": nan_steps,
+                           "MAX_NONFINITE": max_nonfinite})
+    assert result.returncode == 0, result.stderr[-4000:]
+    ranks = [json.load(open(checksums / f"rank{r}.json")) for r in (0, 1)]
+    assert ranks[0]["checksum"] == ranks[1]["checksum"] and ranks[0]["snapshots"] == ranks[1]["snapshots"]
+    snapshots = ranks[0]["snapshots"]
+    if nan_steps == "2":  # the update computed at global step 2 (ending step 3) is skipped, the others are not
+        assert all(rank["steps"] == 4 and rank["nonfinite_stop"] is None for rank in ranks)
+        assert snapshots["2"] == snapshots["3"] and snapshots["1"] != snapshots["2"] != snapshots["4"]
+    else:  # NaN at global steps 1 and 2 with a limit of 2: both ranks stop after step 3, weights as after step 1
+        assert all(rank["steps"] == 3 and "2 non-finite losses in a row" in rank["nonfinite_stop"] for rank in ranks)
+        assert snapshots["1"] == snapshots["2"] == snapshots["3"]
+
+
 @pytest.mark.parametrize("script", ["run_pretraining.py", "run_finetuning.py"])
 def test_example_scripts_run_under_torchrun(tmp_path, script):
     out = tmp_path / "out"
