@@ -256,34 +256,35 @@ def train(trainer, resume: str | None):
 
 
 @dataclass
-class PreTrainingArguments(MimirTrainingArguments):
-    """`MimirTrainingArguments` with MIMIR's pre-training optimisation as defaults (AdamW betas (0.9, 0.95), weight
-    decay 0.05, warm-up then cosine); the learning rate suits the small default recipe."""
+class _RecipeArguments(MimirTrainingArguments):
+    """Defaults both MIMIR stages share: AdamW with weight decay 0.05, warm-up then cosine, batch 64."""
 
-    learning_rate: float = 1e-3
-    adam_beta2: float = 0.95
     weight_decay: float = 0.05
     lr_scheduler_type: str = "cosine"
-    warmup_steps: float = 0.05
-    num_train_epochs: float = 30.0
     per_device_train_batch_size: int = 64
     logging_steps: float = 50
     remove_unused_columns: bool = False  # the lazy transform reads the image column, which forward() does not name
 
 
 @dataclass
-class FineTuningArguments(MimirTrainingArguments):
+class PreTrainingArguments(_RecipeArguments):
+    """`MimirTrainingArguments` with MIMIR's pre-training optimisation as defaults (AdamW betas (0.9, 0.95), weight
+    decay 0.05, warm-up then cosine); the learning rate suits the small default recipe."""
+
+    learning_rate: float = 1e-3
+    adam_beta2: float = 0.95
+    warmup_steps: float = 0.05
+    num_train_epochs: float = 30.0
+
+
+@dataclass
+class FineTuningArguments(_RecipeArguments):
     """`MimirTrainingArguments` with MIMIR's fine-tuning optimisation as defaults (layer decay 0.65, weight decay
     0.05, warm-up then cosine, PGD-AT at 8/255); the learning rate suits the small default recipe."""
 
     learning_rate: float = 2e-3
-    weight_decay: float = 0.05
     layer_decay: float = 0.65
-    lr_scheduler_type: str = "cosine"
     warmup_steps: float = 0.1
     num_train_epochs: float = 10.0
-    per_device_train_batch_size: int = 64
-    logging_steps: float = 50
-    remove_unused_columns: bool = False  # the lazy transform reads the image column, which forward() does not name
 
 

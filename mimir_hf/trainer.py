@@ -174,8 +174,10 @@ class _MimirTrainerBase(Trainer):
     def create_model_card(self, *args, **kwargs):
         """Keep a model card written by mimir_hf (e.g. by the example scripts); otherwise Trainer's generic one."""
         card = os.path.join(self.args.output_dir, "README.md")
-        if os.path.isfile(card) and "mimir_hf" in open(card).read():
-            return
+        if os.path.isfile(card):
+            with open(card, encoding="utf-8") as f:
+                if "mimir_hf" in f.read():
+                    return
         super().create_model_card(*args, **kwargs)
 
     def create_optimizer(self, model=None):
