@@ -35,20 +35,28 @@ from transformers.utils import logging
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import DEMO_RECIPE  # noqa: E402
+from common import DEMO_SHAPE
 
-from mimir_hf import PRESETS, MimirConfig, MimirForImageClassification, MimirForPreTraining  # noqa: E402
-from mimir_hf.mutual_information import hsic  # noqa: E402
-from mimir_hf.trainer import MimirAdversarialTrainer, MimirPreTrainingTrainer, MimirTrainingArguments  # noqa: E402
+from mimir_hf import PRESETS, MimirConfig, MimirForImageClassification, MimirForPreTraining
+from mimir_hf.mutual_information import hsic
+from mimir_hf.threat_model import PRETRAINING_ATTACK
+from mimir_hf.trainer import (
+    MimirAdversarialTrainer,
+    MimirAdversarialTrainingArguments,
+    MimirPreTrainingArguments,
+    MimirPreTrainingTrainer,
+)
 
-DEFAULT_SHAPE = DEMO_RECIPE  # the digits recipe of the example scripts
+DEFAULT_SHAPE = DEMO_SHAPE  # the digits shape of the example scripts
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), help="A paper shape; default: the small digits recipe.")
     parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument("--attack_steps", type=int, default=1, help="k of the MIMIR pre-training attack (paper: 1).")
+    parser.add_argument(
+        "--attack_steps", type=int, default=PRETRAINING_ATTACK.steps, help="k of the MIMIR pre-training attack."
+    )
     parser.add_argument("--pgd_steps", type=int, default=3, help="k of the PGD adversarial-training step.")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=7)
@@ -138,20 +146,39 @@ def main(argv=None) -> dict:
     device = args.device
 
     scratch = tempfile.mkdtemp()
-    training = MimirTrainingArguments(output_dir=scratch, report_to=[], adversarial_steps=args.pgd_steps,
-                                      adversarial_step_size=2 / 255, use_cpu=not device.startswith("cuda"))
-    pretrainer = MimirPreTrainingTrainer(model=MimirForPreTraining(config), args=training)
-    adversarial_trainer = MimirAdversarialTrainer(model=MimirForImageClassification(config), args=training)
+    use_cpu = not device.startswith("cuda")
+    pretraining = MimirPreTrainingArguments(output_dir=scratch, report_to=[], use_cpu=use_cpu)
+    adversarial = MimirAdversarialTrainingArguments(
+        output_dir=scratch, report_to=[], adversarial_steps=args.pgd_steps, use_cpu=use_cpu
+    )
+    pretrainer = MimirPreTrainingTrainer(model=MimirForPreTraining(config), args=pretraining)
+    adversarial_trainer = MimirAdversarialTrainer(model=MimirForImageClassification(config), args=adversarial)
 
     cases = [
-        Case("a) ViTMAE step (transformers)", ViTMAEForPreTraining(ViTMAEConfig(**vit_mae_fields)),
-             lambda m, x, y: m(pixel_values=x).loss, device),
-        Case(f"b) MIMIR pre-training step (k={args.attack_steps})", pretrainer.model,
-             lambda m, x, y: pretrainer.compute_loss(m, {"pixel_values": x}), device),
-        Case("c) clean classifier step", MimirForImageClassification(config),
-             lambda m, x, y: F.cross_entropy(m(pixel_values=x).logits.float(), y), device),
-        Case(f"d) PGD-{args.pgd_steps} AT step", adversarial_trainer.model,
-             lambda m, x, y: adversarial_trainer.compute_loss(m, {"pixel_values": x, "labels": y}), device),
+        Case(
+            "a) ViTMAE step (transformers)",
+            ViTMAEForPreTraining(ViTMAEConfig(**vit_mae_fields)),
+            lambda m, x, y: m(pixel_values=x).loss,
+            device,
+        ),
+        Case(
+            f"b) MIMIR pre-training step (k={args.attack_steps})",
+            pretrainer.model,
+            lambda m, x, y: pretrainer.compute_loss(m, {"pixel_values": x}),
+            device,
+        ),
+        Case(
+            "c) clean classifier step",
+            MimirForImageClassification(config),
+            lambda m, x, y: F.cross_entropy(m(pixel_values=x).logits.float(), y),
+            device,
+        ),
+        Case(
+            f"d) PGD-{args.pgd_steps} AT step",
+            adversarial_trainer.model,
+            lambda m, x, y: adversarial_trainer.compute_loss(m, {"pixel_values": x, "labels": y}),
+            device,
+        ),
     ]
     images = torch.rand(args.batch_size, config.num_channels, *config.image_size_hw, device=device)
     labels = torch.randint(0, 10, (args.batch_size,), device=device)
@@ -185,30 +212,41 @@ def main(argv=None) -> dict:
     result = {
         "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
         "precision": "bf16 autocast" if device.startswith("cuda") else "fp32",
-        "shape": shape, "batch_size": args.batch_size, "attack_steps": args.attack_steps, "pgd_steps": args.pgd_steps,
+        "shape": shape,
+        "batch_size": args.batch_size,
+        "attack_steps": args.attack_steps,
+        "pgd_steps": args.pgd_steps,
         "repeats": args.repeats,
         "median_seconds": {case.name: round(case.median, 5) for case in cases},
         "images_per_second": {case.name: round(args.batch_size / case.median, 1) for case in cases},
         "peak_memory_mib": {case.name: round(case.peak / 2**20, 1) for case in cases},
-        "peak_memory_measure": "torch.cuda.max_memory_allocated" if device.startswith("cuda") else "live tensor bytes (LiveTensorBytes)",
-        "ratio_b_over_a": round(b / a, 3), "floor_b": args.attack_steps + 1, "target_b": round(2.10 * (args.attack_steps + 1) / 2, 2),
-        "ratio_d_over_c": round(d / c, 3), "floor_d": args.pgd_steps + 1, "target_d": round(1.05 * (args.pgd_steps + 1), 2),
-        "mi_seconds": round(mi, 5), "mi_share_of_b": round(mi / b, 4),
+        "peak_memory_measure": "torch.cuda.max_memory_allocated"
+        if device.startswith("cuda")
+        else "live tensor bytes (LiveTensorBytes)",
+        "ratio_b_over_a": round(b / a, 3),
+        "floor_b": args.attack_steps + 1,
+        "target_b": round(2.10 * (args.attack_steps + 1) / 2, 2),
+        "ratio_d_over_c": round(d / c, 3),
+        "floor_d": args.pgd_steps + 1,
+        "target_d": round(1.05 * (args.pgd_steps + 1), 2),
+        "mi_seconds": round(mi, 5),
+        "mi_share_of_b": round(mi / b, 4),
     }
     lines = [
-        f"device {result['device']} ({result['precision']}), batch {args.batch_size}, shape {args.preset or 'digits recipe'}",
+        f"device {result['device']} ({result['precision']}), batch {args.batch_size}, "
+        f"shape {args.preset or 'digits recipe'}",
         "| case | median step (ms) | images/s | peak memory (MiB) |",
         "| --- | --- | --- | --- |",
     ]
     for case in cases:
-        lines.append(
-            f"| {case.name} | {1000 * case.median:.1f} | {args.batch_size / case.median:.0f} | {case.peak / 2**20:.1f} |"
-        )
+        throughput = args.batch_size / case.median
+        lines.append(f"| {case.name} | {1000 * case.median:.1f} | {throughput:.0f} | {case.peak / 2**20:.1f} |")
     lines += [
         "",
         f"b/a = {result['ratio_b_over_a']:.2f} (floor {result['floor_b']}, target <= {result['target_b']})",
         f"d/c = {result['ratio_d_over_c']:.2f} (floor {result['floor_d']}, target <= {result['target_d']})",
-        f"MI term: {1000 * mi:.2f} ms = {100 * result['mi_share_of_b']:.1f}% of a MIMIR step (target <= 5% at batch 256)",
+        f"MI term: {1000 * mi:.2f} ms = {100 * result['mi_share_of_b']:.1f}% of a MIMIR step "
+        "(target <= 5% at batch 256)",
     ]
     lines.append(f"peak memory b/a = {cases[1].peak / cases[0].peak:.2f} (target <= 1.3)")
     result["memory_b_over_a"] = round(cases[1].peak / cases[0].peak, 3)

@@ -1,4 +1,5 @@
-"""What the example scripts share: their argument dataclasses, argument parsing, data loading and the output-dir guard."""
+"""What the example scripts share: model and data arguments, argument parsing (with recipe files), data loading, and
+the output-dir guard. The training and evaluation settings themselves are the library's dataclasses."""
 
 from __future__ import annotations
 
@@ -7,22 +8,59 @@ import logging
 import os
 import shutil
 import sys
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields, make_dataclass
 
 import datasets
 import transformers
-from transformers import HfArgumentParser, set_seed
+import yaml
+from transformers import HfArgumentParser
 from transformers.trainer_utils import get_last_checkpoint
 
 from mimir_hf import PRESETS, MimirConfig
-from mimir_hf.data import label_names, load_image_dataset, resolve_columns, with_pixel_transform
-from mimir_hf.trainer import MimirTrainingArguments
+from mimir_hf.data import image_processor_for, label_names, load_image_dataset, resolve_columns, with_pixel_transform
 
 logger = logging.getLogger("mimir_hf.examples")
 
-# The small-scale recipe used when no preset or checkpoint is given: sized for the 8x8 digits upsampled to 16x16,
-# so pre-training, fine-tuning and the full report run in minutes on 2 CPU cores.
-DEMO_RECIPE = dict(
+# MimirConfig fields a script may override for a new model (or on top of a checkpoint's config). Their names, types
+# and defaults are MimirConfig's own: `--help` prints the library default of each.
+CONFIG_OVERRIDES = (
+    "image_size", "patch_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+    "decoder_hidden_size", "decoder_num_hidden_layers", "decoder_num_attention_heads", "decoder_intermediate_size",
+    "mask_ratio", "norm_pix_loss", "classifier_pooling", "drop_path_rate", "label_smoothing",
+    "attack_epsilon", "attack_step_size", "attack_steps", "attack_random_start",
+    "mi_estimator", "mi_weight", "mi_sigma",
+)  # fmt: skip
+_OVERRIDE_TYPES = {"image_size": int, "classifier_pooling": str, "mi_estimator": str}
+
+
+def _override_field(name: str):
+    default = MimirConfig.__dataclass_fields__[name].default
+    kind = _OVERRIDE_TYPES.get(name, type(default))
+    shown = f"{default:.6g}" if isinstance(default, float) else repr(default)
+    return (name, kind | None, field(default=None, metadata={"help": f"MimirConfig.{name} (library default {shown})."}))
+
+
+@dataclass
+class _ModelChoice:
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "A MIMIR (or MAE) checkpoint folder or Hub id; none: a new model."}
+    )
+    model_preset: str | None = field(
+        default=None, metadata={"help": f"Shape of a new model: one of {sorted(PRESETS)}; none: the digits recipe."}
+    )
+
+
+ModelArguments = make_dataclass(
+    "ModelArguments",
+    [_override_field(name) for name in CONFIG_OVERRIDES],
+    bases=(_ModelChoice,),
+    namespace={"__doc__": "Which model to start from, and MimirConfig fields to override (unset: the preset's, the "
+               "checkpoint's or the library's value)."},
+)  # fmt: skip
+
+# The small shape used when no preset or checkpoint is given: sized for the 8x8 digits upsampled to 16x16, so
+# pre-training, fine-tuning and the full report run in minutes on 2 CPU cores.
+DEMO_SHAPE = dict(
     image_size=16,
     patch_size=2,
     hidden_size=64,
@@ -36,40 +74,16 @@ DEMO_RECIPE = dict(
 )
 
 
-@dataclass
-class ModelArguments:
-    """Which model to start from, and MIMIR's settings (unset fields keep the preset's / checkpoint's values)."""
+def config_overrides(model_args) -> dict:
+    return {name: getattr(model_args, name) for name in CONFIG_OVERRIDES if getattr(model_args, name) is not None}
 
-    model_name_or_path: str | None = field(
-        default=None, metadata={"help": "A MIMIR (or MAE) checkpoint folder or Hub id; none: a new model."}
-    )
-    model_preset: str | None = field(
-        default=None,
-        metadata={"help": f"Shape of a new model: one of {sorted(PRESETS)}; none: the small digits recipe."},
-    )
-    image_size: int | None = field(default=None, metadata={"help": "Input resolution of a new model."})
-    patch_size: int | None = field(default=None, metadata={"help": "Patch size of a new model."})
-    hidden_size: int | None = field(default=None, metadata={"help": "Encoder width of a new model."})
-    num_hidden_layers: int | None = field(default=None, metadata={"help": "Encoder depth of a new model."})
-    num_attention_heads: int | None = field(default=None, metadata={"help": "Encoder heads of a new model."})
-    mask_ratio: float | None = field(default=None, metadata={"help": "Pre-training mask ratio (0.75)."})
-    attack_epsilon: float | None = field(default=None, metadata={"help": "Pre-training attack eps (8/255)."})
-    attack_step_size: float | None = field(default=None, metadata={"help": "Pre-training attack step (10/255)."})
-    attack_steps: int | None = field(default=None, metadata={"help": "Pre-training attack steps (1)."})
-    mi_estimator: str | None = field(default=None, metadata={"help": "'hsic' (default), 'renyi' or 'none'."})
-    mi_weight: float | None = field(default=None, metadata={"help": "Weight of the MI term (1e-5)."})
-    drop_path_rate: float | None = field(default=None, metadata={"help": "Stochastic depth (fine-tuning: 0.1)."})
 
-    def config_overrides(self) -> dict:
-        names = [f.name for f in fields(self) if f.name not in ("model_name_or_path", "model_preset")]
-        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
-
-    def new_config(self, num_channels: int, **kwargs) -> MimirConfig:
-        """A config for a new model: the preset (or the digits recipe), then the explicit overrides."""
-        if self.model_preset and self.model_preset not in PRESETS:
-            raise ValueError(f"--model_preset {self.model_preset!r} is unknown; choose one of {sorted(PRESETS)}.")
-        base = dict(PRESETS[self.model_preset]) if self.model_preset else dict(DEMO_RECIPE)
-        return MimirConfig(**{**base, "num_channels": num_channels, **self.config_overrides(), **kwargs})
+def new_config(model_args, num_channels: int, **kwargs) -> MimirConfig:
+    """A config for a new model: the preset (or the digits shape), then the explicit overrides."""
+    if model_args.model_preset and model_args.model_preset not in PRESETS:
+        raise ValueError(f"--model_preset {model_args.model_preset!r} is unknown; choose one of {sorted(PRESETS)}.")
+    base = dict(PRESETS[model_args.model_preset]) if model_args.model_preset else dict(DEMO_SHAPE)
+    return MimirConfig(**{**base, "num_channels": num_channels, **config_overrides(model_args), **kwargs})
 
 
 @dataclass
@@ -90,6 +104,10 @@ class DataArguments:
     def uses_default_data(self) -> bool:
         return self.dataset_name is None and self.train_dir is None and self.validation_dir is None
 
+    @property
+    def display_name(self) -> str:
+        return self.dataset_name or ("sklearn-digits" if self.uses_default_data else "imagefolder")
+
 
 @dataclass
 class RunArguments:
@@ -101,40 +119,67 @@ class RunArguments:
 
 
 def parse(argument_classes: tuple, argv: list[str] | None = None):
-    """Dataclasses from the command line, or from a single .json / .yaml file of arguments."""
+    """Dataclasses from the command line. A first argument ending in .json/.yaml/.yml is a recipe: its values become
+    the defaults, and the flags after it override them (`run.py recipes/x.yaml --output_dir out`)."""
     parser = HfArgumentParser(argument_classes)
     argv = sys.argv[1:] if argv is None else list(argv)
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        return parser.parse_json_file(os.path.abspath(argv[0]))
-    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
-        return parser.parse_yaml_file(os.path.abspath(argv[0]))
+    if argv and argv[0].endswith((".json", ".yaml", ".yml")):
+        values = load_recipe(argv[0])
+        known = {action.dest: action for action in parser._actions}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ValueError(f"{argv[0]} sets unknown arguments {unknown}; see --help for the valid names.")
+        parser.set_defaults(**values)
+        for name in values:
+            known[name].required = False
+        argv = argv[1:]
     return parser.parse_args_into_dataclasses(args=argv)
 
 
-def setup_logging(training_args) -> None:
+def load_recipe(path: str) -> dict:
+    """The arguments of a .json / .yaml recipe file, as a dict."""
+    with open(path, encoding="utf-8") as f:
+        values = json.load(f) if path.endswith(".json") else yaml.safe_load(f)
+    if not isinstance(values, dict):
+        raise ValueError(f"{path} must hold a mapping of argument names to values, got {type(values).__name__}.")
+    return values
+
+
+def setup_logging(log_level: int = logging.INFO, library_level: int = logging.WARNING) -> None:
+    """Our messages at `log_level`; datasets' and transformers' at `library_level`."""
     logging.basicConfig(
-        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%H:%M:%S", handlers=[logging.StreamHandler(sys.stdout)]
+        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
+        datefmt="%H:%M:%S",
+        handlers=[logging.StreamHandler(sys.stdout)],
     )
-    level = training_args.get_process_log_level()
-    logger.setLevel(logging.INFO if training_args.should_log else level)
-    datasets.utils.logging.set_verbosity(level)
-    transformers.utils.logging.set_verbosity(level)
+    logger.setLevel(log_level)
+    datasets.utils.logging.set_verbosity(library_level)
+    transformers.utils.logging.set_verbosity(library_level)
 
 
-def load_data(data_args: DataArguments, image_size: tuple[int, int], num_channels: int, seed: int = 0):
-    """(train, test, class names): transformed datasets yielding `pixel_values` in [0, 1] and `labels`."""
+def setup_training_logging(training_args) -> None:
+    level = training_args.get_process_log_level()  # Trainer's --log_level (default: warnings)
+    setup_logging(logging.INFO if training_args.should_log else level, level)
+
+
+def load_data(data_args: DataArguments, config, seed: int = 0):
+    """(train, test, class names): transformed datasets yielding `pixel_values` (through the model's image processor)
+    and `labels`."""
     dataset = load_image_dataset(
         data_args.dataset_name, data_args.dataset_config_name, data_args.train_dir, data_args.validation_dir,
         cache_dir=data_args.cache_dir, seed=seed,
+    )  # fmt: skip
+    image_column, label_column = resolve_columns(
+        dataset["train"], data_args.image_column_name, data_args.label_column_name
     )
-    image_column, label_column = resolve_columns(dataset["train"], data_args.image_column_name, data_args.label_column_name)
     names = label_names(dataset["train"], label_column)
+    processor = image_processor_for(config)
     splits = []
     for split, limit in (("train", data_args.max_train_samples), ("test", data_args.max_eval_samples)):
         part = dataset[split]
         if limit is not None:
             part = part.select(range(min(limit, len(part))))
-        splits.append(with_pixel_transform(part, image_column, label_column, image_size, num_channels))
+        splits.append(with_pixel_transform(part, image_column, label_column, processor))
     return splits[0], splits[1], names
 
 
@@ -215,32 +260,32 @@ def mark_complete(output_dir: str, **extra) -> None:
         json.dump(record, f, indent=2)
 
 
+_WHERE_OR_HOW = {
+    "output_dir", "overwrite_output_dir", "logging_dir", "resume_from_checkpoint", "push_to_hub", "hub_token",
+    "disable_tqdm", "report_to", "logging_steps", "dataloader_num_workers",
+}  # fmt: skip
+
+
 def run_identity(*argument_objects) -> dict:
     """The arguments that define a run (for the output-dir guard), without the ones that only say where or how."""
-    ignored = {"output_dir", "overwrite_output_dir", "logging_dir", "resume_from_checkpoint", "push_to_hub", "hub_token",
-               "disable_tqdm", "report_to", "logging_steps", "dataloader_num_workers"}
     merged = {}
     for obj in argument_objects:
-        merged.update({k: v for k, v in asdict(obj).items() if k not in ignored})
+        merged.update({k: v for k, v in asdict(obj).items() if k not in _WHERE_OR_HOW})
     return merged
 
 
-def start_training_run(script: str, training_class: type, argv: list[str] | None = None):
-    """Parse a training script's arguments, set up logging, guard the output dir (rank 0), seed.
-
-    Returns (model_args, data_args, training_args, checkpoint to resume from or None).
-    """
-    model_args, data_args, run_args, training_args = parse((ModelArguments, DataArguments, RunArguments, training_class), argv)
-    setup_logging(training_args)
+def start_training_run(script: str, model_args, data_args, training_args, run_args) -> str | None:
+    """Set up logging, guard the output dir (rank 0), seed. Returns a checkpoint to resume from, or None."""
+    setup_training_logging(training_args)
     resume = on_main_process(
         training_args,
         lambda: prepare_output_dir(
             training_args.output_dir, script, run_identity(model_args, data_args, training_args),
             run_args.overwrite_output_dir,
         ),
-    )
-    set_seed(training_args.seed)
-    return model_args, data_args, training_args, resume
+    )  # fmt: skip
+    transformers.set_seed(training_args.seed)
+    return resume
 
 
 def train(trainer, resume: str | None):
@@ -255,36 +300,9 @@ def train(trainer, resume: str | None):
     return result
 
 
-@dataclass
-class _RecipeArguments(MimirTrainingArguments):
-    """Defaults both MIMIR stages share: AdamW with weight decay 0.05, warm-up then cosine, batch 64."""
-
-    weight_decay: float = 0.05
-    lr_scheduler_type: str = "cosine"
-    per_device_train_batch_size: int = 64
-    logging_steps: float = 50
-    remove_unused_columns: bool = False  # the lazy transform reads the image column, which forward() does not name
+def field_names(argument_class) -> set[str]:
+    return {f.name for f in fields(argument_class)}
 
 
-@dataclass
-class PreTrainingArguments(_RecipeArguments):
-    """`MimirTrainingArguments` with MIMIR's pre-training optimisation as defaults (AdamW betas (0.9, 0.95), weight
-    decay 0.05, warm-up then cosine); the learning rate suits the small default recipe."""
-
-    learning_rate: float = 1e-3
-    adam_beta2: float = 0.95
-    warmup_steps: float = 0.05
-    num_train_epochs: float = 30.0
-
-
-@dataclass
-class FineTuningArguments(_RecipeArguments):
-    """`MimirTrainingArguments` with MIMIR's fine-tuning optimisation as defaults (layer decay 0.65, weight decay
-    0.05, warm-up then cosine, PGD-AT at 8/255); the learning rate suits the small default recipe."""
-
-    learning_rate: float = 2e-3
-    layer_decay: float = 0.65
-    warmup_steps: float = 0.1
-    num_train_epochs: float = 10.0
-
-
+def required_fields(argument_class) -> list[str]:
+    return [f.name for f in fields(argument_class) if f.default is MISSING and f.default_factory is MISSING]

@@ -5,8 +5,10 @@
     python examples/run_finetuning.py --model_name_or_path out/pretrain --dataset_name cifar10 \
         --image_column_name img --adversarial_method trades --output_dir out/finetune --bf16
 
-Writes the classifier (safetensors + config with id2label), a quick PGD-20 measurement and a model card `README.md`.
-For the full robustness report run `run_evaluation.py` on the output. Runs under `accelerate launch` and `torchrun`.
+Arguments: `ModelArguments` and `DataArguments` (examples/common.py) and the library's
+`MimirAdversarialTrainingArguments` (PGD-AT at 8/255, 10 steps of 2/255 by default). Writes the classifier
+(safetensors + config with id2label), a quick natural / PGD-20 measurement and a model card `README.md`. For the full
+robustness report run `run_evaluation.py` on the output. Runs under `accelerate launch` and `torchrun`.
 """
 
 from __future__ import annotations
@@ -16,105 +18,123 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import (  # noqa: E402
-    FineTuningArguments,
+import torch
+from common import (
+    DataArguments,
     ModelArguments,
+    RunArguments,
+    config_overrides,
     default_num_channels,
     load_data,
     logger,
     mark_complete,
+    new_config,
+    parse,
     start_training_run,
     train,
 )
-from transformers import AutoConfig  # noqa: E402
+from torch.utils.data import DataLoader
+from transformers import AutoConfig, default_data_collator
 
-from mimir_hf import MimirForImageClassification  # noqa: E402
-from mimir_hf.attacks import pgd_attack  # noqa: E402
-from mimir_hf.data import collate_fn, image_processor_for, tensors  # noqa: E402
-from mimir_hf.evaluation import correct_under_attack  # noqa: E402
-from mimir_hf.model_card import write_model_card  # noqa: E402
-from mimir_hf.trainer import MimirAdversarialTrainer  # noqa: E402
+from mimir_hf import MimirForImageClassification
+from mimir_hf.attacks import pgd_attack
+from mimir_hf.data import image_processor_for
+from mimir_hf.evaluation import Attack, evaluate_batch
+from mimir_hf.model_card import accuracy_results, write_model_card
+from mimir_hf.threat_model import EVALUATION_ATTACK, AttackBudget
+from mimir_hf.trainer import MimirAdversarialTrainer, MimirAdversarialTrainingArguments
 
 FINETUNING_DROP_PATH = 0.1  # MIMIR.md: drop path 0.1 in fine-tuning
 
 
-def build_classifier(model_args: ModelArguments, num_channels: int, names: list[str]) -> MimirForImageClassification:
+def build_classifier(model_args, num_channels: int, names: list[str]) -> MimirForImageClassification:
     labels = dict(num_labels=len(names), id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
-    overrides = {"drop_path_rate": FINETUNING_DROP_PATH, **model_args.config_overrides(), **labels}
+    overrides = {"drop_path_rate": FINETUNING_DROP_PATH, **config_overrides(model_args), **labels}
     if model_args.model_name_or_path:
         return MimirForImageClassification.from_pretrained(model_args.model_name_or_path, **overrides)
-    return MimirForImageClassification(model_args.new_config(num_channels, **overrides))
+    return MimirForImageClassification(new_config(model_args, num_channels, **overrides))
 
 
-def quick_robustness(model, images, labels, epsilon: float) -> dict:
-    """Natural and PGD-20 accuracy (%) at the training eps, step eps/4, random start."""
-    natural = correct_under_attack(model, lambda x, y: x, images, labels)
-    robust = correct_under_attack(
-        model, lambda x, y: pgd_attack(model, x, y, epsilon=epsilon, step_size=max(epsilon / 4, 1e-6), steps=20),
-        images, labels,
-    )
-    return {"natural_accuracy": round(100 * natural.float().mean().item(), 2),
-            "pgd20_accuracy": round(100 * robust.float().mean().item(), 2)}
+def quick_robustness(model, dataset, epsilon: float, batch_size: int = 256) -> dict:
+    """Natural and PGD-20 accuracy (%) at the training eps (step eps/4, random start), streamed batch by batch."""
+    budget = AttackBudget(epsilon, max(epsilon / 4, 1e-6), EVALUATION_ATTACK.steps)
+    attack = Attack("pgd20", "PGD-20", lambda m, x, y, g: pgd_attack(m, x, y, budget, generator=g))
+    device = next(model.parameters()).device
+    counts = {"natural": 0, "pgd20": 0}
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=default_data_collator)
+    for index, batch in enumerate(loader):
+        generator = torch.Generator(device=device).manual_seed(index)
+        results = evaluate_batch(
+            model, [attack], batch["pixel_values"].to(device), batch["labels"].to(device), generator
+        )
+        for name in counts:
+            counts[name] += int(results[name].sum())
+    return {f"{name}_accuracy": round(100 * count / len(dataset), 2) for name, count in counts.items()}
 
 
-def main(argv: list[str] | None = None) -> dict:
-    model_args, data_args, training_args, resume = start_training_run("run_finetuning", FineTuningArguments, argv)
-
-    num_channels = default_num_channels(data_args)
+def run(
+    model_args, data_args: DataArguments, training_args: MimirAdversarialTrainingArguments, run_args: RunArguments
+) -> dict:
+    """Fine-tune, save the classifier, its image processor and the model card; returns metrics (accuracies in %)."""
+    resume = start_training_run("run_finetuning", model_args, data_args, training_args, run_args)
     if model_args.model_name_or_path:  # the checkpoint decides the input shape
-        shape = AutoConfig.from_pretrained(model_args.model_name_or_path)
-        image_size = shape.image_size if isinstance(shape.image_size, (list, tuple)) else (shape.image_size,) * 2
-        num_channels = shape.num_channels
+        config = AutoConfig.from_pretrained(model_args.model_name_or_path)
     else:
-        image_size = model_args.new_config(num_channels).image_size_hw
-    train_dataset, eval_dataset, names = load_data(data_args, tuple(image_size), num_channels, training_args.seed)
-    model = build_classifier(model_args, num_channels, names)
+        config = new_config(model_args, default_num_channels(data_args))
+    train_dataset, eval_dataset, names = load_data(data_args, config, training_args.seed)
+    model = build_classifier(model_args, config.num_channels, names)
     logger.info(
-        f"Adversarial fine-tuning ({training_args.adversarial_method}, eps {training_args.adversarial_epsilon * 255:.1f}/255, "
-        f"{training_args.adversarial_steps} steps) of {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M "
-        f"parameters on {len(train_dataset)} images, {len(names)} classes"
+        f"Adversarial fine-tuning ({training_args.adversarial_method}, {training_args.adversarial_budget.describe()}) "
+        f"of {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters on {len(train_dataset)} images, "
+        f"{len(names)} classes"
     )
-    trainer = MimirAdversarialTrainer(
-        model=model, args=training_args, train_dataset=train_dataset, data_collator=collate_fn
-    )
+    trainer = MimirAdversarialTrainer(model=model, args=training_args, train_dataset=train_dataset)
     result = train(trainer, resume)
     trainer.save_model()
+    config = model.config
     if trainer.is_world_process_zero():
-        image_processor_for(model.config).save_pretrained(training_args.output_dir)
+        image_processor_for(config).save_pretrained(training_args.output_dir)
     metrics = dict(result.metrics)
     if trainer.is_world_process_zero():
-        images, labels = tensors(eval_dataset)
-        metrics.update(quick_robustness(model, images, labels, training_args.adversarial_epsilon))
+        metrics.update(quick_robustness(model, eval_dataset, training_args.adversarial_epsilon))
         trainer.log_metrics("finetune", metrics)
         trainer.save_metrics("all", metrics)
-        config = model.config
-        dataset_name = data_args.dataset_name or ("sklearn-digits" if data_args.uses_default_data else "imagefolder")
+        height, width = config.image_size_hw
         training = {
             "initialisation": model_args.model_name_or_path or "random (no pre-training)",
-            "data": f"{dataset_name}, {len(train_dataset)} training images at {config.image_size_hw[0]}x{config.image_size_hw[1]}",
+            "data": f"{data_args.display_name}, {len(train_dataset)} training images at {height}x{width}",
             "encoder": f"ViT {config.hidden_size} wide, {config.num_hidden_layers} layers, patch {config.patch_size}, "
             f"{config.classifier_pooling} pooling",
-            "adversarial training": f"{training_args.adversarial_method}, eps {training_args.adversarial_epsilon * 255:.1f}/255, "
-            f"step {training_args.adversarial_step_size * 255:.1f}/255, {training_args.adversarial_steps} steps",
+            "adversarial training": (
+                f"{training_args.adversarial_method}, {training_args.adversarial_budget.describe()}"
+            ),
             "optimisation": f"AdamW lr {training_args.learning_rate:g}, layer decay {training_args.layer_decay}, "
-            f"{training_args.num_train_epochs:g} epochs, label smoothing {config.label_smoothing}, seed {training_args.seed}",
+            f"{training_args.num_train_epochs:g} epochs, label smoothing {config.label_smoothing}, "
+            f"seed {training_args.seed}",
         }
         eps = training_args.adversarial_epsilon * 255
         results = (
-            f"On the {len(images)} evaluation images: natural accuracy {metrics['natural_accuracy']:.2f}%, "
-            f"PGD-20 (eps {eps:.1f}/255, step eps/4, random start) {metrics['pgd20_accuracy']:.2f}%. "
+            f"On the {len(eval_dataset)} evaluation images: natural accuracy {metrics['natural_accuracy']:.2f}%, "
+            f"PGD-20 (eps {eps:g}/255, step eps/4, random start) {metrics['pgd20_accuracy']:.2f}%. "
             "A quick check only: see robustness.md from run_evaluation.py for the full battery."
         )
-        card_metrics = [
-            {"type": "accuracy", "name": "natural accuracy", "value": metrics["natural_accuracy"]},
-            {"type": "accuracy", "name": f"PGD-20 accuracy, Linf eps={eps:g}/255", "value": metrics["pgd20_accuracy"]},
-        ]
-        write_model_card(training_args.output_dir, "finetuned", dataset_name, training, results, card_metrics,
-                         model_id=training_args.hub_model_id)
+        eval_results = accuracy_results(
+            [("natural accuracy", metrics["natural_accuracy"]),
+             (f"PGD-20 accuracy, Linf eps={eps:g}/255", metrics["pgd20_accuracy"])],
+            data_args.display_name,
+        )  # fmt: skip
+        write_model_card(
+            training_args.output_dir, "finetuned", data_args.display_name, training, results, eval_results,
+            model_id=training_args.hub_model_id,
+        )  # fmt: skip
         mark_complete(training_args.output_dir, metrics=metrics, card_training=training)
     if training_args.push_to_hub:
         trainer.push_to_hub(commit_message="MIMIR adversarial fine-tuning")
     return metrics
+
+
+def main(argv: list[str] | None = None) -> dict:
+    return run(*parse((ModelArguments, DataArguments, MimirAdversarialTrainingArguments, RunArguments), argv))
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
 #!/usr/bin/env python
 """MIMIR pre-training: an adversarial masked autoencoder with an HSIC bottleneck, on any image dataset.
 
-    python examples/run_pretraining.py --output_dir out/pretrain                       # digits, offline
+    python examples/run_pretraining.py --output_dir out/pretrain --learning_rate 1e-3 --num_train_epochs 30   # digits
     python examples/run_pretraining.py --dataset_name cifar10 --model_preset vit-small-patch2-32 \
         --image_column_name img --output_dir out/pretrain --num_train_epochs 800 --bf16
 
+Arguments: `ModelArguments` and `DataArguments` (examples/common.py) and the library's `MimirPreTrainingArguments`.
 Writes the model (safetensors + config), `reconstructions.png` and a model card `README.md` in --output_dir.
 Runs unchanged under `accelerate launch` and `torchrun`.
 """
@@ -17,40 +18,95 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import (  # noqa: E402
+import torch
+from common import (
+    DataArguments,
     ModelArguments,
-    PreTrainingArguments,
+    RunArguments,
+    config_overrides,
     default_num_channels,
     load_data,
     logger,
     mark_complete,
+    new_config,
+    parse,
     start_training_run,
     train,
 )
 
-from mimir_hf import MimirConfig, MimirForPreTraining  # noqa: E402
-from mimir_hf.data import collate_fn, image_processor_for, tensors  # noqa: E402
-from mimir_hf.evaluation import plot_reconstructions  # noqa: E402
-from mimir_hf.model_card import write_model_card  # noqa: E402
-from mimir_hf.trainer import MimirPreTrainingTrainer  # noqa: E402
+from mimir_hf import MimirForPreTraining
+from mimir_hf.attacks import eval_mode, mae_attack
+from mimir_hf.data import image_processor_for, tensors
+from mimir_hf.model_card import write_model_card
+from mimir_hf.trainer import MimirPreTrainingArguments, MimirPreTrainingTrainer
 
 
-def build_model(model_args: ModelArguments, num_channels: int) -> MimirForPreTraining:
+def build_model(model_args, num_channels: int) -> MimirForPreTraining:
     if model_args.model_name_or_path:
-        return MimirForPreTraining.from_pretrained(model_args.model_name_or_path, **model_args.config_overrides())
-    return MimirForPreTraining(model_args.new_config(num_channels))
+        return MimirForPreTraining.from_pretrained(model_args.model_name_or_path, **config_overrides(model_args))
+    return MimirForPreTraining(new_config(model_args, num_channels))
 
 
-def main(argv: list[str] | None = None) -> dict:
-    model_args, data_args, training_args, resume = start_training_run("run_pretraining", PreTrainingArguments, argv)
+def plot_reconstructions(model, images: torch.Tensor, path: str, seed: int = 0) -> None:
+    """A grid of clean x, adversarial x' (the pre-training attack), masked x', and the reconstruction, one row each.
 
+    With `norm_pix_loss` the model predicts per-patch normalised pixels; the plot un-normalises each predicted patch
+    with the mean and variance of the *clean target* patch (as MAE's visualisation does), so it shows shapes, not
+    the model's own colour estimate.
+    """
+    from matplotlib.figure import Figure
+
+    device = next(model.parameters()).device
+    images = images.to(device)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    adversarial = mae_attack(model, images, generator=generator)
+    noise = torch.rand(images.shape[0], model.config.num_patches, generator=generator, device=device)
+    with torch.no_grad(), eval_mode(model):
+        out = model(images, adversarial_pixel_values=adversarial, noise=noise, compute_mi_loss=False)
+        prediction = out.logits.float()
+        if model.config.norm_pix_loss:
+            target = model.patchify(images.float())
+            mean, var = target.mean(-1, keepdim=True), target.var(-1, keepdim=True)
+            prediction = prediction * (var + 1e-6) ** 0.5 + mean
+        mask = out.mask.unsqueeze(-1)
+        visible = model.patchify(adversarial.float()) * (1 - mask)
+        masked = model.unpatchify(visible + 0.5 * mask)
+        reconstruction = model.unpatchify(prediction * mask + visible)
+    rows = [
+        ("clean x", images),
+        ("adversarial x'", adversarial),
+        ("masked x' (encoder input)", masked),
+        ("reconstruction (visible: x')", reconstruction),
+    ]
+    n = images.shape[0]
+    figure = Figure(figsize=(1.3 * n, 1.45 * len(rows)))
+    axes = figure.subplots(len(rows), n, squeeze=False)
+    for r, (title, batch) in enumerate(rows):
+        for c in range(n):
+            picture = batch[c].clamp(0, 1).permute(1, 2, 0).cpu().numpy()
+            axes[r][c].imshow(picture.squeeze(-1) if picture.shape[-1] == 1 else picture, cmap="gray", vmin=0, vmax=1)
+            axes[r][c].axis("off")
+        axes[r][0].set_title(title, fontsize=8, loc="left")
+    note = (
+        " (per-patch normalised predictions shown with each clean patch's mean/var)"
+        if model.config.norm_pix_loss
+        else ""
+    )
+    figure.suptitle(f"MIMIR reconstructions{note}", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+def run(model_args, data_args: DataArguments, training_args: MimirPreTrainingArguments, run_args: RunArguments) -> dict:
+    """Pre-train, save the model, its image processor, `reconstructions.png` and the model card; returns metrics."""
+    resume = start_training_run("run_pretraining", model_args, data_args, training_args, run_args)
     model = build_model(model_args, default_num_channels(data_args))
-    config: MimirConfig = model.config
-    train_dataset, eval_dataset, _ = load_data(data_args, config.image_size_hw, config.num_channels, training_args.seed)
+    config = model.config
+    train_dataset, eval_dataset, _ = load_data(data_args, config, training_args.seed)
     logger.info(
         f"MIMIR pre-training: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
-        f"{len(train_dataset)} training images, attack eps {config.attack_epsilon * 255:.1f}/255 x "
-        f"{config.attack_steps} step(s), MI: {config.mi_estimator} (weight {config.mi_weight:g})"
+        f"{len(train_dataset)} training images, attack {config.attack_budget.describe()}, MI: {config.mi_estimator} "
+        f"(weight {config.mi_weight:g})"
     )
 
     trainer = MimirPreTrainingTrainer(
@@ -58,7 +114,6 @@ def main(argv: list[str] | None = None) -> dict:
         args=training_args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset if training_args.do_eval else None,
-        data_collator=collate_fn,
     )
     result = train(trainer, resume)
     metrics = dict(result.metrics)
@@ -66,36 +121,41 @@ def main(argv: list[str] | None = None) -> dict:
         metrics.update(trainer.evaluate())
     trainer.save_model()
     if trainer.is_world_process_zero():
-        image_processor_for(model.config).save_pretrained(training_args.output_dir)
+        image_processor_for(config).save_pretrained(training_args.output_dir)
     trainer.log_metrics("train", metrics)
     trainer.save_metrics("all", metrics)
 
     if trainer.is_world_process_zero():
         images, _ = tensors(eval_dataset, limit=8)
         plot_reconstructions(model, images, os.path.join(training_args.output_dir, "reconstructions.png"))
-        dataset_name = data_args.dataset_name or ("sklearn-digits" if data_args.uses_default_data else "imagefolder")
+        height, width = config.image_size_hw
         training = {
-            "data": f"{dataset_name}, {len(train_dataset)} images at {config.image_size_hw[0]}x{config.image_size_hw[1]}",
+            "data": f"{data_args.display_name}, {len(train_dataset)} images at {height}x{width}",
             "encoder": f"ViT {config.hidden_size} wide, {config.num_hidden_layers} layers, patch {config.patch_size}",
             "decoder": f"{config.decoder_hidden_size} wide, {config.decoder_num_hidden_layers} layers",
             "mask ratio": config.mask_ratio,
-            "pre-training attack": f"PGD eps {config.attack_epsilon * 255:.1f}/255, step {config.attack_step_size * 255:.1f}/255, "
-            f"{config.attack_steps} step(s), maximising the MAE loss",
+            "pre-training attack": f"PGD maximising the MAE loss, {config.attack_budget.describe()}",
             "MI penalty": f"{config.mi_estimator}, weight {config.mi_weight:g}, sigma {config.mi_sigma:g}",
             "optimisation": f"AdamW lr {training_args.learning_rate:g}, {training_args.num_train_epochs:g} epochs, "
             f"batch {training_args.per_device_train_batch_size} per device, seed {training_args.seed}",
         }
         final = {k: v for k, v in trainer.state.log_history[-1].items() if isinstance(v, (int, float))}
         results = (
-            f"Final training loss {metrics.get('train_loss', float('nan')):.4f}; last logged reconstruction loss "
+            f"Final training loss {metrics.get('train_loss', math.nan):.4f}; last logged reconstruction loss "
             f"{final.get('reconstruction_loss', math.nan):.4f} and MI {final.get('mi_loss', math.nan):.4f}."
         )
-        write_model_card(training_args.output_dir, "pretrained", dataset_name, training, results,
-                         model_id=training_args.hub_model_id)
+        write_model_card(
+            training_args.output_dir, "pretrained", data_args.display_name, training, results,
+            model_id=training_args.hub_model_id,
+        )  # fmt: skip
         mark_complete(training_args.output_dir, metrics=metrics)
     if training_args.push_to_hub:
         trainer.push_to_hub(commit_message="MIMIR pre-training")
     return metrics
+
+
+def main(argv: list[str] | None = None) -> dict:
+    return run(*parse((ModelArguments, DataArguments, MimirPreTrainingArguments, RunArguments), argv))
 
 
 if __name__ == "__main__":

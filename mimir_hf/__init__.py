@@ -1,6 +1,7 @@
 """mimir_hf: MIMIR (masked image modelling with a mutual-information bottleneck) for adversarially robust ViTs.
 
-Importing the package registers the MIMIR classes with transformers' Auto classes (`model_type="mimir"`).
+Importing the package registers every MIMIR model family with transformers' Auto classes: `model_type="mimir"` (ViT,
+`mimir_hf/models/vit`) and `"mimir_swin"` (Swin, `mimir_hf/models/swin`).
 """
 
 from transformers import (
@@ -11,16 +12,19 @@ from transformers import (
     AutoModelForPreTraining,
 )
 
-from .configuration_mimir import PRESETS, MimirConfig
 from .image_processing_mimir import MimirImageProcessor
-from .modeling_mimir import (
+from .models.swin import MimirSwinConfig, MimirSwinForImageClassification, MimirSwinModel
+from .models.vit import (
+    PRESETS,
+    MimirConfig,
     MimirForImageClassification,
     MimirForPreTraining,
     MimirModel,
     MimirPreTrainedModel,
 )
+from .threat_model import AttackBudget
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 AutoConfig.register(MimirConfig.model_type, MimirConfig, exist_ok=True)
 AutoModel.register(MimirConfig, MimirModel, exist_ok=True)
@@ -28,12 +32,21 @@ AutoModelForPreTraining.register(MimirConfig, MimirForPreTraining, exist_ok=True
 AutoModelForImageClassification.register(MimirConfig, MimirForImageClassification, exist_ok=True)
 AutoImageProcessor.register(MimirConfig, slow_image_processor_class=MimirImageProcessor, exist_ok=True)
 
+AutoConfig.register(MimirSwinConfig.model_type, MimirSwinConfig, exist_ok=True)
+AutoModel.register(MimirSwinConfig, MimirSwinModel, exist_ok=True)
+AutoModelForImageClassification.register(MimirSwinConfig, MimirSwinForImageClassification, exist_ok=True)
+AutoImageProcessor.register(MimirSwinConfig, slow_image_processor_class=MimirImageProcessor, exist_ok=True)
+
 __all__ = [
     "PRESETS",
+    "AttackBudget",
     "MimirConfig",
-    "MimirImageProcessor",
     "MimirForImageClassification",
     "MimirForPreTraining",
+    "MimirImageProcessor",
     "MimirModel",
     "MimirPreTrainedModel",
+    "MimirSwinConfig",
+    "MimirSwinForImageClassification",
+    "MimirSwinModel",
 ]

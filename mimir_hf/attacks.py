@@ -2,10 +2,11 @@
 
 Every attack in mimir_hf -- MIMIR's pre-training perturbation, PGD and FGSM for adversarial training and evaluation,
 CW-inf, the TRADES inner maximum, the adaptive PGD-MI and PGD-feature -- is `projected_gradient_ascent` with a
-different objective. Images are pixels in [0, 1] and every budget is in those units. During an attack the model is in eval mode (restored afterwards, module by
-module), only the input gradient is computed (no parameter `.grad` is touched), and it runs under autocast (bf16 or
-fp16): the objectives are computed in float32 and summed over the batch, so each sample's gradient keeps its own scale,
-and a non-finite gradient entry never reaches the images.
+different objective and an `AttackBudget`. Images are pixels in [0, 1] (checked once, at the entry) and every budget is
+in those units. During an attack the model is in eval mode (restored afterwards, module by module), only the input
+gradient is computed (no parameter `.grad` is touched), and it runs under the caller's autocast (bf16 or fp16): the
+objectives are computed in float32 and summed over the batch, so each sample's gradient keeps its own scale, and a
+non-finite gradient entry never reaches the images.
 """
 
 from __future__ import annotations
@@ -17,9 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .configuration_mimir import check_attack_budget
-from .modeling_mimir import check_pixel_range, pixel_range_checked
-from .mutual_information import hsic
+from .mutual_information import DEFAULT_MI_SIGMA, DEFAULT_MI_WEIGHT, hsic
+from .threat_model import AttackBudget, check_pixel_range
 
 Objective = Callable[[torch.Tensor], torch.Tensor]
 """Maps adversarial images `[B, C, H, W]` to a scalar to maximise (a sum over the batch, so each sample ascends its
@@ -49,11 +49,8 @@ def project(images: torch.Tensor, clean: torch.Tensor, epsilon: float) -> torch.
 def projected_gradient_ascent(
     objective: Objective,
     images: torch.Tensor,
+    budget: AttackBudget,
     *,
-    epsilon: float,
-    step_size: float,
-    steps: int,
-    random_start: bool = True,
     model: nn.Module | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
@@ -62,29 +59,29 @@ def projected_gradient_ascent(
     Args:
         objective: adversarial images -> scalar to maximise.
         images: clean images in [0, 1], `[B, C, H, W]`.
-        epsilon, step_size, steps: the L-inf budget, in pixel units.
-        random_start: start from a uniform point of the eps-ball (clipped to [0, 1]) instead of `images`.
+        budget: epsilon, step size, steps and random start, in pixel units.
         model: the model the objective calls; put in eval mode during the attack and restored afterwards.
         generator: random generator of the start point (for reproducible attacks).
 
-    Returns: detached adversarial images, within `epsilon` of `images` and in [0, 1].
+    Returns: detached adversarial images, within `budget.epsilon` of `images` and in [0, 1].
     """
-    check_attack_budget(epsilon, step_size, steps)
-    clean = check_pixel_range(images.detach())
-    if epsilon == 0:  # the eps-ball is the clean image itself
+    if not isinstance(budget, AttackBudget):
+        raise TypeError(f"budget must be a mimir_hf.AttackBudget, got {type(budget).__name__}.")
+    clean = check_pixel_range(images.detach() if isinstance(images, torch.Tensor) else images, "images")
+    if budget.epsilon == 0:  # the eps-ball is the clean image itself
         return clean.clone()
-    if random_start:
+    if budget.random_start:
         noise = torch.rand(clean.shape, generator=generator, device=clean.device, dtype=clean.dtype)
-        adversarial = (clean + (2 * noise - 1) * epsilon).clamp_(0.0, 1.0)
+        adversarial = (clean + (2 * noise - 1) * budget.epsilon).clamp_(0.0, 1.0)
     else:
         adversarial = clean.clone()
-    with eval_mode(model), torch.enable_grad(), pixel_range_checked():  # checked above; projection keeps [0, 1]
-        for _ in range(steps):
+    with eval_mode(model), torch.enable_grad():
+        for _ in range(budget.steps):
             adversarial.requires_grad_(True)
             (gradient,) = torch.autograd.grad(objective(adversarial), adversarial)
             # torch's sign() maps a NaN gradient entry (e.g. an fp16 overflow inside the model) to 0 and +-inf to
             # +-1, so a non-finite gradient costs that pixel one step, never the image (tested).
-            adversarial = project(adversarial.detach() + step_size * gradient.sign(), clean, epsilon)
+            adversarial = project(adversarial.detach() + budget.step_size * gradient.sign(), clean, budget.epsilon)
     return adversarial.detach()
 
 
@@ -97,6 +94,31 @@ def logits_of(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """Float32 logits of a transformers classifier (`.logits`) or of a plain module returning a tensor."""
     outputs = model(pixel_values=images) if hasattr(model, "config") else model(images)
     return (outputs.logits if hasattr(outputs, "logits") else outputs).float()
+
+
+def class_labels(model: nn.Module, labels: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """`labels` checked against `images` (one class index per image, inside the model's `num_labels` when it has
+    one) and returned as int64 on the images' device; a `ValueError` naming what was wrong otherwise."""
+    if (
+        not isinstance(labels, torch.Tensor)
+        or labels.dim() != 1
+        or labels.dtype.is_floating_point
+        or labels.is_complex()
+    ):
+        what = (
+            f"dtype {labels.dtype}, shape {tuple(labels.shape)}" if isinstance(labels, torch.Tensor) else type(labels)
+        )
+        raise ValueError(f"labels must be a 1-D integer tensor of class indices, got {what}.")
+    if labels.shape[0] != images.shape[0]:
+        raise ValueError(f"Got {labels.shape[0]} labels for {images.shape[0]} images; expected one label per image.")
+    num_labels = getattr(getattr(model, "config", None), "num_labels", None)
+    if num_labels is not None:
+        bad = labels[(labels < 0) | (labels >= num_labels)]
+        if bad.numel():
+            raise ValueError(
+                f"labels must be in [0, {num_labels}) (the model's classes), got {sorted(set(bad.tolist()))}."
+            )
+    return labels.to(device=images.device, dtype=torch.long)
 
 
 def cross_entropy_objective(model: nn.Module, labels: torch.Tensor) -> Objective:
@@ -118,21 +140,25 @@ def margin_objective(model: nn.Module, labels: torch.Tensor) -> Objective:
 
 def trades_objective(model: nn.Module, clean_probabilities: torch.Tensor) -> Objective:
     """Summed KL(p(x) || p(x')): TRADES' inner maximisation, with p(x) fixed."""
-    return lambda images: F.kl_div(
-        F.log_softmax(logits_of(model, images), dim=1), clean_probabilities, reduction="sum"
-    )
+    return lambda images: F.kl_div(F.log_softmax(logits_of(model, images), dim=1), clean_probabilities, reduction="sum")
 
 
-def mi_objective(model: nn.Module, labels: torch.Tensor, weight: float = 1e-5, sigma: float = 5.0) -> Objective:
-    """Adaptive PGD-MI: cross-entropy plus `weight` * HSIC(features(x'), x'), the defence's own MI term.
+def mi_objective(
+    model: nn.Module, labels: torch.Tensor, weight: float | None = None, sigma: float | None = None
+) -> Objective:
+    """Adaptive PGD-MI, the authors' objective: mean cross-entropy over the batch + `weight` * HSIC(features(x'), x').
 
-    Needs a classifier with `features` and `classifier` (e.g. `MimirForImageClassification`).
+    `weight` and `sigma` default to the model's own MI settings (`config.mi_weight`, `config.mi_sigma`), so the attack
+    knows the defence. Needs a classifier with `features` and `classifier` (every mimir_hf classifier has both).
     """
+    config = getattr(model, "config", None)
+    weight = getattr(config, "mi_weight", DEFAULT_MI_WEIGHT) if weight is None else weight
+    sigma = getattr(config, "mi_sigma", DEFAULT_MI_SIGMA) if sigma is None else sigma
 
     def objective(images: torch.Tensor) -> torch.Tensor:
         features = model.features(images)
         logits = model.classifier(features).float()
-        return F.cross_entropy(logits, labels, reduction="sum") + weight * hsic(features, images, sigma=sigma)
+        return F.cross_entropy(logits, labels) + weight * hsic(features, images, sigma=sigma)
 
     return objective
 
@@ -151,89 +177,60 @@ def mae_objective(model: nn.Module) -> Objective:
 # Named attacks
 # ----------------------------------------------------------------------------------------------------------------
 
+_PGD_LOSSES = {"ce": cross_entropy_objective, "margin": margin_objective}
+
 
 def pgd_attack(
     model: nn.Module,
     images: torch.Tensor,
     labels: torch.Tensor,
-    epsilon: float = 8 / 255,
-    step_size: float = 2 / 255,
-    steps: int = 10,
-    random_start: bool = True,
+    budget: AttackBudget,
     loss: str = "ce",
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """L-inf PGD on cross-entropy (`loss="ce"`) or on the CW margin (`loss="margin"`, i.e. CW-inf)."""
-    objectives = {"ce": cross_entropy_objective, "margin": margin_objective}
-    if loss not in objectives:
-        raise ValueError(f"Unknown PGD loss {loss!r}; expected one of {sorted(objectives)}.")
-    return projected_gradient_ascent(
-        objectives[loss](model, labels),
-        images,
-        epsilon=epsilon,
-        step_size=step_size,
-        steps=steps,
-        random_start=random_start,
-        model=model,
-        generator=generator,
-    )
+    if loss not in _PGD_LOSSES:
+        raise ValueError(f"Unknown PGD loss {loss!r}; expected one of {sorted(_PGD_LOSSES)}.")
+    labels = class_labels(model, labels, images)
+    return projected_gradient_ascent(_PGD_LOSSES[loss](model, labels), images, budget, model=model, generator=generator)
 
 
-def fgsm_attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, epsilon: float = 8 / 255) -> torch.Tensor:
+def fgsm_attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, epsilon: float) -> torch.Tensor:
     """FGSM: one signed-gradient step of size eps from the clean image."""
-    return pgd_attack(model, images, labels, epsilon=epsilon, step_size=max(epsilon, 1e-12), steps=1, random_start=False)
+    budget = AttackBudget(epsilon=epsilon, step_size=max(epsilon, 1e-12), steps=1, random_start=False)
+    return pgd_attack(model, images, labels, budget)
 
 
 def trades_attack(
-    model: nn.Module,
-    images: torch.Tensor,
-    epsilon: float = 8 / 255,
-    step_size: float = 2 / 255,
-    steps: int = 10,
-    generator: torch.Generator | None = None,
+    model: nn.Module, images: torch.Tensor, budget: AttackBudget, generator: torch.Generator | None = None
 ) -> torch.Tensor:
     """TRADES' adversarial example: maximise KL(p(x) || p(x')) with p(x) from the model in eval mode."""
+    check_pixel_range(images, "images")
     with eval_mode(model), torch.no_grad():
         clean_probabilities = F.softmax(logits_of(model, images), dim=1)
     return projected_gradient_ascent(
-        trades_objective(model, clean_probabilities),
-        images,
-        epsilon=epsilon,
-        step_size=step_size,
-        steps=steps,
-        model=model,
-        generator=generator,
+        trades_objective(model, clean_probabilities), images, budget, model=model, generator=generator
     )
 
 
 def mae_attack(
     model: nn.Module,
     images: torch.Tensor,
-    epsilon: float | None = None,
-    step_size: float | None = None,
-    steps: int | None = None,
-    random_start: bool | None = None,
+    budget: AttackBudget | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """MIMIR's pre-training attack on a `MimirForPreTraining`; unset budgets come from `model.config` (8/255, 10/255, 1)."""
-    config = model.config
-    return projected_gradient_ascent(
-        mae_objective(model),
-        images,
-        epsilon=config.attack_epsilon if epsilon is None else epsilon,
-        step_size=config.attack_step_size if step_size is None else step_size,
-        steps=config.attack_steps if steps is None else steps,
-        random_start=config.attack_random_start if random_start is None else random_start,
-        model=model,
-        generator=generator,
-    )
+    """MIMIR's pre-training attack on a `...ForPreTraining` model; `budget` defaults to `model.config.attack_budget`."""
+    budget = model.config.attack_budget if budget is None else budget
+    return projected_gradient_ascent(mae_objective(model), images, budget, model=model, generator=generator)
 
 
 __all__ = [
+    "class_labels",
     "cross_entropy_objective",
     "eval_mode",
     "feature_objective",
     "fgsm_attack",
+    "logits_of",
     "mae_attack",
     "mae_objective",
     "margin_objective",

@@ -1,177 +1,251 @@
-"""Convert the authors' MAE/timm-style MIMIR checkpoints (`.pth`) into `save_pretrained` folders.
+"""Convert the authors' released MIMIR checkpoints (`.pth`) into `save_pretrained` folders.
 
-    python -m mimir_hf.convert mimir_vit_small_pretrain.pth out/mimir-vit-small          # kind and shape inferred
-    python -m mimir_hf.convert finetuned.pth out/classifier --num_attention_heads 6
+    python -m mimir_hf.convert checkpoint-799.pth out/mimir-vit-small-cifar10      # family and shape from the file
+    python -m mimir_hf.convert swin_base.pth out/mimir-swin-base --use_ema          # the EMA weights of a timm file
+    python -m mimir_hf.convert finetuned.pth out/classifier --num_attention_heads 6 # a bare state dict: say the heads
 
-Pre-training checkpoints hold the encoder (`patch_embed.proj`, `cls_token`, `pos_embed`, `blocks.N.*`, `norm`) and
-the decoder (`decoder_*`, `mask_token`) under a `"model"` entry; fine-tuned ones hold the encoder with `fc_norm` and
-`head` (global pooling) -- or `norm` and `head` (CLS pooling). The file is read with `torch.load(weights_only=True)`:
-nothing in it is executed. The architecture is inferred from the tensors' shapes, except the attention-head counts,
-which shapes cannot tell (defaults: 64-wide encoder heads as in ViT-T/S/B/L, 16 decoder heads as in MIMIR's decoder).
+Files are read with `torch.load(weights_only=True)` and an allow-list of exactly what the authors' training scripts
+pickle besides tensors (`argparse.Namespace`, their saved arguments): nothing else in a file is ever unpickled or run.
+Accepted layouts: a bare state dict, or a dict with `model` (MAE-style scripts), `state_dict` / `state_dict_ema`
+(timm's checkpoint saver), `model_state_dict`; keys may carry `module.` (DDP). When the file holds the run's `args`,
+the architecture comes from them (`args.model`, input size, pooling, normalisation); otherwise from the tensors, and
+what they cannot tell is guessed, said in a warning and recorded in the output's README.
+
+Each family's key layout is handled by its own module (`mimir_hf/models/<family>/convert_*.py`); this module reads the
+file, picks the family, checks that every tensor found its place (only a new head may be left at its initialisation)
+and saves the model with its image processor and a model card.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import os
 import pickle
 import re
+import sys
+from dataclasses import dataclass
 
 import torch
+from transformers.utils import logging
 
-from .configuration_mimir import MimirConfig
 from .data import image_processor_for
-from .modeling_mimir import MimirForImageClassification, MimirForPreTraining
+from .models.conversion import Conversion
+from .models.swin.convert_swin import convert_swin_checkpoint
+from .models.vit.convert_vit import convert_vit_state_dict
 
-_BLOCK = {  # timm Block -> ViTMAE layer, under blocks.N. / decoder_blocks.N.
-    "norm1": "layernorm_before",
-    "norm2": "layernorm_after",
-    "attn.proj": "attention.o_proj",
-    "mlp.fc1": "mlp.fc1",
-    "mlp.fc2": "mlp.fc2",
-}
-_TOP = {
-    "patch_embed.proj": "vit.embeddings.patch_embeddings.projection",
-    "cls_token": "vit.embeddings.cls_token",
-    "pos_embed": "vit.embeddings.position_embeddings",
-    "norm": "vit.layernorm",
-    "fc_norm": "fc_norm",
-    "head": "classifier",
-    "decoder_embed": "decoder.decoder_embed",
-    "mask_token": "decoder.mask_token",
-    "decoder_pos_embed": "decoder.decoder_pos_embed",
-    "decoder_norm": "decoder.decoder_norm",
-    "decoder_pred": "decoder.decoder_pred",
-}
+logger = logging.get_logger(__name__)
+
+_ENTRIES = ("model", "state_dict", "model_state_dict")  # where training scripts put the weights, in order
+_EMA_ENTRIES = ("state_dict_ema", "model_ema")
+FAMILIES = {"vit": convert_vit_state_dict, "swin": convert_swin_checkpoint}
+# Evaluation pre-processing of the ImageNet models (224 px, and every Swin): resize to 256 (bicubic), centre-crop 224.
+IMAGENET_CROP_PCT = 0.875
 
 
-def load_checkpoint(path: str) -> dict[str, torch.Tensor]:
-    """The state dict of a `.pth` file (its `"model"` / `"state_dict"` entry if there is one), read weights-only."""
+@dataclass
+class Checkpoint:
+    """What a training script's `.pth` file holds: the weights (from `entry`) and the run's arguments (if saved)."""
+
+    path: str
+    state_dict: dict[str, torch.Tensor]
+    args: dict | None
+    entry: str  # "model", "state_dict", "state_dict_ema", ... or "(bare state dict)"
+
+
+def read_checkpoint(path: str, use_ema: bool = False) -> Checkpoint:
+    """Read a `.pth` file safely (see the module docstring); a `ValueError` naming the file and what was expected
+    for anything else: a directory, text, random bytes, a truncated file, or objects outside the allow-list."""
+    expected = "a PyTorch checkpoint (.pth) written by torch.save"
+    if os.path.isdir(path):
+        raise ValueError(f"{path} is a directory; expected {expected} (a file).")
+    if not os.path.isfile(path):
+        raise ValueError(f"{path} does not exist; expected {expected}.")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises UnpicklingError, RuntimeError, EOFError, IndexError, ... on bad bytes
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
+        if isinstance(error, pickle.UnpicklingError) and found:
+            raise ValueError(
+                f"{path} holds objects ({found.group(1)}) beyond tensors, plain containers and argparse.Namespace; "
+                "mimir_hf reads checkpoints with torch.load(weights_only=True) and will not unpickle it."
+            ) from None
+        reason = type(error).__name__ if isinstance(error, pickle.UnpicklingError) else str(error).split("\n")[0][:160]
+        reason = reason or type(error).__name__
         raise ValueError(
-            f"{path} holds objects other than tensors and plain containers; mimir_hf only reads checkpoints with "
-            f"torch.load(weights_only=True) and will not unpickle it ({error})."
+            f"{path} is not {expected}: it is truncated, corrupt or another kind of file ({reason})."
         ) from None
-    except (RuntimeError, EOFError, OSError) as error:
-        raise ValueError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): {error}") from None
-    for entry in ("model", "state_dict"):
-        if isinstance(checkpoint, dict) and isinstance(checkpoint.get(entry), dict):
-            checkpoint = checkpoint[entry]
-    if not isinstance(checkpoint, dict) or not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
-        raise ValueError(f"{path} does not hold a state dict of tensors.")
-    return {key.removeprefix("module."): value for key, value in checkpoint.items()}
 
-
-def _count(state: dict, prefix: str) -> int:
-    indices = {int(m.group(1)) for key in state if (m := re.match(rf"^{prefix}\.(\d+)\.", key))}
-    return max(indices) + 1 if indices else 0
-
-
-def infer_config(state: dict[str, torch.Tensor], **overrides) -> MimirConfig:
-    """A `MimirConfig` matching the checkpoint's tensors; `overrides` set what shapes cannot tell (head counts)."""
-    required = ("patch_embed.proj.weight", "cls_token", "pos_embed")
-    missing = [key for key in required if key not in state]
-    if missing:
-        raise ValueError(f"Not a MAE/MIMIR ViT checkpoint: missing {missing} (it has e.g. {sorted(state)[:5]}).")
-    hidden, channels, patch, _ = state["patch_embed.proj.weight"].shape
-    num_patches = state["pos_embed"].shape[1] - 1
-    side = int(round(num_patches**0.5))
-    fields = dict(
-        hidden_size=hidden,
-        num_channels=channels,
-        patch_size=patch,
-        image_size=side * patch if side * side == num_patches else None,
-        num_hidden_layers=_count(state, "blocks"),
-        num_attention_heads=max(hidden // 64, 1),
-        intermediate_size=state["blocks.0.mlp.fc1.weight"].shape[0],
-        qkv_bias="blocks.0.attn.qkv.bias" in state,
-    )
-    if "decoder_embed.weight" in state:
-        decoder_hidden = state["decoder_embed.weight"].shape[0]
-        fields.update(
-            decoder_hidden_size=decoder_hidden,
-            decoder_num_hidden_layers=_count(state, "decoder_blocks"),
-            decoder_num_attention_heads=16 if decoder_hidden % 16 == 0 else max(decoder_hidden // 64, 1),
-            decoder_intermediate_size=state["decoder_blocks.0.mlp.fc1.weight"].shape[0],
+    args = None
+    if isinstance(raw, dict) and isinstance(raw.get("args"), argparse.Namespace):
+        args = vars(raw["args"])
+    entries = _EMA_ENTRIES if use_ema else _ENTRIES
+    entry = next((name for name in entries if isinstance(raw, dict) and isinstance(raw.get(name), dict)), None)
+    if use_ema and entry is None:
+        found = sorted(raw) if isinstance(raw, dict) else type(raw).__name__
+        raise ValueError(f"--use_ema: {path} has no EMA weights ({' or '.join(_EMA_ENTRIES)}); it holds {found}.")
+    state = raw[entry] if entry else raw
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        found = sorted(raw)[:8] if isinstance(raw, dict) else type(raw).__name__
+        raise ValueError(
+            f"{path} holds no state dict of tensors (looked for a bare state dict or {', '.join(entries)}; found "
+            f"{found})."
         )
-    if "head.weight" in state:
-        fields.update(num_labels=state["head.weight"].shape[0], classifier_pooling="mean" if "fc_norm.weight" in state else "cls")
-    fields.update({k: v for k, v in overrides.items() if v is not None})
-    if fields["image_size"] is None:
-        raise ValueError(f"pos_embed has {num_patches} patches, not a square grid: pass image_size=(height, width).")
-    return MimirConfig(**fields)
+    if entry == "model" and any(isinstance(raw.get(name), dict) for name in _EMA_ENTRIES) and not use_ema:
+        logger.warning(f"{path} also holds EMA weights; --use_ema converts those instead.")
+    state = {key.removeprefix("module."): value for key, value in state.items()}
+    return Checkpoint(path, state, args, entry or "(bare state dict)")
 
 
-def rename_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """timm/MAE names -> mimir_hf names; the fused qkv projection is split into q, k and v."""
-    renamed, unknown = {}, []
-    for key, value in state.items():
-        match = re.match(r"^(blocks|decoder_blocks)\.(\d+)\.(.+)\.(weight|bias)$", key)
-        if match:
-            stack, index, module, kind = match.groups()
-            prefix = f"vit.layers.{index}" if stack == "blocks" else f"decoder.decoder_layers.{index}"
-            if module == "attn.qkv":
-                for name, chunk in zip(("q_proj", "k_proj", "v_proj"), value.chunk(3, dim=0), strict=True):
-                    renamed[f"{prefix}.attention.{name}.{kind}"] = chunk.clone()
-            elif module in _BLOCK:
-                renamed[f"{prefix}.{_BLOCK[module]}.{kind}"] = value
-            else:
-                unknown.append(key)
-            continue
-        module, _, kind = key.rpartition(".")
-        if key in _TOP:  # bare parameters (tokens, position embeddings)
-            renamed[_TOP[key]] = value
-        elif module in _TOP and kind in ("weight", "bias"):
-            renamed[f"{_TOP[module]}.{kind}"] = value
-        else:
-            unknown.append(key)
-    if unknown:
-        raise ValueError(f"Unknown keys in the checkpoint (not a MAE/MIMIR ViT layout): {sorted(unknown)}")
-    return renamed
+def detect_family(checkpoint: Checkpoint) -> str:
+    """The model family of a checkpoint: from its `args.model` (or timm's `arch`) when saved, else from its keys."""
+    name = str((checkpoint.args or {}).get("model", "")).lower()
+    for family in ("swin", "cait", "convit", "xcit", "vit"):
+        if family in name:
+            return _supported(family, checkpoint.path)
+    keys = {key.removeprefix("encoder.") for key in checkpoint.state_dict}
+    if any(key.endswith("attn.relative_position_bias_table") for key in keys):
+        return "swin"
+    if any(key.startswith("blocks_token_only.") for key in keys):
+        return _supported("cait", checkpoint.path)
+    if any(key.endswith(("attn.gating_param", "attn.pos_proj.weight")) for key in keys):
+        return _supported("convit", checkpoint.path)
+    if "patch_embed.proj.weight" in keys and any(key.endswith("attn.qkv.weight") for key in keys):
+        return "vit"
+    raise ValueError(
+        f"{checkpoint.path} is not a checkpoint of a model family mimir_hf converts ({', '.join(sorted(FAMILIES))}): "
+        f"its keys look like {sorted(checkpoint.state_dict)[:6]}."
+    )
 
 
-def convert_checkpoint(path: str, output_dir: str | None = None, **config_overrides):
-    """Load a `.pth` checkpoint into `MimirForPreTraining` (decoder present) or `MimirForImageClassification`
-    (head present), check that every tensor found its place, and `save_pretrained` it (with its image processor)."""
-    state = load_checkpoint(path)
-    config = infer_config(state, **config_overrides)
-    model_class = MimirForPreTraining if "decoder_embed.weight" in state else MimirForImageClassification
-    if model_class is MimirForImageClassification and "head.weight" not in state:
-        raise ValueError(f"{path} has neither a decoder (pre-training) nor a head (fine-tuned): nothing to convert to.")
-    model = model_class(config)
-    renamed = rename_state_dict(state)
-    expected = set(model.state_dict())
-    missing, unexpected = sorted(expected - set(renamed)), sorted(set(renamed) - expected)
-    if missing or unexpected:
-        raise ValueError(f"The checkpoint does not fit {model_class.__name__}: missing {missing}, unexpected {unexpected}.")
-    shapes = [k for k, v in renamed.items() if v.shape != model.state_dict()[k].shape]
-    if shapes:
-        raise ValueError(f"Shape mismatch for {shapes}; check --num_attention_heads / --image_size.")
-    model.load_state_dict(renamed, strict=True)
-    model.eval()
+def _supported(family: str, path: str) -> str:
+    if family not in FAMILIES:
+        raise ValueError(f"{path} is a {family} checkpoint; mimir_hf converts {', '.join(sorted(FAMILIES))} ones.")
+    return family
+
+
+def convert_checkpoint(
+    path: str,
+    output_dir: str | None = None,
+    use_ema: bool = False,
+    family: str | None = None,
+    **config_overrides,
+):
+    """Read `path`, convert it with its family's converter, check that every tensor found its place, and (with
+    `output_dir`) save the model, its image processor and a model card. Returns the model, in eval mode.
+
+    `config_overrides` set config fields the file cannot tell or that should change (`num_attention_heads` for a
+    ViT file without `args`, `image_mean`/`image_std` for a run trained on normalised inputs, ...).
+    """
+    checkpoint = read_checkpoint(path, use_ema=use_ema)
+    family = family or detect_family(checkpoint)
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {sorted(FAMILIES)}, got {family!r}.")
+    conversion = FAMILIES[family](checkpoint.state_dict, checkpoint.args, **config_overrides)
+    model = load_conversion(conversion, path)
+    for note in conversion.notes:
+        logger.warning(f"{os.path.basename(path)}: {note}")
     if output_dir is not None:
         model.save_pretrained(output_dir)
-        image_processor_for(config).save_pretrained(output_dir)
+        size = conversion.config.image_size
+        imagenet_style = family == "swin" or (size if isinstance(size, int) else min(size)) >= 224
+        crop_pct = IMAGENET_CROP_PCT if imagenet_style else None
+        image_processor_for(conversion.config, crop_pct=crop_pct).save_pretrained(output_dir)
+        write_conversion_card(output_dir, checkpoint, family, conversion, model)
     return model
+
+
+def load_conversion(conversion: Conversion, path: str = "the checkpoint"):
+    """Build `conversion.model_class` and load the converted tensors: every tensor must have a place of the right
+    shape, and only `conversion.new_keys` may be missing."""
+    model = conversion.model_class(conversion.config)
+    expected = model.state_dict()
+    unexpected = sorted(set(conversion.state_dict) - set(expected))
+    missing = sorted(set(expected) - set(conversion.state_dict) - set(conversion.new_keys))
+    shapes = [
+        f"{key}: {tuple(value.shape)} in the file, {tuple(expected[key].shape)} in the model"
+        for key, value in conversion.state_dict.items()
+        if key in expected and value.shape != expected[key].shape
+    ]
+    if unexpected or missing or shapes:
+        raise ValueError(
+            f"{path} does not fit {conversion.model_class.__name__} ({conversion.config.model_type}): missing "
+            f"{missing[:8]}, unexpected {unexpected[:8]}, shapes {shapes[:4]}. Check the overrides (e.g. "
+            "--num_attention_heads, --image_size)."
+        )
+    model.load_state_dict(conversion.state_dict, strict=not conversion.new_keys)
+    return model.eval()
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_conversion_card(output_dir: str, checkpoint: Checkpoint, family: str, conversion: Conversion, model) -> str:
+    """README.md of a converted folder: where it came from, the choices made, what was ignored, and the numbers the
+    authors report for their released checkpoints of this family."""
+    from .model_card import build_conversion_card
+
+    config = conversion.config
+    source = {
+        "source file": f"`{os.path.basename(checkpoint.path)}` (sha256 `{_sha256(checkpoint.path)[:16]}...`)",
+        "weights entry": checkpoint.entry,
+        "training arguments in the file": f"yes (`args.model` = `{checkpoint.args.get('model')}`)"
+        if checkpoint.args
+        else "no: architecture from the tensors' shapes",
+        "model class": type(model).__name__,
+        "parameters": f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M",
+        "input": f"{config.num_channels} x {config.image_size} px in [0, 1]"
+        + ("" if getattr(config, "image_mean", None) is None else ", normalised inside the model"),
+    }
+    card = build_conversion_card(
+        family, model.config, source, conversion.notes, conversion.ignored, conversion.new_keys
+    )
+    path = os.path.join(output_dir, "README.md")
+    card.save(path)
+    return path
+
+
+def _floats(text: str) -> list[float]:
+    return [float(value) for value in text.split(",")]
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("checkpoint", help="The .pth file (MAE/timm layout, tensors under 'model').")
+    parser.add_argument("checkpoint", help="The .pth file.")
     parser.add_argument("output_dir", help="Where the save_pretrained folder goes.")
-    parser.add_argument("--num_attention_heads", type=int, help="Encoder heads (default: hidden size / 64).")
-    parser.add_argument("--decoder_num_attention_heads", type=int, help="Decoder heads (default: 16).")
-    parser.add_argument("--image_size", type=int, help="Input resolution (default: from pos_embed x patch size).")
-    parser.add_argument("--norm_pix_loss", type=lambda v: v.lower() in ("1", "true", "yes"), help="Default: true.")
+    parser.add_argument("--use_ema", action="store_true", help="Convert the EMA weights (state_dict_ema).")
+    parser.add_argument("--family", choices=sorted(FAMILIES), help="Default: from the file's args or keys.")
+    parser.add_argument("--num_attention_heads", type=int, help="ViT encoder heads (default: from args.model).")
+    parser.add_argument("--decoder_num_attention_heads", type=int, help="ViT decoder heads (default: 16).")
+    parser.add_argument("--image_size", type=int, help="Input resolution (default: from the weights).")
+    parser.add_argument("--num_labels", type=int, help="Classes of a new head on a pre-training backbone.")
+    parser.add_argument("--image_mean", type=_floats, help="Per-channel mean the model was trained with, e.g. "
+                        "0.485,0.456,0.406 (applied inside the model; inputs stay [0, 1] pixels).")  # fmt: skip
+    parser.add_argument("--image_std", type=_floats, help="Per-channel std, with --image_mean.")
     args = parser.parse_args(argv)
-    overrides = {k: v for k, v in vars(args).items() if k not in ("checkpoint", "output_dir") and v is not None}
-    model = convert_checkpoint(args.checkpoint, args.output_dir, **overrides)
-    print(f"Converted {args.checkpoint} -> {args.output_dir} ({type(model).__name__}, {model.config.hidden_size} wide, "
-          f"{model.config.num_hidden_layers} layers, patch {model.config.patch_size}, image {model.config.image_size}).")
+    overrides = {
+        name: value
+        for name, value in vars(args).items()
+        if name not in ("checkpoint", "output_dir", "use_ema", "family") and value is not None
+    }
+    try:
+        model = convert_checkpoint(args.checkpoint, args.output_dir, args.use_ema, args.family, **overrides)
+    except ValueError as error:
+        sys.exit(f"error: {error}")
+    size = sum(p.numel() for p in model.parameters()) / 1e6
+    print(
+        f"Converted {args.checkpoint} -> {args.output_dir}: {type(model).__name__} ({model.config.model_type}), "
+        f"{size:.2f}M parameters; see {args.output_dir}/README.md."
+    )
 
 
-__all__ = ["convert_checkpoint", "infer_config", "load_checkpoint", "rename_state_dict"]
+__all__ = ["Checkpoint", "convert_checkpoint", "detect_family", "load_conversion", "read_checkpoint"]
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """Image-classification data through `datasets`: the Hub, an image folder, or the offline default (sklearn's digits).
 
 Every path ends the same way: a `DatasetDict` with a `"train"` and a `"test"` split, an image column and a
-`ClassLabel` label column, and a lazy transform (`with_transform`) that turns each image into a `[C, H, W]` float
-tensor in [0, 1] at the model's size. No torchvision: PIL does the resizing.
+`ClassLabel` label column, and a lazy transform (`with_transform`) that feeds the images through the model's image
+processor (`MimirImageProcessor`): the one preprocessing path of training, evaluation and `pipeline()`. Batches are
+stacked by `transformers.default_data_collator`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import numpy as np
 import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, load_dataset
 from PIL import Image as PILImage
+from transformers import default_data_collator
 
 from .image_processing_mimir import MimirImageProcessor
 
@@ -35,9 +37,7 @@ def load_digits_dataset() -> DatasetDict:
     images = [PILImage.fromarray(np.round(image * (255 / 16)).astype(np.uint8), mode="L") for image in digits.images]
     features = Features({"image": Image(), "label": ClassLabel(names=[str(d) for d in range(10)])})
     dataset = Dataset.from_dict({"image": images, "label": digits.target.tolist()}, features=features)
-    split = dataset.train_test_split(
-        test_size=DIGITS_TEST_FRACTION, seed=DIGITS_SEED, stratify_by_column="label"
-    )
+    split = dataset.train_test_split(test_size=DIGITS_TEST_FRACTION, seed=DIGITS_SEED, stratify_by_column="label")
     return DatasetDict(train=split["train"], test=split["test"])
 
 
@@ -87,7 +87,9 @@ def load_image_dataset(
     return DatasetDict(train=dataset["train"], test=dataset[evaluation_split])
 
 
-def resolve_columns(dataset: Dataset, image_column: str | None = None, label_column: str | None = None) -> tuple[str, str]:
+def resolve_columns(
+    dataset: Dataset, image_column: str | None = None, label_column: str | None = None
+) -> tuple[str, str]:
     """The image and label column names, checked; a clear error naming `--image_column_name` / `--label_column_name`."""
     columns = dataset.column_names
     if image_column is None:
@@ -116,26 +118,14 @@ def label_names(dataset: Dataset, label_column: str) -> list[str]:
     return [str(value) for value in values]
 
 
-def to_pixel_values(image, image_size: tuple[int, int], num_channels: int) -> torch.Tensor:
-    """A PIL image (or array) -> `[C, H, W]` float tensor in [0, 1], resized bicubically to `image_size` (H, W)."""
-    if not isinstance(image, PILImage.Image):
-        image = PILImage.fromarray(np.asarray(image))
-    image = image.convert("L" if num_channels == 1 else "RGB")
-    height, width = image_size
-    if image.size != (width, height):
-        image = image.resize((width, height), PILImage.Resampling.BICUBIC)
-    array = np.asarray(image, dtype=np.float32) / 255.0
-    tensor = torch.from_numpy(array)
-    return tensor[None] if tensor.dim() == 2 else tensor.permute(2, 0, 1).contiguous()
-
-
 def with_pixel_transform(
-    dataset: Dataset, image_column: str, label_column: str | None, image_size: tuple[int, int], num_channels: int
+    dataset: Dataset, image_column: str, label_column: str | None, image_processor: MimirImageProcessor
 ) -> Dataset:
-    """The dataset with a lazy transform yielding `pixel_values` (and `labels`)."""
+    """The dataset with a lazy transform yielding `pixel_values` (from `image_processor`) and `labels`."""
 
     def transform(batch):
-        out = {"pixel_values": [to_pixel_values(image, image_size, num_channels) for image in batch[image_column]]}
+        pixel_values = image_processor(images=batch[image_column], return_tensors="pt")["pixel_values"]
+        out = {"pixel_values": list(pixel_values)}
         if label_column is not None:
             out["labels"] = batch[label_column]
         return out
@@ -143,40 +133,43 @@ def with_pixel_transform(
     return dataset.with_transform(transform)
 
 
-def image_processor_for(config) -> MimirImageProcessor:
-    """The image processor of a MIMIR model: its size and channels, bicubic resize, [0, 1], no normalisation.
+def image_processor_for(config, crop_pct: float | None = None) -> MimirImageProcessor:
+    """The image processor of a MIMIR model (any family): its size and channels, bicubic resize, [0, 1], no
+    normalisation. With `crop_pct` (e.g. 0.875 for ImageNet models): resize the short side to size / crop_pct, then
+    centre-crop to the model's size (224 px models: resize 256, crop 224).
 
     Normalisation happens inside the model (`config.image_mean`/`image_std`). Saved next to a model, it lets
-    `pipeline("image-classification", model=folder)` feed the model exactly the pixels training fed it.
+    `pipeline("image-classification", model=folder)` feed the model exactly the pixels evaluation fed it.
     """
-    height, width = config.image_size_hw
-    return MimirImageProcessor(num_channels=config.num_channels, size={"height": height, "width": width})
+    size = config.image_size
+    height, width = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    if crop_pct is None:
+        return MimirImageProcessor(num_channels=config.num_channels, size={"height": height, "width": width})
+    if not 0 < crop_pct <= 1:
+        raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct}.")
+    return MimirImageProcessor(
+        num_channels=config.num_channels,
+        size={"shortest_edge": int(round(min(height, width) / crop_pct))},
+        do_center_crop=True,
+        crop_size={"height": height, "width": width},
+    )
 
 
-def collate_fn(examples: list[dict]) -> dict[str, torch.Tensor]:
-    """Stack `pixel_values` (and `labels`, when present) into a batch."""
-    batch = {"pixel_values": torch.stack([example["pixel_values"] for example in examples])}
-    if "labels" in examples[0]:
-        batch["labels"] = torch.tensor([int(example["labels"]) for example in examples])
-    return batch
-
-
-def tensors(dataset: Dataset, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """All (or the first `limit`) `pixel_values` and `labels` of a transformed dataset, stacked."""
+def tensors(dataset: Dataset, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The first `limit` (default: all) `pixel_values` and `labels` of a transformed dataset, stacked (for small sets:
+    plots, quick checks; evaluation streams through a DataLoader instead)."""
     if limit is not None:
         dataset = dataset.select(range(min(limit, len(dataset))))
-    batch = collate_fn([dataset[i] for i in range(len(dataset))])
-    return batch["pixel_values"], batch["labels"]
+    batch = default_data_collator([dataset[i] for i in range(len(dataset))])
+    return batch["pixel_values"], batch.get("labels")
 
 
 __all__ = [
-    "collate_fn",
     "image_processor_for",
     "label_names",
     "load_digits_dataset",
     "load_image_dataset",
     "resolve_columns",
     "tensors",
-    "to_pixel_values",
     "with_pixel_transform",
 ]

@@ -1,20 +1,30 @@
-"""The robustness report: natural accuracy, a battery of L-inf attacks, an eps sweep, and gradient-masking checks.
+"""The robustness report: natural accuracy, a registry of L-inf attacks, the worst case, an eps sweep, and
+gradient-masking sanity checks, streamed batch by batch.
 
-`evaluate_robustness` runs every attack of `mimir_hf.attacks` (plus AutoAttack through torchattacks when installed)
-on the same images, keeps each image's result per attack, and reports the worst case over all of them as the robust
-accuracy. The Carlini et al. (2019) sanity checks come out as pass/fail rows. `write_report` writes
-`robustness.json`, `robustness.md` and `robust_accuracy_vs_eps.png`.
+`evaluate_robustness` iterates the evaluation data one batch at a time (never the whole split in memory), runs every
+attack of `attack_registry` on the images the model classifies correctly (an image misclassified when clean counts as
+broken under every attack, AutoAttack's convention), keeps one bit per image and attack, and reports the per-image
+worst case over all of them as the robust accuracy. Each batch's attacks draw from a generator seeded by
+(`eval_seed`, batch index), so results do not depend on batch order, resumption or the number of processes. Under
+`torchrun` / `accelerate launch` each process evaluates its own contiguous shard and the counts are summed. With a
+`resume_file`, finished batches are appended to it and skipped when the same evaluation runs again. The Carlini et al.
+(2019) checks come out as pass/fail rows; `write_report` writes `robustness.json`, `robustness.md` and
+`robust_accuracy_vs_eps.png`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+from transformers import default_data_collator
 
 from .attacks import (
     eval_mode,
@@ -25,200 +35,532 @@ from .attacks import (
     pgd_attack,
     projected_gradient_ascent,
 )
-from .configuration_mimir import check_attack_budget
+from .threat_model import EVALUATION_ATTACK, AttackBudget, check_budget, check_pixel_range
 
-DEFAULT_SWEEP = (0, 2, 4, 8, 16, 32, 64, 128, 255)  # in 1/255
+DEFAULT_SWEEP_255 = (0, 2, 4, 8, 16, 32, 64, 128, 255)  # eps values of the sweep, in 1/255
 
 
 @dataclass
 class RobustnessSettings:
-    """What `evaluate_robustness` runs. Budgets are in [0, 1] pixel units."""
+    """What `evaluate_robustness` runs. Budgets are in [0, 1] pixel units; the fields are command-line arguments of
+    `run_evaluation.py` and `run_mimir.py` (parsed by `HfArgumentParser`)."""
 
-    epsilon: float = 8 / 255
-    step_size: float = 2 / 255
-    pgd_steps: tuple[int, int] = (20, 100)
-    cw_steps: int = 30
-    adaptive_steps: int = 100
-    mi_weight: float = 1e-5
-    eps_sweep: tuple[float, ...] = tuple(e / 255 for e in DEFAULT_SWEEP)
-    autoattack: bool = True
-    autoattack_max_samples: int | None = None  # AutoAttack on the first N images only (it is slow on a CPU)
-    batch_size: int = 256
-    seed: int = 0
-    tolerance: float = 0.5  # points of accuracy allowed by the "never better" checks (random starts differ)
+    epsilon: float = field(
+        default=EVALUATION_ATTACK.epsilon, metadata={"help": "L-inf eps of every attack, in [0, 1]."}
+    )
+    step_size: float = field(default=EVALUATION_ATTACK.step_size, metadata={"help": "PGD step size, in [0, 1]."})
+    pgd_steps: list[int] = field(
+        default_factory=lambda: [EVALUATION_ATTACK.steps, 5 * EVALUATION_ATTACK.steps],
+        metadata={"help": "Steps of the PGD attacks (one row each), e.g. 20 100."},
+    )
+    cw_steps: int = field(default=30, metadata={"help": "Steps of CW-inf (PGD on the margin loss)."})
+    adaptive_steps: int = field(default=100, metadata={"help": "Steps of the adaptive PGD-MI and PGD-feature."})
+    pgd_mi_weight: float | None = field(
+        default=None, metadata={"help": "PGD-MI's HSIC weight (default: the model's config.mi_weight)."}
+    )
+    pgd_mi_sigma: float | None = field(
+        default=None, metadata={"help": "PGD-MI's kernel width (default: the model's config.mi_sigma)."}
+    )
+    eps_sweep: list[float] = field(
+        default_factory=lambda: [e / 255 for e in DEFAULT_SWEEP_255],
+        metadata={"help": "eps values (in [0, 1]) of the PGD sweep."},
+    )
+    autoattack: bool = field(default=True, metadata={"help": "Run AutoAttack when torchattacks is installed."})
+    autoattack_max_samples: int = field(
+        default=-1, metadata={"help": "AutoAttack on the first N images only: -1 = all, 0 = none."}
+    )
+    eval_batch_size: int = field(default=256, metadata={"help": "Images per evaluation batch (per process)."})
+    eval_seed: int = field(default=0, metadata={"help": "Seed of the attacks' random starts."})
+    tolerance: float = field(
+        default=0.5, metadata={"help": "Points of accuracy the 'never better' sanity checks allow (random starts)."}
+    )
 
     def __post_init__(self):
-        check_attack_budget(self.epsilon, self.step_size, min(self.pgd_steps))
+        check_budget(self.epsilon, self.step_size, min(self.pgd_steps, default=0))
+        for name in ("cw_steps", "adaptive_steps"):
+            check_budget(self.epsilon, self.step_size, getattr(self, name), prefix=f"{name}: ")
         if any(not 0 <= eps <= 1 for eps in self.eps_sweep):
-            raise ValueError(f"eps_sweep values must be in [0, 1], got {list(self.eps_sweep)}.")
+            raise ValueError(f"eps_sweep values must be in [0, 1] (pixel units), got {list(self.eps_sweep)}.")
+        if self.autoattack_max_samples < -1:
+            raise ValueError(
+                f"autoattack_max_samples must be -1 (all images), 0 (none) or a positive count, got "
+                f"{self.autoattack_max_samples}."
+            )
+        if self.eval_batch_size < 1:
+            raise ValueError(f"eval_batch_size must be >= 1, got {self.eval_batch_size}.")
+
+    def budget(self, steps: int, epsilon: float | None = None) -> AttackBudget:
+        """The PGD budget with `steps` steps (at `epsilon`, default the settings' eps; step eps/4 for other eps)."""
+        if epsilon is None or epsilon == self.epsilon:
+            return AttackBudget(self.epsilon, self.step_size, steps)
+        return AttackBudget(epsilon, max(epsilon / 4, 1e-6), steps)
 
 
-def _accuracy(correct: torch.Tensor) -> float:
-    return round(100.0 * correct.float().mean().item(), 2)
+# ----------------------------------------------------------------------------------------------------------------
+# The attack registry
+# ----------------------------------------------------------------------------------------------------------------
+
+AttackFunction = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]
 
 
-def _batched(images, labels, batch_size) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    return [(images[i : i + batch_size], labels[i : i + batch_size]) for i in range(0, len(images), batch_size)]
+@dataclass(frozen=True)
+class Attack:
+    """One row of the report: `run(model, images, labels, generator)` returns adversarial images."""
+
+    name: str
+    title: str
+    run: AttackFunction
+    in_worst_case: bool = True  # False for the noise baseline
+    max_samples: int = -1  # attack only the first N images of the set (-1: all)
+    whole_batch: bool = False  # the objective is a batch statistic (PGD-MI's HSIC): attack every image of the batch
+
+
+def _feature_attack(budget: AttackBudget) -> AttackFunction:
+    def run(model, x, y, generator):
+        with torch.no_grad(), eval_mode(model):
+            clean = model.features(x).float()
+        return projected_gradient_ascent(feature_objective(model, clean), x, budget, model=model, generator=generator)
+
+    return run
+
+
+def _uniform_noise(epsilon: float) -> AttackFunction:
+    def run(model, x, y, generator):
+        signs = torch.randint(0, 2, x.shape, generator=generator, device=x.device).to(x.dtype) * 2 - 1
+        return (x + epsilon * signs).clamp(0, 1)
+
+    return run
+
+
+class _AutoAttack:
+    """AutoAttack "standard" through torchattacks, without touching the global RNG (torchattacks reseeds it)."""
+
+    def __init__(self, epsilon: float, seed: int):
+        import torchattacks
+
+        self.torchattacks, self.epsilon, self.seed = torchattacks, epsilon, seed
+        self.description = (
+            f"torchattacks {torchattacks.__version__} AutoAttack standard (APGD-CE, APGD-T, FAB-T, Square)"
+        )
+
+    def __call__(self, model, x, y, generator):
+        class Logits(nn.Module):  # torchattacks calls model(x) and wants a logits tensor
+            def __init__(self, inner):
+                super().__init__()
+                self.inner = inner
+
+            def forward(self, images):
+                return logits_of(self.inner, images)
+
+        attack = self.torchattacks.AutoAttack(
+            Logits(model).eval(), norm="Linf", eps=self.epsilon, version="standard",
+            n_classes=model.config.num_labels, seed=self.seed,
+        )  # fmt: skip
+        devices = [x.device.index] if x.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), eval_mode(model):
+            return attack(x, y)
+
+
+def autoattack_status(settings: RobustnessSettings) -> str:
+    """Why AutoAttack will not run, or "" when it will."""
+    if not settings.autoattack or settings.autoattack_max_samples == 0:
+        return "skipped: disabled"
+    try:
+        import torchattacks  # noqa: F401
+    except ImportError:
+        return "skipped: not installed (pip install --no-deps torchattacks; pip install scipy requests tqdm)"
+    return ""
+
+
+def attack_registry(model: nn.Module, settings: RobustnessSettings) -> list[Attack]:
+    """Every attack of the report, in order: FGSM, PGD-k for each k, CW-inf, noise, the adaptive PGD-MI and
+    PGD-feature (for models with `features` and `classifier`), AutoAttack (when enabled and installed)."""
+    eps = settings.epsilon
+    attacks = [Attack("fgsm", "FGSM", lambda m, x, y, g: fgsm_attack(m, x, y, eps))]
+    for steps in settings.pgd_steps:
+        budget = settings.budget(steps)
+        attacks.append(
+            Attack(f"pgd{steps}", f"PGD-{steps}", lambda m, x, y, g, b=budget: pgd_attack(m, x, y, b, generator=g))
+        )
+    cw = settings.budget(settings.cw_steps)
+    attacks.append(
+        Attack("cw_inf", "CW-inf (PGD on the margin loss)", lambda m, x, y, g: pgd_attack(m, x, y, cw, "margin", g))
+    )
+    attacks.append(Attack("uniform_noise", "uniform ±eps noise", _uniform_noise(eps), in_worst_case=False))
+    if hasattr(model, "features") and hasattr(model, "classifier"):
+        adaptive = settings.budget(settings.adaptive_steps)
+        attacks.append(
+            Attack(
+                "pgd_mi",
+                "PGD-MI (adaptive: CE + λ·HSIC)",
+                lambda m, x, y, g: projected_gradient_ascent(
+                    mi_objective(m, y, settings.pgd_mi_weight, settings.pgd_mi_sigma), x, adaptive, model=m, generator=g
+                ),
+                whole_batch=True,
+            )
+        )
+        attacks.append(Attack("pgd_feature", "PGD-feature (adaptive: feature L2)", _feature_attack(adaptive)))
+    if not autoattack_status(settings):
+        attacks.append(
+            Attack(
+                "autoattack",
+                "AutoAttack standard",
+                _AutoAttack(eps, settings.eval_seed),
+                max_samples=settings.autoattack_max_samples,
+            )
+        )
+    return attacks
+
+
+def sweep_attacks(settings: RobustnessSettings) -> list[Attack]:
+    """PGD with the first `pgd_steps` at every eps of the sweep (step eps/4; eps = 0 is the clean image)."""
+    steps = settings.pgd_steps[0]
+    attacks = []
+    for eps in settings.eps_sweep:
+        if eps == 0:
+            run = lambda m, x, y, g: x
+        else:
+            budget = settings.budget(steps, epsilon=eps)
+            run = lambda m, x, y, g, b=budget: pgd_attack(m, x, y, b, generator=g)
+        attacks.append(Attack(f"sweep_{eps:.6f}", f"PGD-{steps} at eps {eps * 255:g}/255", run))
+    return attacks
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Running attacks, batch by batch
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _predicts(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad(), eval_mode(model):
+        return logits_of(model, images).argmax(1) == labels
+
+
+def evaluate_batch(
+    model: nn.Module,
+    attacks: list[Attack],
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    generator: torch.Generator,
+    first_index: int = 0,
+    seconds: dict[str, float] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Per-image correctness (bool, on the CPU) of `model` on one batch, clean ("natural") and under each attack.
+
+    Attacks run only on the images classified correctly when clean (a `whole_batch` attack, whose objective is a
+    batch statistic, runs on all of them); the others count as broken. An attack with
+    `max_samples` covers only images whose index in the whole set (`first_index` + position) is below it; its result
+    holds just those. `seconds`, if given, accumulates each attack's wall time.
+    """
+    check_pixel_range(images, "images")
+    natural = _predicts(model, images, labels)
+    results = {"natural": natural.cpu()}
+    for attack in attacks:
+        count = len(images) if attack.max_samples < 0 else max(0, min(len(images), attack.max_samples - first_index))
+        if count == 0:
+            continue
+        start = time.perf_counter()
+        correct = torch.zeros(count, dtype=torch.bool, device=images.device)
+        if attack.whole_batch:
+            adversarial = attack.run(model, images[:count], labels[:count], generator)
+            correct = natural[:count] & _predicts(model, adversarial, labels[:count])
+        elif (todo := natural[:count].nonzero().squeeze(1)).numel():
+            adversarial = attack.run(model, images[todo], labels[todo], generator)
+            correct[todo] = _predicts(model, adversarial, labels[todo])
+        results[attack.name] = correct.cpu()
+        if seconds is not None:
+            seconds[attack.name] = seconds.get(attack.name, 0.0) + time.perf_counter() - start
+    return results
 
 
 def correct_under_attack(
-    model: nn.Module, attack: Callable, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 256
+    model: nn.Module,
+    attack: AttackFunction,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    batch_size: int = 256,
+    seed: int = 0,
 ) -> torch.Tensor:
-    """Per-image correctness (bool, on the CPU) of `model` on `attack(images, labels)`, batch by batch on its device."""
+    """Per-image correctness (bool, CPU) of `model` under one attack function, over in-memory tensors."""
     device = next(model.parameters()).device
     results = []
-    for x, y in _batched(images, labels, batch_size):
-        x, y = x.to(device), y.to(device)
-        adversarial = attack(x, y)
-        with torch.no_grad(), eval_mode(model):
-            results.append((logits_of(model, adversarial).argmax(1) == y).cpu())
+    for start in range(0, len(images), batch_size):
+        x, y = images[start : start + batch_size].to(device), labels[start : start + batch_size].to(device)
+        generator = _batch_generator(device, seed, start // batch_size)
+        results.append(evaluate_batch(model, [Attack("attack", "attack", attack)], x, y, generator)["attack"])
     return torch.cat(results)
 
 
-def _autoattack(model, images, labels, settings) -> tuple[torch.Tensor | None, str]:
-    """Per-image correctness under AutoAttack "standard" (torchattacks' port), or None and why it was skipped."""
-    try:
-        import torchattacks
-    except ImportError:
-        return None, "skipped: not installed (pip install --no-deps torchattacks; pip install scipy requests tqdm)"
+def _batch_generator(device: torch.device, seed: int, batch_index: int) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + batch_index)
 
-    class Logits(nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            self.inner = inner
 
-        def forward(self, x):
-            return logits_of(self.inner, x)
+# ----------------------------------------------------------------------------------------------------------------
+# The report
+# ----------------------------------------------------------------------------------------------------------------
 
-    num_classes = model.config.num_labels
-    wrapped = Logits(model).eval()
-    attack = torchattacks.AutoAttack(
-        wrapped, norm="Linf", eps=settings.epsilon, version="standard", n_classes=num_classes, seed=settings.seed
-    )
-    limit = settings.autoattack_max_samples or len(images)
 
-    def run(x, y):
-        with eval_mode(model):
-            return attack(x, y)
+@dataclass
+class SweepPoint:
+    epsilon: float
+    epsilon_255: float
+    accuracy: float
 
-    correct = correct_under_attack(model, run, images[:limit], labels[:limit], settings.batch_size)
-    return correct, f"torchattacks {torchattacks.__version__} AutoAttack standard (APGD-CE, APGD-T, FAB-T, Square)"
+
+@dataclass
+class SanityCheck:
+    check: str
+    passed: bool | None  # None: skipped
+    detail: str
+
+
+@dataclass
+class RobustnessReport:
+    """What `evaluate_robustness` returns; `to_dict()` is `robustness.json`. Accuracies in %."""
+
+    num_samples: int
+    natural_accuracy: float
+    robust_accuracy: float
+    robust_accuracy_attacks: list[str]
+    accuracy: dict[str, float]
+    attack_samples: dict[str, int]
+    titles: dict[str, str]
+    autoattack: str
+    eps_sweep: list[SweepPoint]
+    sanity_checks: list[SanityCheck]
+    settings: dict
+    seconds: dict[str, float] = field(default_factory=dict)
+    info: dict = field(default_factory=dict)  # model, device, ... (set by the caller)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def worst_case(results: dict[str, torch.Tensor], attack_names: list[str]) -> torch.Tensor:
+    """Per image: still correct after every attack in `attack_names` (an attack that covered only a prefix of the
+    images counts on that prefix)."""
+    survived = results["natural"].clone()
+    for name in attack_names:
+        if name in results:  # absent: the attack's images ended in an earlier batch
+            survived[: len(results[name])] &= results[name]
+    return survived
+
+
+def _percent(correct: torch.Tensor | int, total: int | None = None) -> float:
+    if isinstance(correct, torch.Tensor):
+        correct, total = int(correct.sum()), len(correct)
+    return round(100.0 * correct / total, 2) if total else 0.0
+
+
+def _sum_over_processes(values: list[int]) -> list[int]:
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return values
+    backend = torch.distributed.get_backend()
+    device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
+    tensor = torch.tensor(values, dtype=torch.int64, device=device)
+    torch.distributed.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def _shard(dataset: Dataset) -> tuple[Dataset, int]:
+    """This process's contiguous share of `dataset` (no padding, no duplicates) and its first global index."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return dataset, 0
+    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    start, stop = rank * len(dataset) // world, (rank + 1) * len(dataset) // world
+    return Subset(dataset, range(start, stop)), start
+
+
+def _batches(data, settings: RobustnessSettings, num_workers: int) -> tuple[Iterable, int]:
+    """(batches of {"pixel_values", "labels"}, global index of the first image) from tensors, a Dataset or a
+    DataLoader (a DataLoader is taken as it is: no sharding)."""
+    if isinstance(data, DataLoader):
+        return data, 0
+    if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], torch.Tensor):
+        images, labels = data
+        data = [{"pixel_values": image, "labels": label} for image, label in zip(images, labels, strict=True)]
+    dataset, offset = _shard(data)
+    loader = DataLoader(
+        dataset, batch_size=settings.eval_batch_size, shuffle=False, collate_fn=default_data_collator,
+        num_workers=num_workers, generator=torch.Generator(),  # its own: iterating must not draw from the global RNG
+    )  # fmt: skip
+    return loader, offset
+
+
+class _ResumeFile:
+    """Finished batches, one JSON line each, under a header naming the settings; a file written by another
+    evaluation (other settings) is refused rather than mixed in."""
+
+    def __init__(self, path: str | None, identity: dict):
+        self.path, self.done = path, {}
+        if path is None:
+            return
+        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        self.path = f"{path}.rank{rank}" if torch.distributed.is_initialized() else path
+        key = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
+        if os.path.isfile(self.path):
+            lines = []
+            with open(self.path) as f:
+                for line in f:
+                    try:
+                        lines.append(json.loads(line))
+                    except json.JSONDecodeError:  # the last line of a run killed while writing it
+                        break
+            if not lines or lines[0].get("settings") != key:
+                raise ValueError(
+                    f"{self.path} holds results of another evaluation (other settings or data); move it away or "
+                    "choose another resume file."
+                )
+            self.done = {line["batch"]: line for line in lines[1:]}
+        else:
+            with open(self.path, "w") as f:
+                f.write(json.dumps({"settings": key}) + "\n")
+
+    def get(self, index: int):
+        line = self.done.get(index)
+        if line is None:
+            return None
+        return {name: torch.tensor(bits, dtype=torch.bool) for name, bits in line["results"].items()}, line["seconds"]
+
+    def add(self, index: int, results: dict[str, torch.Tensor], seconds: dict[str, float]) -> None:
+        if self.path is None:
+            return
+        line = {"batch": index, "results": {k: v.int().tolist() for k, v in results.items()}, "seconds": seconds}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(line) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
 
 
 def evaluate_robustness(
     model: nn.Module,
-    images: torch.Tensor,
-    labels: torch.Tensor,
+    data,
     settings: RobustnessSettings | None = None,
     progress: Callable[[str], None] | None = None,
-) -> dict:
-    """Run the whole battery on `images` (in [0, 1]) and `labels`; returns the report as a JSON-ready dict.
+    resume_file: str | None = None,
+    num_workers: int = 0,
+) -> RobustnessReport:
+    """Run the whole battery on `data`: a map-style dataset of {"pixel_values" in [0, 1], "labels"}, a DataLoader
+    of such batches, or an `(images, labels)` pair of tensors. Returns the report (accuracies in %).
 
-    The model is left exactly as it was (weights, train/eval mode, requires_grad); attacks are seeded from
-    `settings.seed`, so the same model and data give the same numbers.
+    The model is left exactly as it was (weights, train/eval mode, requires_grad, the global RNG); the same model,
+    data and settings give the same numbers.
     """
     settings = settings or RobustnessSettings()
     say = progress or (lambda message: None)
-    eps, alpha, (short, long) = settings.epsilon, settings.step_size, settings.pgd_steps
-    torch.manual_seed(settings.seed)
-    correct: dict[str, torch.Tensor] = {}
+    device = next(model.parameters()).device
+    attacks = attack_registry(model, settings)
+    sweep = sweep_attacks(settings)
+    loader, offset = _batches(data, settings, num_workers)
+    identity = {"settings": asdict(settings), "model": type(model).__name__, "offset": offset}
+    resume = _ResumeFile(resume_file, identity)
 
-    def run(name: str, attack: Callable) -> None:
-        say(name)
-        correct[name] = correct_under_attack(model, attack, images, labels, settings.batch_size)
-
-    run("natural", lambda x, y: x)
-    run("fgsm", lambda x, y: fgsm_attack(model, x, y, epsilon=eps))
-    run(f"pgd{short}", lambda x, y: pgd_attack(model, x, y, eps, alpha, short))
-    run(f"pgd{long}", lambda x, y: pgd_attack(model, x, y, eps, alpha, long))
-    run("cw_inf", lambda x, y: pgd_attack(model, x, y, eps, alpha, settings.cw_steps, loss="margin"))
-    run("uniform_noise", lambda x, y: (x + eps * (2 * torch.randint_like(x, 2) - 1)).clamp(0, 1))
-    adaptive = hasattr(model, "features") and hasattr(model, "classifier")
-    if adaptive:
-        run(
-            "pgd_mi",
-            lambda x, y: projected_gradient_ascent(
-                mi_objective(model, y, weight=settings.mi_weight), x,
-                epsilon=eps, step_size=alpha, steps=settings.adaptive_steps, model=model,
-            ),
-        )
-
-        def feature_attack(x, y):
-            with torch.no_grad(), eval_mode(model):
-                clean = model.features(x).float()
-            return projected_gradient_ascent(
-                feature_objective(model, clean), x, epsilon=eps, step_size=alpha, steps=settings.adaptive_steps,
-                model=model,
-            )
-
-        run("pgd_feature", feature_attack)
-
-    autoattack_status = "skipped: disabled"
-    if settings.autoattack:
-        say("autoattack")
-        aa, autoattack_status = _autoattack(model, images, labels, settings)
-        if aa is not None:
-            correct["autoattack"] = aa
-
-    sweep = []
-    for sweep_eps in settings.eps_sweep:
-        say(f"pgd{short} at eps {sweep_eps:.4f}")
-        step = max(sweep_eps / 4, 1e-6)
-        if sweep_eps == 0:
-            sweep_correct = correct["natural"]
+    names = ["natural"] + [a.name for a in attacks] + [a.name for a in sweep]
+    correct_counts, totals = dict.fromkeys(names, 0), dict.fromkeys(names, 0)
+    worst_names = [a.name for a in attacks if a.in_worst_case]
+    robust = num_samples = 0
+    aa_reference = 0  # short PGD's correct count on the images AutoAttack ran on
+    seconds: dict[str, float] = {}
+    short = f"pgd{settings.pgd_steps[0]}"
+    start_time = time.time()
+    for index, batch in enumerate(loader):
+        x = batch["pixel_values"].to(device)
+        y = batch["labels"].to(device)
+        cached = resume.get(index)
+        if cached is None:
+            batch_seconds: dict[str, float] = {}
+            generator = _batch_generator(device, settings.eval_seed, offset + index)
+            results = evaluate_batch(model, attacks, x, y, generator, offset + num_samples, batch_seconds)
+            sweep_generator = _batch_generator(device, settings.eval_seed + 1, offset + index)
+            sweep_results = evaluate_batch(model, sweep, x, y, sweep_generator, offset + num_samples, batch_seconds)
+            results.update({k: v for k, v in sweep_results.items() if k != "natural"})
+            resume.add(index, results, batch_seconds)
         else:
-            sweep_correct = correct_under_attack(
-                model, lambda x, y, e=sweep_eps, a=step: pgd_attack(model, x, y, e, a, short), images, labels,
-                settings.batch_size,
-            )
-        sweep.append({"epsilon": sweep_eps, "epsilon_255": round(sweep_eps * 255, 2), "accuracy": _accuracy(sweep_correct)})
+            results, batch_seconds = cached
+        for name, value in batch_seconds.items():
+            seconds[name] = seconds.get(name, 0.0) + value
+        for name, bits in results.items():
+            correct_counts[name] += int(bits.sum())
+            totals[name] += len(bits)
+        robust += int(worst_case(results, worst_names).sum())
+        if "autoattack" in results:
+            aa_reference += int(results[short][: len(results["autoattack"])].sum())
+        num_samples += len(x)
+        say(f"batch {index + 1}: {num_samples} images, {time.time() - start_time:.1f} s")
 
-    # Per-image worst case over every attack; AutoAttack counts on the images it ran on (a prefix of the set).
-    attacks = [name for name in correct if name not in ("natural", "uniform_noise")]
-    broken = torch.zeros(len(images), dtype=torch.bool)
-    for name in attacks:
-        broken[: len(correct[name])] |= ~correct[name]
-    accuracy = {name: _accuracy(values) for name, values in correct.items()}
-    autoattack_reference = None
-    if "autoattack" in correct:
-        subset = len(correct["autoattack"])
-        autoattack_reference = _accuracy(correct[f"pgd{short}"][:subset])
-        if subset < len(images):
-            autoattack_status += f", on the first {subset} of {len(images)} images (PGD-{short} there: {autoattack_reference}%)"
-    report = {
-        "num_samples": len(images),
-        "natural_accuracy": accuracy["natural"],
-        "robust_accuracy": _accuracy(~broken),
-        "robust_accuracy_attacks": attacks,
-        "accuracy": accuracy,
-        "autoattack": autoattack_status,
-        "autoattack_samples": len(correct["autoattack"]) if "autoattack" in correct else 0,
-        "eps_sweep": sweep,
-        "sanity_checks": sanity_checks(accuracy, sweep, settings.tolerance, autoattack_reference),
-        "settings": {**asdict(settings), "epsilon_255": round(eps * 255, 2), "step_size_255": round(alpha * 255, 2)},
-    }
-    return report
+    # Sum over processes (one process: unchanged).
+    flat = _sum_over_processes(
+        [correct_counts[n] for n in names] + [totals[n] for n in names] + [robust, num_samples, aa_reference]
+    )
+    k = len(names)
+    correct_counts = dict(zip(names, flat[:k], strict=True))
+    totals = dict(zip(names, flat[k : 2 * k], strict=True))
+    robust, num_samples, aa_reference = flat[2 * k :]
+
+    ran = [n for n in names if totals[n] > 0]
+    accuracy = {n: _percent(correct_counts[n], totals[n]) for n in ran if not n.startswith("sweep_")}
+    titles = {"natural": "natural (no attack)", **{a.name: a.title for a in attacks}}
+    sweep_points = [
+        SweepPoint(eps, round(eps * 255, 2), _percent(correct_counts[a.name], totals[a.name]))
+        for eps, a in zip(settings.eps_sweep, sweep, strict=True)
+    ]
+    status = autoattack_status(settings)
+    reference = None
+    if "autoattack" in accuracy:
+        status = next(a.run.description for a in attacks if a.name == "autoattack")
+        reference = _percent(aa_reference, totals["autoattack"])
+        if totals["autoattack"] < num_samples:
+            status += (
+                f", on the first {totals['autoattack']} of {num_samples} images "
+                f"(PGD-{settings.pgd_steps[0]} there: {reference}%)"
+            )
+    return RobustnessReport(
+        num_samples=num_samples,
+        natural_accuracy=accuracy["natural"],
+        robust_accuracy=_percent(robust, num_samples),
+        robust_accuracy_attacks=[n for n in worst_names if n in accuracy],
+        accuracy=accuracy,
+        attack_samples={n: totals[n] for n in accuracy},
+        titles={n: titles[n] for n in accuracy},
+        autoattack=status,
+        eps_sweep=sweep_points,
+        sanity_checks=sanity_checks(accuracy, sweep_points, settings.tolerance, reference),
+        settings={
+            **asdict(settings),
+            "epsilon_255": round(settings.epsilon * 255, 2),
+            "step_size_255": round(settings.step_size * 255, 2),
+        },
+        seconds={name: round(value, 2) for name, value in seconds.items()},
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Sanity checks
+# ----------------------------------------------------------------------------------------------------------------
 
 
 def sanity_checks(
-    accuracy: dict[str, float], sweep: list[dict], tolerance: float = 0.5, autoattack_reference: float | None = None
-) -> list[dict]:
-    """Carlini et al. (2019) checks against gradient masking, each `{"check", "passed", "detail"}`.
+    accuracy: dict[str, float],
+    sweep: list[SweepPoint],
+    tolerance: float = 0.5,
+    autoattack_reference: float | None = None,
+) -> list[SanityCheck]:
+    """Carlini et al. (2019) checks against gradient masking.
 
     `autoattack_reference` is the short PGD's accuracy on the images AutoAttack ran on (all of them by default).
     """
-    short = next(name for name in accuracy if name.startswith("pgd") and name[3:].isdigit())
-    long = [name for name in accuracy if name.startswith("pgd") and name[3:].isdigit()][-1]
+    pgd = [name for name in accuracy if name.startswith("pgd") and name[3:].isdigit()]
+    short, long = pgd[0], pgd[-1]
     checks = []
 
-    def check(name: str, passed: bool, detail: str) -> None:
-        checks.append({"check": name, "passed": bool(passed), "detail": detail})
+    def check(name: str, passed: bool | None, detail: str) -> None:
+        checks.append(SanityCheck(name, None if passed is None else bool(passed), detail))
 
     largest = sweep[-1]
     check(
         "accuracy reaches 0 at a large eps",
-        largest["accuracy"] == 0.0,
-        f"{short.upper()} at eps {largest['epsilon_255']}/255: {largest['accuracy']}%",
+        largest.accuracy == 0.0,
+        f"{short.upper()} at eps {largest.epsilon_255:g}/255: {largest.accuracy}%",
     )
     check(
         "more PGD steps never help the model",
@@ -238,147 +580,111 @@ def sanity_checks(
             f"AutoAttack {accuracy['autoattack']}% vs {short.upper()} {reference}% on the same images",
         )
     else:
-        checks.append({"check": "AutoAttack at least as strong as PGD", "passed": None, "detail": "AutoAttack skipped"})
+        check("AutoAttack at least as strong as PGD", None, "AutoAttack skipped")
     check(
         "random noise of the same eps weaker than PGD",
         accuracy["uniform_noise"] >= accuracy[short],
         f"noise {accuracy['uniform_noise']}% vs {short.upper()} {accuracy[short]}%",
     )
-    values = [point["accuracy"] for point in sweep]
+    values = [point.accuracy for point in sweep]
+    starts_clean = sweep[0].epsilon > 0 or values[0] == accuracy["natural"]
     check(
         "accuracy falls monotonically with eps, from the natural accuracy",
-        all(b <= a + tolerance for a, b in zip(values, values[1:], strict=False)) and (sweep[0]["epsilon"] > 0 or values[0] == accuracy["natural"]),
-        " -> ".join(f"{point['epsilon_255']:g}:{point['accuracy']}" for point in sweep),
+        all(b <= a + tolerance for a, b in zip(values, values[1:], strict=False)) and starts_clean,
+        " -> ".join(f"{point.epsilon_255:g}:{point.accuracy}" for point in sweep),
     )
     return checks
 
 
-_ATTACK_NAMES = {
-    "natural": "natural (no attack)",
-    "fgsm": "FGSM",
-    "cw_inf": "CW-inf (PGD on the margin loss)",
-    "uniform_noise": "uniform ±eps noise",
-    "pgd_mi": "PGD-MI (adaptive: CE + λ·HSIC)",
-    "pgd_feature": "PGD-feature (adaptive: feature L2)",
-    "autoattack": "AutoAttack standard",
-}
+# ----------------------------------------------------------------------------------------------------------------
+# Files
+# ----------------------------------------------------------------------------------------------------------------
 
 
-def report_markdown(report: dict) -> str:
+def report_markdown(report: RobustnessReport) -> str:
     """The report as a readable Markdown table (the content of `robustness.md`)."""
-    s = report["settings"]
+    s = report.settings
     lines = [
         "# Robustness report",
         "",
-        f"L-inf eps = {s['epsilon_255']}/255, PGD step {s['step_size_255']}/255 with random start, "
-        f"{report['num_samples']} evaluation images, seed {s['seed']}. "
-        f"Robust accuracy is the per-image worst case over: {', '.join(report['robust_accuracy_attacks'])}.",
+        f"L-inf eps = {s['epsilon_255']:g}/255, PGD step {s['step_size_255']:g}/255 with random start, "
+        f"{report.num_samples} evaluation images, seed {s['eval_seed']}. Attacks start from the images classified "
+        "correctly; the others count as broken. Robust accuracy is the per-image worst case over: "
+        f"{', '.join(report.robust_accuracy_attacks)}.",
         "",
         "| attack | accuracy (%) |",
         "| --- | --- |",
     ]
-    for name, value in report["accuracy"].items():
-        label = _ATTACK_NAMES.get(name, name.upper().replace("PGD", "PGD-") if name.startswith("pgd") else name)
-        if name == "autoattack" and report["autoattack_samples"] < report["num_samples"]:
-            label += f" (first {report['autoattack_samples']} images)"
+    for name, value in report.accuracy.items():
+        label = report.titles.get(name, name)
+        if report.attack_samples[name] < report.num_samples:
+            label += f" (first {report.attack_samples[name]} images)"
         lines.append(f"| {label} | {value:.2f} |")
-    lines += [f"| **worst case over all attacks** | **{report['robust_accuracy']:.2f}** |", "", f"AutoAttack: {report['autoattack']}.", ""]
-    lines += ["## Robust accuracy vs eps (PGD)", "", "| eps (/255) | accuracy (%) |", "| --- | --- |"]
-    lines += [f"| {point['epsilon_255']:g} | {point['accuracy']:.2f} |" for point in report["eps_sweep"]]
-    lines += ["", "## Gradient-masking sanity checks (Carlini et al. 2019)", "", "| check | result | detail |", "| --- | --- | --- |"]
-    for row in report["sanity_checks"]:
-        result = "skipped" if row["passed"] is None else ("pass" if row["passed"] else "**FAIL**")
-        lines.append(f"| {row['check']} | {result} | {row['detail']} |")
+    lines += [
+        f"| **worst case over all attacks** | **{report.robust_accuracy:.2f}** |",
+        "",
+        f"AutoAttack: {report.autoattack}.",
+        "",
+        "## Robust accuracy vs eps (PGD)",
+        "",
+        "| eps (/255) | accuracy (%) |",
+        "| --- | --- |",
+    ]
+    lines += [f"| {point.epsilon_255:g} | {point.accuracy:.2f} |" for point in report.eps_sweep]
+    lines += [
+        "",
+        "## Gradient-masking sanity checks (Carlini et al. 2019)",
+        "",
+        "| check | result | detail |",
+        "| --- | --- | --- |",
+    ]
+    for row in report.sanity_checks:
+        result = "skipped" if row.passed is None else ("pass" if row.passed else "**FAIL**")
+        lines.append(f"| {row.check} | {result} | {row.detail} |")
     return "\n".join(lines) + "\n"
 
 
-def plot_eps_sweep(report: dict, path: str) -> None:
-    """Robust accuracy against eps, as a PNG."""
-    import matplotlib
+def plot_eps_sweep(report: RobustnessReport, path: str) -> None:
+    """Robust accuracy against eps, as a PNG (matplotlib's object API: no global backend or state is changed)."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    xs = [point["epsilon_255"] for point in report["eps_sweep"]]
-    ys = [point["accuracy"] for point in report["eps_sweep"]]
-    figure, axis = plt.subplots(figsize=(5, 3.5))
+    xs = [point.epsilon_255 for point in report.eps_sweep]
+    ys = [point.accuracy for point in report.eps_sweep]
+    figure = Figure(figsize=(5, 3.5))
+    axis = figure.subplots()
     axis.plot(xs, ys, marker="o")
     axis.set_xscale("symlog", linthresh=1)
-    axis.axvline(report["settings"]["epsilon_255"], color="grey", linestyle="--", label="evaluation eps")
+    axis.axvline(report.settings["epsilon_255"], color="grey", linestyle="--", label="evaluation eps")
     axis.set_xlabel("L-inf eps (/255)")
-    axis.set_ylabel(f"accuracy under PGD-{report['settings']['pgd_steps'][0]} (%)")
+    axis.set_ylabel(f"accuracy under PGD-{report.settings['pgd_steps'][0]} (%)")
     axis.set_ylim(-2, 102)
     axis.grid(alpha=0.3)
     axis.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=120)
-    plt.close(figure)
 
 
-def write_report(report: dict, output_dir: str) -> None:
+def write_report(report: RobustnessReport, output_dir: str) -> None:
     """`robustness.json`, `robustness.md` and `robust_accuracy_vs_eps.png` in `output_dir`."""
     os.makedirs(output_dir, exist_ok=True)
     with open(os.path.join(output_dir, "robustness.json"), "w") as f:
-        json.dump(report, f, indent=2, default=lambda value: list(value) if isinstance(value, tuple) else str(value))
+        json.dump(report.to_dict(), f, indent=2, default=str)
     with open(os.path.join(output_dir, "robustness.md"), "w") as f:
         f.write(report_markdown(report))
     plot_eps_sweep(report, os.path.join(output_dir, "robust_accuracy_vs_eps.png"))
 
 
-
-
-def plot_reconstructions(model, images: torch.Tensor, path: str, seed: int = 0) -> None:
-    """A grid of clean x, adversarial x' (the pre-training attack), masked x', and the reconstruction, one row each.
-
-    With `norm_pix_loss` the model predicts per-patch normalised pixels; the plot un-normalises each predicted patch
-    with the mean and variance of the *clean target* patch (as MAE's visualisation does), so it shows shapes, not
-    the model's own colour estimate.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .attacks import mae_attack
-
-    device = next(model.parameters()).device
-    images = images.to(device)
-    generator = torch.Generator(device=device).manual_seed(seed)
-    adversarial = mae_attack(model, images, generator=generator)
-    noise = torch.rand(images.shape[0], model.config.num_patches, generator=generator, device=device)
-    with torch.no_grad(), eval_mode(model):
-        out = model(images, adversarial_pixel_values=adversarial, noise=noise, compute_mi_loss=False)
-        prediction = out.logits.float()
-        if model.config.norm_pix_loss:
-            target = model.patchify(images.float())
-            mean, var = target.mean(-1, keepdim=True), target.var(-1, keepdim=True)
-            prediction = prediction * (var + 1e-6) ** 0.5 + mean
-        mask = out.mask.unsqueeze(-1)
-        masked = model.unpatchify(model.patchify(adversarial.float()) * (1 - mask) + 0.5 * mask)
-        reconstruction = model.unpatchify(prediction * mask + model.patchify(adversarial.float()) * (1 - mask))
-    rows = [("clean x", images), ("adversarial x'", adversarial), ("masked x' (encoder input)", masked),
-            ("reconstruction (visible: x')", reconstruction)]
-    n = images.shape[0]
-    figure, axes = plt.subplots(len(rows), n, figsize=(1.3 * n, 1.45 * len(rows)), squeeze=False)
-    for r, (title, batch) in enumerate(rows):
-        for c in range(n):
-            picture = batch[c].clamp(0, 1).permute(1, 2, 0).cpu().numpy()
-            axes[r][c].imshow(picture.squeeze(-1) if picture.shape[-1] == 1 else picture, cmap="gray", vmin=0, vmax=1)
-            axes[r][c].axis("off")
-        axes[r][0].set_title(title, fontsize=8, loc="left")
-    note = " (per-patch normalised predictions shown with each clean patch's mean/var)" if model.config.norm_pix_loss else ""
-    figure.suptitle(f"MIMIR reconstructions{note}", fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-
-
 __all__ = [
+    "Attack",
+    "RobustnessReport",
     "RobustnessSettings",
+    "attack_registry",
     "correct_under_attack",
+    "evaluate_batch",
     "evaluate_robustness",
-    "plot_reconstructions",
     "report_markdown",
     "sanity_checks",
+    "sweep_attacks",
+    "worst_case",
     "write_report",
 ]

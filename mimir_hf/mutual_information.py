@@ -9,6 +9,9 @@ from __future__ import annotations
 import torch
 
 HSIC_EPSILON = 1e-5  # eps_h of the normalised ("CCA") HSIC: R = Kc (Kc + eps_h m I)^-1
+DEFAULT_MI_WEIGHT = 1e-5  # the reference's lambda ("mi_xpl"): loss = reconstruction + lambda * I(X'; Z)
+DEFAULT_MI_SIGMA = 5.0  # the reference's Gaussian kernel width
+DEFAULT_MI_ALPHA = 1.01  # order of the Renyi entropy
 
 
 def _as_float32_rows(x: torch.Tensor, name: str) -> torch.Tensor:
@@ -38,7 +41,7 @@ def _normalised_gram(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return torch.linalg.solve(centred + HSIC_EPSILON * m * eye, centred, left=False)
 
 
-def hsic(a: torch.Tensor, b: torch.Tensor, sigma: float = 5.0) -> torch.Tensor:
+def hsic(a: torch.Tensor, b: torch.Tensor, sigma: float = DEFAULT_MI_SIGMA) -> torch.Tensor:
     """Normalised HSIC, HSIC_nCCA(A, B) = sum_ij (R_A)_ij (R_B)_ji, between two batches of equal size.
 
     Args:
@@ -62,7 +65,9 @@ def _renyi_entropy(gram: torch.Tensor, alpha: float) -> torch.Tensor:
     return torch.log2(eigenvalues.pow(alpha).sum()) / (1.0 - alpha)
 
 
-def renyi_mutual_information(a: torch.Tensor, b: torch.Tensor, sigma: float = 5.0, alpha: float = 1.01) -> torch.Tensor:
+def renyi_mutual_information(
+    a: torch.Tensor, b: torch.Tensor, sigma: float = DEFAULT_MI_SIGMA, alpha: float = DEFAULT_MI_ALPHA
+) -> torch.Tensor:
     """Matrix-based Renyi alpha-entropy MI, I = S(A) + S(B) - S(A o B), with o the Hadamard product (joint)."""
     if a.shape[0] != b.shape[0]:
         raise ValueError(f"Renyi MI needs paired batches, got {a.shape[0]} and {b.shape[0]} samples.")
@@ -73,7 +78,11 @@ def renyi_mutual_information(a: torch.Tensor, b: torch.Tensor, sigma: float = 5.
 
 
 def mutual_information(
-    estimator: str, latent: torch.Tensor, inputs: torch.Tensor, sigma: float = 5.0, alpha: float = 1.01
+    estimator: str,
+    latent: torch.Tensor,
+    inputs: torch.Tensor,
+    sigma: float = DEFAULT_MI_SIGMA,
+    alpha: float = DEFAULT_MI_ALPHA,
 ) -> torch.Tensor:
     """I(X'; Z) with the named estimator (`"hsic"` or `"renyi"`); `latent` is Z, `inputs` is X'."""
     if estimator == "hsic":
@@ -83,4 +92,12 @@ def mutual_information(
     raise ValueError(f"Unknown MI estimator {estimator!r}; expected 'hsic' or 'renyi'.")
 
 
-__all__ = ["gaussian_gram", "hsic", "mutual_information", "renyi_mutual_information"]
+__all__ = [
+    "DEFAULT_MI_ALPHA",
+    "DEFAULT_MI_SIGMA",
+    "DEFAULT_MI_WEIGHT",
+    "gaussian_gram",
+    "hsic",
+    "mutual_information",
+    "renyi_mutual_information",
+]

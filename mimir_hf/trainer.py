@@ -1,4 +1,4 @@
-"""Trainers for MIMIR: `transformers.Trainer` subclasses that put adversarial examples and the MI loss in `compute_loss`.
+"""MIMIR's trainers: `transformers.Trainer` subclasses that put adversarial examples and the MI loss in `compute_loss`.
 
 The loop, gradient accumulation, mixed precision, checkpointing, distributed training and logging stay Trainer's.
 `MimirPreTrainingTrainer` runs MIMIR pre-training (MAE-objective attack -> reconstruction + MI loss);
@@ -21,7 +21,7 @@ from transformers.modeling_outputs import ImageClassifierOutput
 from transformers.utils import logging
 
 from .attacks import logits_of, mae_attack, pgd_attack, trades_attack
-from .configuration_mimir import check_attack_budget
+from .threat_model import ADVERSARIAL_TRAINING_ATTACK, AttackBudget, check_budget, check_pixel_range
 
 logger = logging.get_logger(__name__)
 
@@ -29,42 +29,111 @@ ADVERSARIAL_METHODS = ("pgd", "trades", "mart", "none")
 _NO_WEIGHT_DECAY = ("cls_token", "mask_token", "position_embeddings", "decoder_pos_embed")
 
 
+def _accelerator_available() -> bool:
+    accelerator = getattr(torch, "accelerator", None)
+    return bool(accelerator.is_available()) if accelerator is not None else torch.cuda.is_available()
+
+
 @dataclass
-class MimirTrainingArguments(TrainingArguments):
-    """`TrainingArguments` plus MIMIR's fine-tuning knobs.
+class _MimirArguments(TrainingArguments):
+    """What both MIMIR trainers share: the paper's optimiser defaults (AdamW, weight decay 0.05 except on biases,
+    norms, tokens and position embeddings; warm-up then cosine), layer-wise lr decay, and the non-finite-loss guard."""
 
-    The pre-training attack is part of the method and lives in `MimirConfig` (`attack_epsilon`, ...); the fields
-    below are the adversarial-training recipe of `MimirAdversarialTrainer` (the paper's CIFAR-10 PGD-AT by default).
-    """
-
-    adversarial_method: str = field(
-        default="pgd", metadata={"help": f"Adversarial fine-tuning recipe, one of {ADVERSARIAL_METHODS}."}
-    )
-    adversarial_epsilon: float = field(default=8 / 255, metadata={"help": "L-inf radius of training attacks, pixel units."})
-    adversarial_step_size: float = field(default=2 / 255, metadata={"help": "PGD step size of training attacks."})
-    adversarial_steps: int = field(default=10, metadata={"help": "PGD steps of training attacks."})
-    trades_beta: float = field(default=6.0, metadata={"help": "Weight of TRADES' KL term."})
-    mart_beta: float = field(default=6.0, metadata={"help": "Weight of MART's misclassification-aware KL term."})
+    weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay (MIMIR: 0.05)."})
+    lr_scheduler_type: str = field(default="cosine", metadata={"help": "Learning-rate schedule after warm-up."})
     layer_decay: float = field(
-        default=1.0, metadata={"help": "Layer-wise lr decay (0.65 in MIMIR fine-tuning; 1.0 = none)."}
+        default=1.0, metadata={"help": "Layer-wise lr decay (MIMIR fine-tuning: 0.65; 1.0 = none)."}
     )
     max_consecutive_nonfinite: int = field(
         default=5, metadata={"help": "Stop after this many non-finite losses in a row (each one's batch is skipped)."}
     )
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Keep dataset columns (lazy image transforms read the image column)."}
+    )
 
     def __post_init__(self):
+        if not _accelerator_available():  # pinning needs an accelerator; without one torch warns on every loader
+            self.dataloader_pin_memory = False
         super().__post_init__()
-        if self.adversarial_method not in ADVERSARIAL_METHODS:
-            raise ValueError(
-                f"adversarial_method must be one of {ADVERSARIAL_METHODS}, got {self.adversarial_method!r}."
-            )
-        check_attack_budget(
-            self.adversarial_epsilon, self.adversarial_step_size, self.adversarial_steps, prefix="adversarial_"
-        )
         if not 0 < self.layer_decay <= 1:
             raise ValueError(f"layer_decay must be in (0, 1], got {self.layer_decay}.")
         if self.max_consecutive_nonfinite < 1:
             raise ValueError(f"max_consecutive_nonfinite must be >= 1, got {self.max_consecutive_nonfinite}.")
+
+
+@dataclass
+class MimirPreTrainingArguments(_MimirArguments):
+    """`TrainingArguments` of `MimirPreTrainingTrainer`, with MIMIR pre-training's optimiser defaults (AdamW betas
+    (0.9, 0.95), weight decay 0.05, 5% warm-up then cosine).
+
+    The pre-training attack and the MI term are part of the method and live in the model's config
+    (`attack_epsilon`, ..., `mi_weight`); this class has no adversarial-training fields, so none can be set and
+    silently ignored.
+    """
+
+    adam_beta2: float = field(default=0.95, metadata={"help": "AdamW beta2 (MAE/MIMIR pre-training: 0.95)."})
+    warmup_steps: float = field(
+        default=0.05, metadata={"help": "Warm-up steps, or a fraction of training if < 1 (MIMIR: 40 of 800 epochs)."}
+    )
+
+
+@dataclass
+class AdversarialRecipe:
+    """The adversarial fine-tuning recipe (the paper's CIFAR-10 PGD-AT by default); a mixin of
+    `MimirAdversarialTrainingArguments`, also parsed on its own by scripts that build the training arguments."""
+
+    adversarial_method: str = field(
+        default="pgd", metadata={"help": f"Adversarial fine-tuning recipe, one of {ADVERSARIAL_METHODS}."}
+    )
+    adversarial_epsilon: float = field(
+        default=ADVERSARIAL_TRAINING_ATTACK.epsilon, metadata={"help": "L-inf radius of training attacks, pixel units."}
+    )
+    adversarial_step_size: float = field(
+        default=ADVERSARIAL_TRAINING_ATTACK.step_size, metadata={"help": "PGD step size of training attacks."}
+    )
+    adversarial_steps: int = field(
+        default=ADVERSARIAL_TRAINING_ATTACK.steps, metadata={"help": "PGD steps of training attacks."}
+    )
+    adversarial_random_start: bool = field(
+        default=ADVERSARIAL_TRAINING_ATTACK.random_start, metadata={"help": "Random start of training attacks."}
+    )
+    trades_beta: float = field(default=6.0, metadata={"help": "Weight of TRADES' KL term."})
+    mart_beta: float = field(default=6.0, metadata={"help": "Weight of MART's misclassification-aware KL term."})
+
+    def __post_init__(self):
+        self.check_recipe()
+
+    def check_recipe(self) -> None:
+        if self.adversarial_method not in ADVERSARIAL_METHODS:
+            raise ValueError(
+                f"adversarial_method must be one of {ADVERSARIAL_METHODS}, got {self.adversarial_method!r}."
+            )
+        check_budget(
+            self.adversarial_epsilon, self.adversarial_step_size, self.adversarial_steps, prefix="adversarial_"
+        )
+
+    @property
+    def adversarial_budget(self) -> AttackBudget:
+        return AttackBudget(
+            self.adversarial_epsilon, self.adversarial_step_size, self.adversarial_steps, self.adversarial_random_start
+        )
+
+
+@dataclass
+class MimirAdversarialTrainingArguments(_MimirArguments, AdversarialRecipe):
+    """`TrainingArguments` of `MimirAdversarialTrainer`: the adversarial recipe (`AdversarialRecipe`'s fields) plus
+    MIMIR fine-tuning's optimiser defaults (layer decay 0.65, weight decay 0.05, 10% warm-up then cosine)."""
+
+    layer_decay: float = field(
+        default=0.65, metadata={"help": "Layer-wise lr decay (MIMIR fine-tuning: 0.65; 1.0 = none)."}
+    )
+    warmup_steps: float = field(
+        default=0.1, metadata={"help": "Warm-up steps, or a fraction of training if < 1 (MIMIR CIFAR: 5 of 50 epochs)."}
+    )
+
+    def __post_init__(self):
+        _MimirArguments.__post_init__(self)
+        self.check_recipe()
 
 
 def layer_id(name: str, num_layers: int) -> int:
@@ -75,7 +144,9 @@ def layer_id(name: str, num_layers: int) -> int:
     return int(match.group(1)) + 1 if match else num_layers + 1
 
 
-def parameter_groups(model: nn.Module, learning_rate: float, weight_decay: float, layer_decay: float = 1.0) -> list[dict]:
+def parameter_groups(
+    model: nn.Module, learning_rate: float, weight_decay: float, layer_decay: float = 1.0
+) -> list[dict]:
     """AdamW groups: lr * layer_decay^(depth - layer_id), weight decay only on matrices that are not tokens."""
     num_layers = getattr(getattr(model, "config", None), "num_hidden_layers", 0)
     groups: dict[tuple[int, bool], dict] = {}
@@ -99,14 +170,28 @@ def parameter_groups(model: nn.Module, learning_rate: float, weight_decay: float
 class _MimirTrainerBase(Trainer):
     """Shared by both trainers: the optimizer, the non-finite-loss guard, and the logging of the loss parts."""
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    arguments_class: type[_MimirArguments] = _MimirArguments
+
+    def __init__(self, model=None, args=None, *positional, **kwargs):
+        if args is None:
+            args = self.arguments_class(output_dir="trainer_output")
+        if not isinstance(args, self.arguments_class):
+            refused = [name for name in AdversarialRecipe.__dataclass_fields__ if hasattr(args, name)]
+            ignored = f" (its fields {', '.join(refused[:3])}, ... would be silently ignored)" if refused else ""
+            raise TypeError(
+                f"{type(self).__name__} takes {self.arguments_class.__name__}, got {type(args).__name__}{ignored}."
+            )
+        super().__init__(model, args, *positional, **kwargs)
         # compute_loss returns batch means: Trainer must scale them for gradient accumulation itself.
         self.model_accepts_loss_kwargs = False
-        self._metrics: dict[str, dict[str, list[torch.Tensor]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self._metrics: dict[str, dict[str, list[torch.Tensor]]] = {
+            "train": defaultdict(list),
+            "eval": defaultdict(list),
+        }
         self._nonfinite_in_a_row = 0
         self._window_has_finite_loss = False  # in the micro-batches of the current optimizer step
         self.nonfinite_stop: str | None = None  # why training stopped early, if it did
+        self._first_batch_checked = False
         if self.args.fp16 and not self.accelerator.native_amp:
             logger.warning(
                 f"fp16=True has no effect on {self.accelerator.device.type!r}: Accelerate runs fp16 mixed precision on "
@@ -114,6 +199,9 @@ class _MimirTrainerBase(Trainer):
             )
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if not self._first_batch_checked:  # the data boundary: [0, 1] pixels (the attacks check every batch)
+            check_pixel_range(inputs["pixel_values"], "pixel_values of the first batch")
+            self._first_batch_checked = True
         loss, outputs = self.mimir_loss(model, inputs)
         if model.training:
             loss = self._skip_if_nonfinite(loss, model)
@@ -152,7 +240,7 @@ class _MimirTrainerBase(Trainer):
             self._window_has_finite_loss = True
             return loss
         self._nonfinite_in_a_row += 1
-        limit = getattr(self.args, "max_consecutive_nonfinite", 5)
+        limit = self.args.max_consecutive_nonfinite
         scaler = self.accelerator.scaler
         where = f" on at least one of the {self.args.world_size} processes" if self.args.world_size > 1 else ""
         logger.warning(
@@ -184,8 +272,7 @@ class _MimirTrainerBase(Trainer):
         opt_model = self.model if model is None else model
         if self.optimizer is None:
             optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
-            layer_decay = getattr(self.args, "layer_decay", 1.0)
-            groups = parameter_groups(opt_model, self.args.learning_rate, self.args.weight_decay, layer_decay)
+            groups = parameter_groups(opt_model, self.args.learning_rate, self.args.weight_decay, self.args.layer_decay)
             self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
         return self.optimizer
 
@@ -212,8 +299,10 @@ class MimirPreTrainingTrainer(_MimirTrainerBase):
     minimises `reconstruction(x | encoder(x')) + mi_weight * I(X'; Z)` under another fresh mask.
 
     Logs `reconstruction_loss` and `mi_loss` beside Trainer's `loss`. The attack budget comes from the model's
-    `MimirConfig` (`attack_epsilon`, `attack_step_size`, `attack_steps`, `attack_random_start`).
+    config (`config.attack_budget`); its arguments are `MimirPreTrainingArguments`.
     """
+
+    arguments_class = MimirPreTrainingArguments
 
     def mimir_loss(self, model, inputs):
         images = inputs["pixel_values"]
@@ -230,13 +319,11 @@ class MimirAdversarialTrainer(_MimirTrainerBase):
     beta KL(p(x) || p(x'))), `"mart"` (boosted CE on x' + beta KL weighted by 1 - p_y(x)), or `"none"` (clean
     training). Attacks run with the model in eval mode. Logs `adversarial_accuracy` (accuracy on the training
     attack's examples) and, where the clean logits are computed, `natural_accuracy`. In evaluation the same loss is
-    computed, so `eval_loss` and `eval_adversarial_accuracy` are under the training attack.
+    computed, so `eval_loss` and `eval_adversarial_accuracy` are under the training attack. Accuracies are logged
+    in %, like every accuracy mimir_hf reports. Its arguments are `MimirAdversarialTrainingArguments`.
     """
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        if not isinstance(self.args, MimirTrainingArguments):
-            raise TypeError("MimirAdversarialTrainer needs MimirTrainingArguments (for the adversarial recipe).")
+    arguments_class = MimirAdversarialTrainingArguments
 
     @property
     def label_smoothing(self) -> float:
@@ -244,11 +331,10 @@ class MimirAdversarialTrainer(_MimirTrainerBase):
         return getattr(config, "label_smoothing", self.args.label_smoothing_factor)
 
     def _attack(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        args = self.args
-        budget = dict(epsilon=args.adversarial_epsilon, step_size=args.adversarial_step_size, steps=args.adversarial_steps)
-        if args.adversarial_method == "trades":
-            return trades_attack(model, images, **budget)
-        return pgd_attack(model, images, labels, **budget)
+        budget = self.args.adversarial_budget
+        if self.args.adversarial_method == "trades":
+            return trades_attack(model, images, budget)
+        return pgd_attack(model, images, labels, budget)
 
     def mimir_loss(self, model, inputs):
         images, labels = inputs["pixel_values"], inputs["labels"]
@@ -258,7 +344,7 @@ class MimirAdversarialTrainer(_MimirTrainerBase):
         if method == "none":
             logits = logits_of(model, images)
             loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
-            self._store(model, natural_accuracy=(logits.argmax(1) == labels).float().mean())
+            self._store(model, natural_accuracy=_percent_correct(logits, labels))
             return loss, ImageClassifierOutput(loss=loss, logits=logits)
 
         adversarial = self._attack(self.accelerator.unwrap_model(model), images, labels)
@@ -270,7 +356,9 @@ class MimirAdversarialTrainer(_MimirTrainerBase):
             clean_logits, adversarial_logits = logits_of(model, torch.cat([images, adversarial])).split(batch_size)
             if method == "trades":
                 natural = F.cross_entropy(clean_logits, labels, label_smoothing=self.label_smoothing)
-                robust = F.kl_div(F.log_softmax(adversarial_logits, 1), F.softmax(clean_logits, 1), reduction="batchmean")
+                robust = F.kl_div(
+                    F.log_softmax(adversarial_logits, 1), F.softmax(clean_logits, 1), reduction="batchmean"
+                )
                 loss = natural + args.trades_beta * robust
             else:  # MART (Wang et al. 2020)
                 adversarial_probs = F.softmax(adversarial_logits, dim=1)
@@ -283,15 +371,21 @@ class MimirAdversarialTrainer(_MimirTrainerBase):
                 true_probs = clean_probs.gather(1, labels[:, None]).squeeze(1)
                 kl = F.kl_div(torch.log(adversarial_probs + 1e-12), clean_probs, reduction="none").sum(dim=1)
                 loss = boosted + args.mart_beta * (kl * (1.0000001 - true_probs)).mean()
-            self._store(model, natural_accuracy=(clean_logits.argmax(1) == labels).float().mean())
-        self._store(model, adversarial_accuracy=(adversarial_logits.argmax(1) == labels).float().mean())
+            self._store(model, natural_accuracy=_percent_correct(clean_logits, labels))
+        self._store(model, adversarial_accuracy=_percent_correct(adversarial_logits, labels))
         return loss, ImageClassifierOutput(loss=loss, logits=adversarial_logits)
+
+
+def _percent_correct(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return 100.0 * (logits.argmax(1) == labels).float().mean()
 
 
 __all__ = [
     "ADVERSARIAL_METHODS",
+    "AdversarialRecipe",
     "MimirAdversarialTrainer",
+    "MimirAdversarialTrainingArguments",
+    "MimirPreTrainingArguments",
     "MimirPreTrainingTrainer",
-    "MimirTrainingArguments",
     "parameter_groups",
 ]

@@ -14,18 +14,27 @@ from transformers import TrainerCallback
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mimir_hf import MimirForPreTraining  # noqa: E402
-from mimir_hf.trainer import MimirPreTrainingTrainer, MimirTrainingArguments  # noqa: E402
-from tests.conftest import tiny_config  # noqa: E402
+from mimir_hf import MimirForPreTraining
+from mimir_hf.trainer import MimirPreTrainingArguments, MimirPreTrainingTrainer
+from tests.conftest import tiny_config
 
 output_dir = os.path.join(sys.argv[1], f"rank{os.environ['RANK']}")
 checksum_dir = os.environ["CHECKSUM_DIR"]
 torch.manual_seed(0)
 images = torch.rand(32, 3, 16, 16, generator=torch.Generator().manual_seed(0))
 dataset = Dataset.from_dict({"pixel_values": images.numpy()}).with_format("torch")
-args = MimirTrainingArguments(output_dir=output_dir, per_device_train_batch_size=4, max_steps=4, logging_steps=1,
-                              save_strategy="no", report_to=[], use_cpu=True, disable_tqdm=True, ddp_backend="gloo",
-                              max_consecutive_nonfinite=int(os.environ.get("MAX_NONFINITE", "5")))
+args = MimirPreTrainingArguments(
+    output_dir=output_dir,
+    per_device_train_batch_size=4,
+    max_steps=4,
+    logging_steps=1,
+    save_strategy="no",
+    report_to=[],
+    use_cpu=True,
+    disable_tqdm=True,
+    ddp_backend="gloo",
+    max_consecutive_nonfinite=int(os.environ.get("MAX_NONFINITE", "5")),
+)
 
 
 class FlakyOnRank1(MimirPreTrainingTrainer):
@@ -45,15 +54,25 @@ snapshots = {}
 
 class Snapshot(TrainerCallback):
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        snapshots[state.global_step] = float(torch.cat([p.detach().flatten() for p in model.parameters()]).double().sum())
+        snapshots[state.global_step] = float(
+            torch.cat([p.detach().flatten() for p in model.parameters()]).double().sum()
+        )
 
 
-trainer = FlakyOnRank1(model=MimirForPreTraining(tiny_config()), args=args, train_dataset=dataset, callbacks=[Snapshot()])
+trainer = FlakyOnRank1(
+    model=MimirForPreTraining(tiny_config()), args=args, train_dataset=dataset, callbacks=[Snapshot()]
+)
 trainer.train()
 trainer.save_model()
 weights = torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
-record = {"world_size": args.world_size, "checksum": float(weights.double().sum()), "norm": float(weights.double().norm()),
-          "mi_losses": [entry["mi_loss"] for entry in trainer.state.log_history if "mi_loss" in entry],
-          "steps": trainer.state.global_step, "snapshots": snapshots, "nonfinite_stop": trainer.nonfinite_stop}
+record = {
+    "world_size": args.world_size,
+    "checksum": float(weights.double().sum()),
+    "norm": float(weights.double().norm()),
+    "mi_losses": [entry["mi_loss"] for entry in trainer.state.log_history if "mi_loss" in entry],
+    "steps": trainer.state.global_step,
+    "snapshots": snapshots,
+    "nonfinite_stop": trainer.nonfinite_stop,
+}
 with open(os.path.join(checksum_dir, f"rank{args.process_index}.json"), "w") as f:
     json.dump(record, f)

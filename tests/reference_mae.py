@@ -54,19 +54,35 @@ class PatchEmbed(nn.Module):
 
 def sincos(grid, dim):
     """MAE's 2-D sin-cos table with a zero CLS row (w-half first, as in MAE's code)."""
+
     def one_d(d, positions):
         omega = 1.0 / 10000 ** (torch.arange(d // 2, dtype=torch.float64) / (d / 2.0))
         out = positions.reshape(-1).double()[:, None] * omega[None]
         return torch.cat([out.sin(), out.cos()], dim=1)
 
-    h, w = torch.meshgrid(torch.arange(grid, dtype=torch.float64), torch.arange(grid, dtype=torch.float64), indexing="ij")
+    h, w = torch.meshgrid(
+        torch.arange(grid, dtype=torch.float64), torch.arange(grid, dtype=torch.float64), indexing="ij"
+    )
     table = torch.cat([one_d(dim // 2, w), one_d(dim // 2, h)], dim=1)
     return torch.cat([torch.zeros(1, dim, dtype=torch.float64), table]).float()[None]
 
 
 class ReferenceMAE(nn.Module):
-    def __init__(self, image=16, patch=4, channels=3, dim=32, depth=2, heads=4, mlp=64,
-                 decoder_dim=16, decoder_depth=1, decoder_heads=2, decoder_mlp=32, mask_ratio=0.75):
+    def __init__(
+        self,
+        image=16,
+        patch=4,
+        channels=3,
+        dim=32,
+        depth=2,
+        heads=4,
+        mlp=64,
+        decoder_dim=16,
+        decoder_depth=1,
+        decoder_heads=2,
+        decoder_mlp=32,
+        mask_ratio=0.75,
+    ):
         super().__init__()
         self.patch, self.mask_ratio, grid = patch, mask_ratio, image // patch
         self.patch_embed = PatchEmbed(patch, channels, dim)
@@ -77,7 +93,9 @@ class ReferenceMAE(nn.Module):
         self.decoder_embed = nn.Linear(dim, decoder_dim)
         self.mask_token = nn.Parameter(torch.randn(1, 1, decoder_dim) * 0.02)
         self.decoder_pos_embed = nn.Parameter(sincos(grid, decoder_dim), requires_grad=False)
-        self.decoder_blocks = nn.ModuleList([Block(decoder_dim, decoder_heads, decoder_mlp) for _ in range(decoder_depth)])
+        self.decoder_blocks = nn.ModuleList(
+            [Block(decoder_dim, decoder_heads, decoder_mlp) for _ in range(decoder_depth)]
+        )
         self.decoder_norm = nn.LayerNorm(decoder_dim, eps=1e-6)
         self.decoder_pred = nn.Linear(decoder_dim, patch * patch * channels)
 

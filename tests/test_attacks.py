@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mimir_hf import MimirForImageClassification, MimirForPreTraining
+from mimir_hf import AttackBudget, MimirForImageClassification, MimirForPreTraining
 from mimir_hf.attacks import (
     eval_mode,
     fgsm_attack,
@@ -18,6 +18,10 @@ from mimir_hf.attacks import (
 EPS = 8 / 255
 
 
+def budget(steps, step_size=2 / 255, epsilon=EPS):
+    return AttackBudget(epsilon, step_size, steps)
+
+
 @pytest.fixture
 def classifier(config):
     model = MimirForImageClassification(config)
@@ -27,10 +31,10 @@ def classifier(config):
 
 def all_attacks(classifier, pretrainer, images, labels):
     return {
-        "pgd": pgd_attack(classifier, images, labels, epsilon=EPS, step_size=2 / 255, steps=5),
-        "cw": pgd_attack(classifier, images, labels, epsilon=EPS, step_size=2 / 255, steps=5, loss="margin"),
+        "pgd": pgd_attack(classifier, images, labels, budget(5)),
+        "cw": pgd_attack(classifier, images, labels, budget(5), loss="margin"),
         "fgsm": fgsm_attack(classifier, images, labels, epsilon=EPS),
-        "trades": trades_attack(classifier, images, epsilon=EPS, step_size=2 / 255, steps=3),
+        "trades": trades_attack(classifier, images, budget(3)),
         "mae": mae_attack(pretrainer, images),
     }
 
@@ -51,7 +55,7 @@ def test_pgd_raises_the_cross_entropy_and_beats_fgsm(classifier, images, labels)
     with torch.no_grad():
         clean = F.cross_entropy(classifier(images).logits, labels)
         fgsm = F.cross_entropy(classifier(fgsm_attack(classifier, images, labels, EPS)).logits, labels)
-        pgd = F.cross_entropy(classifier(pgd_attack(classifier, images, labels, EPS, 2 / 255, 10)).logits, labels)
+        pgd = F.cross_entropy(classifier(pgd_attack(classifier, images, labels, budget(10))).logits, labels)
     assert clean < fgsm <= pgd + 1e-4
 
 
@@ -62,14 +66,14 @@ def test_cw_raises_the_margin(classifier, images, labels):
 
     with torch.no_grad():
         before = margin(classifier.eval()(images).logits)
-        after = margin(classifier(pgd_attack(classifier, images, labels, EPS, 2 / 255, 10, loss="margin")).logits)
+        after = margin(classifier(pgd_attack(classifier, images, labels, budget(10), loss="margin")).logits)
     assert after > before
 
 
 def test_mae_attack_raises_the_reconstruction_loss(config, images):
     model = MimirForPreTraining(config).eval()
     noise = torch.rand(6, config.num_patches)
-    adversarial = mae_attack(model, images, steps=5, step_size=2 / 255)
+    adversarial = mae_attack(model, images, budget(5))
     with torch.no_grad():
         before = model(images, noise=noise, compute_mi_loss=False).reconstruction_loss
         after = model(adversarial, noise=noise, compute_mi_loss=False).reconstruction_loss
@@ -80,7 +84,7 @@ def test_trades_attack_raises_the_kl(classifier, images):
     classifier.eval()
     with torch.no_grad():
         clean = F.softmax(classifier(images).logits, 1)
-        adversarial = trades_attack(classifier, images, epsilon=EPS, step_size=2 / 255, steps=5)
+        adversarial = trades_attack(classifier, images, budget(5))
         kl = F.kl_div(F.log_softmax(classifier(adversarial).logits, 1), clean, reduction="sum")
     assert kl > 1e-6
 
@@ -122,12 +126,10 @@ def test_attacks_run_inside_no_grad_and_under_low_precision_autocast(classifier,
     pretrainer = MimirForPreTraining(config)
     with torch.no_grad(), torch.autocast("cpu", dtype=dtype):
         attacked = {
-            "pgd": pgd_attack(classifier, images, labels, EPS, 2 / 255, 3),
-            "trades": trades_attack(classifier, images, EPS, 2 / 255, 3),
-            "mae": mae_attack(pretrainer, images, EPS, 2 / 255, 2),
-            "pgd-mi": projected_gradient_ascent(
-                mi_objective(classifier, labels), images, epsilon=EPS, step_size=2 / 255, steps=2, model=classifier
-            ),
+            "pgd": pgd_attack(classifier, images, labels, budget(3)),
+            "trades": trades_attack(classifier, images, budget(3)),
+            "mae": mae_attack(pretrainer, images, budget(2)),
+            "pgd-mi": projected_gradient_ascent(mi_objective(classifier, labels), images, budget(2), model=classifier),
         }
     for name, adversarial in attacked.items():
         assert adversarial.dtype == images.dtype and torch.isfinite(adversarial).all(), name
@@ -138,18 +140,17 @@ def test_attacks_run_inside_no_grad_and_under_low_precision_autocast(classifier,
 def test_a_nan_gradient_never_reaches_the_images(images):
     """An objective whose gradient is NaN (as an fp16 overflow inside a model can make it) leaves the images finite."""
     poisoned = lambda x: (x * torch.tensor(float("nan"))).sum()
-    adversarial = projected_gradient_ascent(poisoned, images, epsilon=EPS, step_size=2 / 255, steps=3)
+    adversarial = projected_gradient_ascent(poisoned, images, budget(3))
     assert torch.isfinite(adversarial).all() and (adversarial - images).abs().max() <= EPS + 1e-6
 
 
 def test_zero_epsilon_returns_the_clean_images(classifier, images, labels):
-    assert torch.equal(pgd_attack(classifier, images, labels, epsilon=0.0, step_size=1 / 255, steps=2), images)
+    assert torch.equal(pgd_attack(classifier, images, labels, budget(2, 1 / 255, 0.0)), images)
 
 
 def test_seeded_generator_makes_attacks_reproducible(classifier, images, labels):
     runs = [
-        pgd_attack(classifier, images, labels, EPS, 2 / 255, 2, generator=torch.Generator().manual_seed(3))
-        for _ in range(2)
+        pgd_attack(classifier, images, labels, budget(2), generator=torch.Generator().manual_seed(3)) for _ in range(2)
     ]
     assert torch.equal(*runs)
 
@@ -165,25 +166,25 @@ def test_seeded_generator_makes_attacks_reproducible(classifier, images, labels)
 )
 def test_bad_budgets_are_clear_errors(images, budget, message):
     with pytest.raises(ValueError, match=message):
-        projected_gradient_ascent(lambda x: x.sum(), images, **budget)
+        AttackBudget(**budget)
+    with pytest.raises(TypeError, match="budget must be a mimir_hf.AttackBudget"):
+        projected_gradient_ascent(lambda x: x.sum(), images, dict(epsilon=0.1, step_size=0.01, steps=1))
 
 
 def test_images_outside_unit_range_are_a_clear_error(classifier, images, labels):
     with pytest.raises(ValueError, match="must be in \\[0, 1\\]"):
-        pgd_attack(classifier, images * 2 - 1, labels)
+        pgd_attack(classifier, images * 2 - 1, labels, budget(1))
     bad = images.clone()
     bad[0, 0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN or infinite"):
-        pgd_attack(classifier, bad, labels)
+        pgd_attack(classifier, bad, labels, budget(1))
     with pytest.raises(ValueError, match="Unknown PGD loss"):
-        pgd_attack(classifier, images, labels, loss="dlr")
+        pgd_attack(classifier, images, labels, budget(1), loss="dlr")
 
 
 def test_attacks_see_through_in_model_normalisation(images, labels):
     """PGD on a model that normalises inside equals PGD on the same weights behind an explicit normalisation."""
     from torch import nn
-
-    from mimir_hf.modeling_mimir import pixel_range_checked
 
     from .conftest import tiny_config
 
@@ -199,11 +200,54 @@ def test_attacks_see_through_in_model_normalisation(images, labels):
             self.model = plain
 
         def forward(self, x):
-            with pixel_range_checked():  # normalised values leave [0, 1] on purpose
-                return self.model(pixel_values=(x - mean) / std).logits
+            return self.model(pixel_values=(x - mean) / std).logits
 
     for loss in ("ce", "margin"):
-        a = pgd_attack(inside, images, labels, EPS, 2 / 255, 5, loss=loss, generator=torch.Generator().manual_seed(1))
-        b = pgd_attack(Explicit(), images, labels, EPS, 2 / 255, 5, loss=loss, generator=torch.Generator().manual_seed(1))
+        a = pgd_attack(inside, images, labels, budget(5), loss=loss, generator=torch.Generator().manual_seed(1))
+        b = pgd_attack(Explicit(), images, labels, budget(5), loss=loss, generator=torch.Generator().manual_seed(1))
         torch.testing.assert_close(a, b)
         assert (a != images).any()
+
+
+def test_pgd_mi_is_mean_cross_entropy_plus_weighted_hsic(classifier, images, labels):
+    """PGD-MI ascends mean CE + weight * HSIC(features(x'), x'): with weight 0 it takes PGD-CE's steps exactly (the
+    signs of the mean and of the summed CE gradients agree); with a large weight the HSIC term changes them."""
+    steps = budget(3)
+
+    def pgd_mi(weight):
+        objective = mi_objective(classifier, labels, weight=weight)
+        return projected_gradient_ascent(
+            objective, images, steps, model=classifier, generator=torch.Generator().manual_seed(5)
+        )
+
+    pgd_ce = pgd_attack(classifier, images, labels, steps, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(pgd_mi(0.0), pgd_ce)
+    assert not torch.equal(pgd_mi(1e3), pgd_ce)
+
+
+def test_pgd_mi_reads_the_models_own_mi_settings(images, labels):
+    from .conftest import tiny_config
+
+    model = MimirForImageClassification(tiny_config(mi_weight=1e3, mi_sigma=2.0)).eval()
+    model.classifier.weight.data.normal_(std=0.5)
+    x = images.clone().requires_grad_(True)
+    from_config = mi_objective(model, labels)(x)
+    explicit = mi_objective(model, labels, weight=1e3, sigma=2.0)(x)
+    default = mi_objective(model, labels, weight=1e-5, sigma=5.0)(x)
+    torch.testing.assert_close(from_config, explicit)
+    assert not torch.allclose(from_config, default)
+
+
+def test_attack_inputs_are_checked_at_the_entry(classifier, images, labels):
+    adversarial = pgd_attack(classifier, images, labels.to(torch.int32), budget(1))  # any integer dtype works
+    assert adversarial.shape == images.shape
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 4\)"):
+        pgd_attack(classifier, images, torch.tensor([0, 1, 2, 3, 4, -1]), budget(1))
+    with pytest.raises(ValueError, match="integer tensor of class indices"):
+        pgd_attack(classifier, images, labels.float(), budget(1))
+    with pytest.raises(ValueError, match="one label per image"):
+        pgd_attack(classifier, images, labels[:3], budget(1))
+    with pytest.raises(ValueError, match="float tensor.*255"):
+        pgd_attack(classifier, (images * 255).to(torch.uint8), labels, budget(1))
+    with pytest.raises(ValueError, match="empty"):
+        pgd_attack(classifier, images[:0], labels[:0], budget(1))

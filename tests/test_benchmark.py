@@ -8,7 +8,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples"))
 
-import benchmark  # noqa: E402
+import benchmark
 
 
 def test_live_tensor_bytes_counts_held_created_and_freed_tensors():

@@ -7,14 +7,16 @@ from datasets import Dataset
 from PIL import Image
 
 from mimir_hf.data import (
-    collate_fn,
+    image_processor_for,
     label_names,
     load_digits_dataset,
     load_image_dataset,
     resolve_columns,
-    to_pixel_values,
+    tensors,
     with_pixel_transform,
 )
+
+from .conftest import tiny_config
 
 
 def test_digits_default_is_real_fixed_and_stratified():
@@ -31,12 +33,13 @@ def test_digits_default_is_real_fixed_and_stratified():
 
 def test_transform_gives_unit_range_tensors_at_the_model_size():
     dataset = load_digits_dataset()["test"].select(range(4))
-    transformed = with_pixel_transform(dataset, "image", "label", (16, 16), 1)
-    batch = collate_fn([transformed[i] for i in range(4)])
-    assert batch["pixel_values"].shape == (4, 1, 16, 16) and batch["labels"].dtype == torch.long
-    assert batch["pixel_values"].min() >= 0 and batch["pixel_values"].max() <= 1
-    assert batch["pixel_values"].max() > 0.9  # strokes are bright: pixels were scaled, not left at 0..16
-    rgb = to_pixel_values(Image.new("L", (8, 8), 128), (12, 20), 3)
+    processor = image_processor_for(tiny_config(num_channels=1))
+    pixel_values, labels = tensors(with_pixel_transform(dataset, "image", "label", processor))
+    assert pixel_values.shape == (4, 1, 16, 16) and labels.dtype == torch.long
+    assert pixel_values.min() >= 0 and pixel_values.max() <= 1
+    assert pixel_values.max() > 0.9  # strokes are bright: pixels were scaled, not left at 0..16
+    rgb_processor = image_processor_for(tiny_config(image_size=[12, 20]))
+    rgb = rgb_processor(images=Image.new("L", (8, 8), 128), return_tensors="pt")["pixel_values"][0]
     assert rgb.shape == (3, 12, 20) and torch.allclose(rgb, torch.full_like(rgb, 128 / 255))
 
 

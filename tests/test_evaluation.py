@@ -6,12 +6,20 @@ import pytest
 import torch
 
 from mimir_hf import MimirForImageClassification
-from mimir_hf.evaluation import RobustnessSettings, evaluate_robustness, report_markdown, sanity_checks, write_report
+from mimir_hf.evaluation import (
+    RobustnessSettings,
+    SweepPoint,
+    evaluate_robustness,
+    report_markdown,
+    sanity_checks,
+    write_report,
+)
 
 from .conftest import tiny_config
 
-QUICK = RobustnessSettings(pgd_steps=(3, 6), cw_steps=3, adaptive_steps=3, eps_sweep=(0.0, 8 / 255, 1.0),
-                           autoattack=False, batch_size=4)
+QUICK = RobustnessSettings(
+    pgd_steps=[3, 6], cw_steps=3, adaptive_steps=3, eps_sweep=[0.0, 8 / 255, 1.0], autoattack=False, eval_batch_size=4
+)
 
 
 @pytest.fixture
@@ -22,18 +30,21 @@ def model():
 
 
 def test_report_numbers_and_worst_case(model, images, labels):
-    report = evaluate_robustness(model, images, labels, QUICK)
-    accuracy = report["accuracy"]
+    report = evaluate_robustness(model, (images, labels), QUICK)
+    accuracy = report.accuracy
     assert set(accuracy) == {"natural", "fgsm", "pgd3", "pgd6", "cw_inf", "uniform_noise", "pgd_mi", "pgd_feature"}
-    assert report["natural_accuracy"] == accuracy["natural"]
-    attacked = [accuracy[name] for name in report["robust_accuracy_attacks"]]
-    assert report["robust_accuracy"] <= min(attacked)
-    assert report["eps_sweep"][0]["accuracy"] == accuracy["natural"]
-    assert report["eps_sweep"][-1]["accuracy"] == 0.0  # eps = 1 can turn any image into any other
-    assert report["autoattack"] == "skipped: disabled"
-    assert {row["check"] for row in report["sanity_checks"]} >= {
-        "accuracy reaches 0 at a large eps", "more PGD steps never help the model",
-        "multi-step PGD at least as strong as FGSM", "random noise of the same eps weaker than PGD",
+    assert report.natural_accuracy == accuracy["natural"]
+    attacked = [accuracy[name] for name in report.robust_accuracy_attacks]
+    assert report.robust_accuracy <= min(attacked)
+    assert all(value <= accuracy["natural"] for value in accuracy.values())  # attacks start from correct images
+    assert report.eps_sweep[0].accuracy == accuracy["natural"]
+    assert report.eps_sweep[-1].accuracy == 0.0  # eps = 1 can turn any image into any other
+    assert report.autoattack == "skipped: disabled"
+    assert {row.check for row in report.sanity_checks} >= {
+        "accuracy reaches 0 at a large eps",
+        "more PGD steps never help the model",
+        "multi-step PGD at least as strong as FGSM",
+        "random noise of the same eps weaker than PGD",
     }
 
 
@@ -41,78 +52,123 @@ def test_evaluation_is_deterministic_and_leaves_the_model_untouched(model, image
     model.train()
     state = {k: v.clone() for k, v in model.state_dict().items()}
     requires = {n: p.requires_grad for n, p in model.named_parameters()}
-    first = evaluate_robustness(model, images, labels, QUICK)
+    rng = torch.get_rng_state()
+    first = evaluate_robustness(model, (images, labels), QUICK)
+    assert torch.equal(torch.get_rng_state(), rng)  # attacks draw from their own generators
     assert model.training and all(m.training for m in model.modules())
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
     assert {n: p.requires_grad for n, p in model.named_parameters()} == requires
     assert all(p.grad is None for p in model.parameters())
-    assert evaluate_robustness(model, images, labels, QUICK)["accuracy"] == first["accuracy"]
+    assert evaluate_robustness(model, (images, labels), QUICK).accuracy == first.accuracy
 
 
 def test_sanity_checks_catch_gradient_masking():
-    sweep = [{"epsilon": 0.0, "epsilon_255": 0, "accuracy": 90.0}, {"epsilon": 1.0, "epsilon_255": 255, "accuracy": 0.0}]
+    sweep = [SweepPoint(0.0, 0, 90.0), SweepPoint(1.0, 255, 0.0)]
     honest = {"natural": 90.0, "fgsm": 50.0, "pgd20": 40.0, "pgd100": 39.0, "uniform_noise": 88.0, "autoattack": 38.0}
-    assert all(row["passed"] for row in sanity_checks(honest, sweep))
+    assert all(row.passed for row in sanity_checks(honest, sweep))
     masked = {"natural": 90.0, "fgsm": 30.0, "pgd20": 60.0, "pgd100": 70.0, "uniform_noise": 40.0, "autoattack": 65.0}
-    rising = [sweep[0], {"epsilon": 8 / 255, "epsilon_255": 8, "accuracy": 10.0}, {**sweep[1], "accuracy": 20.0}]
-    failed = {row["check"] for row in sanity_checks(masked, rising) if not row["passed"]}
+    rising = [sweep[0], SweepPoint(8 / 255, 8, 10.0), SweepPoint(1.0, 255, 20.0)]
+    failed = {row.check for row in sanity_checks(masked, rising) if not row.passed}
     assert failed == {
-        "accuracy reaches 0 at a large eps", "more PGD steps never help the model",
-        "multi-step PGD at least as strong as FGSM", "AutoAttack at least as strong as PGD",
-        "random noise of the same eps weaker than PGD", "accuracy falls monotonically with eps, from the natural accuracy",
+        "accuracy reaches 0 at a large eps",
+        "more PGD steps never help the model",
+        "multi-step PGD at least as strong as FGSM",
+        "AutoAttack at least as strong as PGD",
+        "random noise of the same eps weaker than PGD",
+        "accuracy falls monotonically with eps, from the natural accuracy",
     }
     no_autoattack = {k: v for k, v in honest.items() if k != "autoattack"}
-    rows = {row["check"]: row["passed"] for row in sanity_checks(no_autoattack, sweep)}
+    rows = {row.check: row.passed for row in sanity_checks(no_autoattack, sweep)}
     assert rows["AutoAttack at least as strong as PGD"] is None
 
 
 def test_report_files(tmp_path, model, images, labels):
-    report = evaluate_robustness(model, images, labels, QUICK)
+    report = evaluate_robustness(model, (images, labels), QUICK)
     write_report(report, str(tmp_path))
-    assert json.loads((tmp_path / "robustness.json").read_text())["robust_accuracy"] == report["robust_accuracy"]
+    assert json.loads((tmp_path / "robustness.json").read_text())["robust_accuracy"] == report.robust_accuracy
     markdown = (tmp_path / "robustness.md").read_text()
     assert markdown == report_markdown(report)
     assert "worst case over all attacks" in markdown and "| PGD-3 |" in markdown and "FGSM" in markdown
     assert (tmp_path / "robust_accuracy_vs_eps.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_an_attack_on_a_prefix_counts_on_its_images_across_batches(model, images, labels):
+    """AutoAttack on the first N images only: batches past N carry no AutoAttack result, and the worst case counts it
+    on the images it covered (here with a stand-in for AutoAttack: torchattacks is optional)."""
+    from mimir_hf.evaluation import Attack, evaluate_batch, worst_case
+
+    strong = Attack("autoattack", "prefix attack", lambda m, x, y, g: torch.zeros_like(x), max_samples=3)
+    generator = torch.Generator().manual_seed(0)
+    first = evaluate_batch(model, [strong], images[:4], labels[:4], generator, first_index=0)
+    second = evaluate_batch(model, [strong], images[4:], labels[4:], generator, first_index=4)
+    assert len(first["autoattack"]) == 3 and "autoattack" not in second
+    assert torch.equal(worst_case(second, ["autoattack"]), second["natural"])
+    expected = first["natural"].clone()
+    expected[:3] &= first["autoattack"]
+    assert torch.equal(worst_case(first, ["autoattack"]), expected)
+
+
 def test_autoattack_row_when_torchattacks_is_installed(model, images, labels):
     pytest.importorskip("torchattacks")
-    settings = RobustnessSettings(pgd_steps=(3, 6), cw_steps=3, adaptive_steps=3, eps_sweep=(0.0, 1.0), batch_size=6)
-    report = evaluate_robustness(model, images, labels, settings)
-    assert "autoattack" in report["accuracy"] and report["autoattack"].startswith("torchattacks")
-    assert report["robust_accuracy"] <= report["accuracy"]["autoattack"]
+    settings = RobustnessSettings(
+        pgd_steps=[3, 6], cw_steps=3, adaptive_steps=3, eps_sweep=[0.0, 1.0], eval_batch_size=6
+    )
+    report = evaluate_robustness(model, (images, labels), settings)
+    assert "autoattack" in report.accuracy and report.autoattack.startswith("torchattacks")
+    assert report.robust_accuracy <= report.accuracy["autoattack"]
 
 
 def test_sanity_checks_hold_on_a_trained_model(tmp_path):
     """A tiny ViT trained on digits for a few seconds passes every gradient-masking check."""
     from datasets import Dataset
 
-    from mimir_hf.data import load_digits_dataset, tensors, with_pixel_transform
-    from mimir_hf.trainer import MimirAdversarialTrainer, MimirTrainingArguments
+    from mimir_hf.data import image_processor_for, load_digits_dataset, tensors, with_pixel_transform
+    from mimir_hf.trainer import MimirAdversarialTrainer, MimirAdversarialTrainingArguments
 
     digits = load_digits_dataset()
-    train_images, train_labels = tensors(with_pixel_transform(digits["train"], "image", "label", (8, 8), 1), limit=768)
-    images, labels = tensors(with_pixel_transform(digits["test"], "image", "label", (8, 8), 1), limit=120)
-    train = Dataset.from_dict({"pixel_values": train_images.numpy(), "labels": train_labels.numpy()}).with_format("torch")
+    config = tiny_config(image_size=8, patch_size=2, num_channels=1, num_labels=10)
+    processor = image_processor_for(config)
+    train_images, train_labels = tensors(with_pixel_transform(digits["train"], "image", "label", processor), limit=768)
+    images, labels = tensors(with_pixel_transform(digits["test"], "image", "label", processor), limit=120)
+    train = Dataset.from_dict({"pixel_values": train_images.numpy(), "labels": train_labels.numpy()}).with_format(
+        "torch"
+    )
     torch.manual_seed(0)
-    model = MimirForImageClassification(tiny_config(image_size=8, patch_size=2, num_channels=1, num_labels=10))
-    args = MimirTrainingArguments(
-        output_dir=str(tmp_path), num_train_epochs=8, per_device_train_batch_size=32, learning_rate=3e-3,
-        adversarial_method="none", report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True, seed=0,
+    model = MimirForImageClassification(config)
+    args = MimirAdversarialTrainingArguments(
+        output_dir=str(tmp_path),
+        num_train_epochs=8,
+        per_device_train_batch_size=32,
+        learning_rate=3e-3,
+        adversarial_method="none",
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
+        weight_decay=0.0,
+        lr_scheduler_type="linear",
+        warmup_steps=0,
+        layer_decay=1.0,
     )
     MimirAdversarialTrainer(model=model, args=args, train_dataset=train).train()
-    settings = RobustnessSettings(pgd_steps=(20, 100), cw_steps=20, adaptive_steps=10, eps_sweep=(0.0, 8 / 255, 1.0),
-                                  autoattack_max_samples=24, batch_size=120)
-    report = evaluate_robustness(model, images, labels, settings)
-    accuracy = report["accuracy"]
+    settings = RobustnessSettings(
+        pgd_steps=[20, 100],
+        cw_steps=20,
+        adaptive_steps=10,
+        eps_sweep=[0.0, 8 / 255, 1.0],
+        autoattack_max_samples=24,
+        eval_batch_size=120,
+    )
+    report = evaluate_robustness(model, (images, labels), settings)
+    accuracy = report.accuracy
     assert accuracy["natural"] > 50  # it learned something, so the checks are not vacuous
-    failed = [row for row in report["sanity_checks"] if row["passed"] is False]
+    failed = [row for row in report.sanity_checks if row.passed is False]
     assert not failed, failed
-    assert report["eps_sweep"][-1]["accuracy"] == 0.0
+    assert report.eps_sweep[-1].accuracy == 0.0
     assert accuracy["pgd100"] <= accuracy["pgd20"] + 0.5 and accuracy["pgd20"] <= accuracy["fgsm"] + 0.5
     assert accuracy["cw_inf"] <= accuracy["pgd20"] + 1.0
     assert accuracy["uniform_noise"] >= accuracy["pgd20"]
-    checks = {row["check"]: row["passed"] for row in report["sanity_checks"]}
+    checks = {row.check: row.passed for row in report.sanity_checks}
     if "autoattack" in accuracy:  # AutoAttack <= PGD-20 (+ tolerance) on the images it ran on
         assert checks["AutoAttack at least as strong as PGD"] is True

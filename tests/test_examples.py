@@ -5,7 +5,7 @@ import os
 import sys
 
 import pytest
-import yaml
+from huggingface_hub import ModelCard
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
 sys.path.insert(0, EXAMPLES)
@@ -15,15 +15,25 @@ import run_finetuning  # noqa: E402
 import run_mimir  # noqa: E402
 import run_pretraining  # noqa: E402
 
-TINY_MODEL = ["--image_size", "8", "--patch_size", "2", "--hidden_size", "32", "--num_hidden_layers", "1",
-              "--num_attention_heads", "2"]
+TINY_MODEL = [
+    "--image_size",
+    "8",
+    "--patch_size",
+    "2",
+    "--hidden_size",
+    "32",
+    "--num_hidden_layers",
+    "1",
+    "--num_attention_heads",
+    "2",
+]
 TINY_DATA = ["--max_train_samples", "64", "--max_eval_samples", "16"]
 QUIET = ["--disable_tqdm", "true", "--report_to", "none", "--use_cpu", "true", "--save_strategy", "no"]
 
 
 def card_metadata(folder):
-    text = open(os.path.join(folder, "README.md")).read()
-    return yaml.safe_load(text.split("---")[1]), text
+    card = ModelCard.load(os.path.join(folder, "README.md"))
+    return card.data.to_dict(), card.text
 
 
 @pytest.fixture(scope="module")
@@ -38,15 +48,25 @@ def test_pretraining_script_outputs(pretrained):
         assert os.path.isfile(os.path.join(pretrained, name)), name
     metadata, text = card_metadata(pretrained)
     assert "mimir" in metadata["tags"] and "sklearn-digits" in metadata["datasets"]
-    assert "PGD eps 8.0/255" in text and "arXiv:2312.04960" in text
+    assert "eps 8/255, step 10/255, 1 step" in text and "arXiv:2312.04960" in text
     assert json.load(open(os.path.join(pretrained, "mimir_run.json")))["status"] == "complete"
 
 
 def test_finetuning_then_evaluation_scripts(pretrained, tmp_path):
     finetuned = str(tmp_path / "finetune")
     metrics = run_finetuning.main(
-        TINY_DATA + QUIET + ["--model_name_or_path", pretrained, "--num_train_epochs", "1", "--adversarial_steps", "2",
-                             "--output_dir", finetuned]
+        TINY_DATA
+        + QUIET
+        + [
+            "--model_name_or_path",
+            pretrained,
+            "--num_train_epochs",
+            "1",
+            "--adversarial_steps",
+            "2",
+            "--output_dir",
+            finetuned,
+        ]
     )
     assert 0 <= metrics["pgd20_accuracy"] <= metrics["natural_accuracy"] + 1e-9 <= 100 + 1e-9
     config = json.load(open(os.path.join(finetuned, "config.json")))
@@ -57,12 +77,27 @@ def test_finetuning_then_evaluation_scripts(pretrained, tmp_path):
 
     report_dir = str(tmp_path / "report")
     report = run_evaluation.main(
-        ["--model_name_or_path", finetuned, "--output_dir", report_dir, "--pgd_steps", "2", "--adaptive_steps", "2",
-         "--autoattack", "false", "--max_eval_samples", "16", "--use_cpu", "true"]
+        [
+            "--model_name_or_path",
+            finetuned,
+            "--output_dir",
+            report_dir,
+            "--pgd_steps",
+            "2",
+            "10",
+            "--adaptive_steps",
+            "2",
+            "--autoattack",
+            "false",
+            "--max_eval_samples",
+            "16",
+            "--use_cpu",
+            "true",
+        ]
     )
     for name in ("robustness.json", "robustness.md", "robust_accuracy_vs_eps.png"):
         assert os.path.isfile(os.path.join(report_dir, name)), name
-    assert report["num_samples"] == 16 and report["settings"]["pgd_steps"] == (2, 10)
+    assert report.num_samples == 16 and report.settings["pgd_steps"] == [2, 10]
     metadata, text = card_metadata(finetuned)  # the card now carries the full report
     names = {m["name"] for m in metadata["model-index"][0]["results"][0]["metrics"]}
     assert any(name.startswith("robust accuracy, worst case") for name in names)
@@ -72,8 +107,31 @@ def test_finetuning_then_evaluation_scripts(pretrained, tmp_path):
 def test_run_mimir_end_to_end_tiny(tmp_path):
     out = str(tmp_path / "mimir")
     result = run_mimir.main(
-        ["--output_dir", out, "--pretrain_epochs", "1", "--finetune_epochs", "1", "--adversarial_steps", "1",
-         "--use_cpu", "true", "--disable_tqdm", "true", "--autoattack_max_samples", "4"] + TINY_MODEL + TINY_DATA
+        [
+            "--output_dir",
+            out,
+            "--pretrain_epochs",
+            "1",
+            "--finetune_epochs",
+            "1",
+            "--adversarial_steps",
+            "1",
+            "--use_cpu",
+            "true",
+            "--disable_tqdm",
+            "true",
+            "--autoattack_max_samples",
+            "4",
+            "--pgd_steps",
+            "2",
+            "4",
+            "--adaptive_steps",
+            "2",
+            "--cw_steps",
+            "2",
+        ]
+        + TINY_MODEL
+        + TINY_DATA
     )
     for name in ("robustness.json", "robustness.md", "robust_accuracy_vs_eps.png", "reconstructions.png"):
         assert os.path.isfile(os.path.join(out, name)), name
@@ -83,12 +141,12 @@ def test_run_mimir_end_to_end_tiny(tmp_path):
 
 
 def test_output_dir_holding_another_run_is_refused(pretrained, tmp_path):
-    with pytest.raises(ValueError, match="already holds a run_pretraining run.*--overwrite_output_dir"):
+    with pytest.raises(ValueError, match="already holds.*run_pretraining"):
         run_finetuning.main(TINY_DATA + QUIET + ["--model_name_or_path", pretrained, "--output_dir", pretrained])
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "thesis.tex").write_text("do not delete")
-    with pytest.raises(ValueError, match="already holds files of something else"):
+    with pytest.raises(ValueError, match="already holds.*something else"):
         run_pretraining.main(TINY_MODEL + TINY_DATA + QUIET + ["--output_dir", str(foreign)])
     assert (foreign / "thesis.tex").read_text() == "do not delete"
 
@@ -99,7 +157,6 @@ def test_output_dir_holding_another_run_is_refused(pretrained, tmp_path):
         (["--model_preset", "vit-huge"], "--model_preset 'vit-huge' is unknown"),
         (["--attack_epsilon", "2"], "attack_epsilon must be in \\[0, 1\\]"),
         (["--attack_steps", "0"], "attack_steps must be an integer >= 1"),
-        (["--adversarial_epsilon", "-0.1"], "adversarial_epsilon must be in \\[0, 1\\]"),
         (["--label_column_name", "target"], "No label column 'target'"),
         (["--image_column_name", "photo"], "No image column 'photo'"),
     ],
@@ -109,11 +166,31 @@ def test_bad_input_is_a_clear_error_naming_the_argument(tmp_path, argv, message)
         run_pretraining.main(TINY_MODEL + TINY_DATA + QUIET + argv + ["--output_dir", str(tmp_path / "out")])
 
 
+def test_bad_adversarial_budget_is_refused_before_any_work(tmp_path):
+    with pytest.raises(ValueError, match="adversarial_epsilon.*\\[0, 1\\]"):
+        run_finetuning.main(
+            TINY_MODEL + TINY_DATA + QUIET + ["--adversarial_epsilon", "-0.1", "--output_dir", str(tmp_path / "out")]
+        )
+    assert not (tmp_path / "out").exists()
+
+
 def test_arguments_from_a_json_file(tmp_path):
     out = tmp_path / "from_json"
-    arguments = {"output_dir": str(out), "num_train_epochs": 1, "max_train_samples": 32, "max_eval_samples": 8,
-                 "image_size": 8, "patch_size": 2, "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
-                 "disable_tqdm": True, "report_to": "none", "use_cpu": True, "save_strategy": "no"}
+    arguments = {
+        "output_dir": str(out),
+        "num_train_epochs": 1,
+        "max_train_samples": 32,
+        "max_eval_samples": 8,
+        "image_size": 8,
+        "patch_size": 2,
+        "hidden_size": 32,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "disable_tqdm": True,
+        "report_to": "none",
+        "use_cpu": True,
+        "save_strategy": "no",
+    }
     path = tmp_path / "args.json"
     path.write_text(json.dumps(arguments))
     run_pretraining.main([str(path)])
@@ -121,5 +198,5 @@ def test_arguments_from_a_json_file(tmp_path):
 
 
 def test_evaluation_arguments_are_checked(tmp_path):
-    with pytest.raises(ValueError, match="--epsilon must be in \\[0, 1\\]"):
+    with pytest.raises(ValueError, match="epsilon must be in \\[0, 1\\]"):
         run_evaluation.main(["--model_name_or_path", "x", "--output_dir", str(tmp_path), "--epsilon", "8"])

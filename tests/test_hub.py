@@ -11,7 +11,7 @@ import torch
 from transformers import pipeline
 
 from mimir_hf import MimirForImageClassification
-from mimir_hf.data import image_processor_for, load_digits_dataset, to_pixel_values
+from mimir_hf.data import image_processor_for, load_digits_dataset
 
 from .conftest import tiny_config
 
@@ -33,6 +33,12 @@ def test_saved_folder_carries_auto_map_and_code_and_loads_without_mimir_hf(tmp_p
     config = json.load(open(tmp_path / "config.json"))
     assert config["auto_map"]["AutoModelForImageClassification"] == "modeling_mimir.MimirForImageClassification"
     assert {"modeling_mimir.py", "configuration_mimir.py", "mutual_information.py"} <= set(os.listdir(tmp_path))
+    assert set(config["auto_map"]) == {
+        "AutoConfig",
+        "AutoModel",
+        "AutoModelForPreTraining",
+        "AutoModelForImageClassification",
+    }
     x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     torch.save(x, tmp_path / "x.pt")
     torch.save(model(x).logits, tmp_path / "expected.pt")
@@ -58,8 +64,13 @@ def test_saved_folder_carries_auto_map_and_code_and_loads_without_mimir_hf(tmp_p
         print("OK", type(model).__module__)
         """
     )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""})
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "refused:" in result.stdout and "LOADED WITHOUT TRUST" not in result.stdout
     assert "OK transformers_modules" in result.stdout
@@ -75,19 +86,15 @@ def test_image_classification_pipeline_on_a_saved_mimir_classifier(tmp_path):
     classify = pipeline("image-classification", model=str(tmp_path), device="cpu")
     assert type(classify.image_processor).__name__ == "MimirImageProcessor"
     results = classify(images, top_k=4)
+    processor = image_processor_for(model.config)
     for image, predictions in zip(images, results, strict=True):
         with torch.no_grad():
-            probabilities = model(to_pixel_values(image, (16, 16), 1)[None]).logits.softmax(-1)[0]
-        assert [p["label"] for p in predictions] == [model.config.id2label[i] for i in probabilities.argsort(descending=True).tolist()]
+            pixel_values = processor(images=image, return_tensors="pt")["pixel_values"]
+            probabilities = model(pixel_values).logits.softmax(-1)[0]
+        assert [p["label"] for p in predictions] == [
+            model.config.id2label[i] for i in probabilities.argsort(descending=True).tolist()
+        ]
         assert predictions[0]["score"] == pytest.approx(probabilities.max().item(), rel=1e-4)
-
-
-def test_image_processor_feeds_exactly_the_training_pixels():
-    config = tiny_config(num_channels=1)
-    processor = image_processor_for(config)
-    for row in load_digits_dataset()["test"].select(range(5)):
-        from_processor = processor(images=row["image"], return_tensors="pt")["pixel_values"][0]
-        assert torch.equal(from_processor, to_pixel_values(row["image"], (16, 16), 1))
 
 
 def http_client():
@@ -119,15 +126,21 @@ class FakeHub:
             return httpx.Response(200, json={"url": "https://huggingface.co/me/mimir-test"})
         if "/preupload/" in path:
             files = json.loads(request.content)["files"]
-            return httpx.Response(200, json={"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]})
+            return httpx.Response(
+                200,
+                json={"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]},
+            )
         if "/commit/" in path:
             lines = [json.loads(line) for line in request.content.decode().splitlines() if line.strip()]
             files = {
                 line["value"]["path"]: base64.b64decode(line["value"]["content"])
-                for line in lines if line["key"] == "file"
+                for line in lines
+                if line["key"] == "file"
             }
             self.commits.append(files)
-            return httpx.Response(200, json={"commitUrl": "https://huggingface.co/me/mimir-test/commit/1", "commitOid": "1" * 40})
+            return httpx.Response(
+                200, json={"commitUrl": "https://huggingface.co/me/mimir-test/commit/1", "commitOid": "1" * 40}
+            )
         return httpx.Response(200, json={})
 
 
@@ -158,11 +171,42 @@ def test_finetuning_script_pushes_weights_processor_and_mimir_card(tmp_path, fak
     import run_finetuning
 
     run_finetuning.main(
-        ["--output_dir", str(tmp_path / "out"), "--max_train_samples", "32", "--max_eval_samples", "8",
-         "--num_train_epochs", "1", "--adversarial_steps", "1", "--image_size", "8", "--patch_size", "2",
-         "--hidden_size", "32", "--num_hidden_layers", "1", "--num_attention_heads", "2", "--disable_tqdm", "true",
-         "--report_to", "none", "--use_cpu", "true", "--save_strategy", "no",
-         "--push_to_hub", "true", "--hub_model_id", "me/mimir-test", "--hub_token", "hf_fake_token"]
+        [
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--max_train_samples",
+            "32",
+            "--max_eval_samples",
+            "8",
+            "--num_train_epochs",
+            "1",
+            "--adversarial_steps",
+            "1",
+            "--image_size",
+            "8",
+            "--patch_size",
+            "2",
+            "--hidden_size",
+            "32",
+            "--num_hidden_layers",
+            "1",
+            "--num_attention_heads",
+            "2",
+            "--disable_tqdm",
+            "true",
+            "--report_to",
+            "none",
+            "--use_cpu",
+            "true",
+            "--save_strategy",
+            "no",
+            "--push_to_hub",
+            "true",
+            "--hub_model_id",
+            "me/mimir-test",
+            "--hub_token",
+            "hf_fake_token",
+        ]
     )
     assert fake_hub.created and fake_hub.created[0] == "mimir-test"
     sent = fake_hub.commits[-1]

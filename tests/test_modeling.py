@@ -12,8 +12,7 @@ from transformers.testing_utils import CaptureLogger
 
 import mimir_hf  # noqa: F401  (registers the Auto classes)
 from mimir_hf import MimirConfig, MimirForImageClassification, MimirForPreTraining, MimirModel
-from mimir_hf.modeling_mimir import logger as modeling_logger
-from mimir_hf.modeling_mimir import pixel_range_checked
+from mimir_hf.modeling_common import logger as modeling_logger
 from mimir_hf.mutual_information import hsic
 
 from .conftest import tiny_config
@@ -24,7 +23,7 @@ def test_presets_and_unknown_preset():
     assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads) == (384, 12, 6)
     assert config.grid_size == (16, 16) and config.layer_norm_eps == 1e-6 and config.num_labels == 10
     assert MimirConfig.from_preset("vit-large-patch16-224").num_patches == 196
-    with pytest.raises(ValueError, match="Unknown MIMIR preset 'vit-huge'.*vit-base-patch16-224"):
+    with pytest.raises(ValueError, match="preset.*vit-huge.*vit-base-patch16-224"):
         MimirConfig.from_preset("vit-huge")
 
 
@@ -81,7 +80,8 @@ def test_pretraining_outputs_and_mimir_loss(config, images):
     # the encoder reads X', the target is the clean X
     encoder_only = model.vit(adversarial, noise=noise).last_hidden_state
     torch.testing.assert_close(out.latent, encoder_only)
-    target = model.reconstruction_target(images)
+    target = model.patchify(images)
+    target = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True) + 1e-6) ** 0.5
     expected = (((out.logits - target) ** 2).mean(-1) * out.mask).sum() / out.mask.sum()
     torch.testing.assert_close(out.reconstruction_loss, expected)
     assert not torch.allclose(out.reconstruction_loss, model(adversarial, noise=noise).reconstruction_loss)
@@ -109,11 +109,14 @@ def test_save_load_round_trip_gives_equal_outputs(tmp_path, config, images, labe
     model = MimirForPreTraining(config).eval()
     model.save_pretrained(tmp_path / "pt")
     assert sorted(os.listdir(tmp_path / "pt")) == [
-        "config.json", "configuration_mimir.py", "model.safetensors", "modeling_mimir.py", "mutual_information.py"
-    ]
+        "config.json", "configuration_mimir.py", "model.safetensors", "modeling_common.py", "modeling_mimir.py",
+        "mutual_information.py", "threat_model.py",
+    ]  # fmt: skip
     reloaded = MimirForPreTraining.from_pretrained(tmp_path / "pt").eval()
     for name in ("loss", "logits", "latent"):
-        torch.testing.assert_close(getattr(model(images, noise=noise), name), getattr(reloaded(images, noise=noise), name))
+        torch.testing.assert_close(
+            getattr(model(images, noise=noise), name), getattr(reloaded(images, noise=noise), name)
+        )
 
     classifier = MimirForImageClassification(config).eval()
     classifier.save_pretrained(tmp_path / "clf")
@@ -140,15 +143,23 @@ def test_pretraining_initialises_from_a_transformers_vit_mae_checkpoint(tmp_path
     vit_mae.save_pretrained(tmp_path)
     model = MimirForPreTraining.from_pretrained(tmp_path).eval()  # its config carries over
     assert isinstance(model.config, MimirConfig)
-    for field in ("hidden_size", "num_hidden_layers", "decoder_hidden_size", "image_size", "patch_size", "layer_norm_eps"):
+    for field in (
+        "hidden_size",
+        "num_hidden_layers",
+        "decoder_hidden_size",
+        "image_size",
+        "patch_size",
+        "layer_norm_eps",
+    ):
         assert getattr(model.config, field) == getattr(vit_mae.config, field), field
     theirs = dict(vit_mae.named_parameters())
     for name, parameter in model.named_parameters():
         assert torch.equal(parameter, theirs[name]), name
     noise = torch.rand(6, config.num_patches)
     with torch.no_grad():
-        torch.testing.assert_close(model(images, noise=noise, compute_mi_loss=False).reconstruction_loss,
-                                   vit_mae(images, noise=noise).loss)
+        torch.testing.assert_close(
+            model(images, noise=noise, compute_mi_loss=False).reconstruction_loss, vit_mae(images, noise=noise).loss
+        )
 
 
 def test_classifier_loads_every_encoder_weight_of_a_pretraining_checkpoint(tmp_path, config, images):
@@ -188,17 +199,16 @@ def test_normalisation_inside_the_model_equals_normalised_inputs(images):
     plain = MimirForImageClassification(tiny_config()).eval()
     plain.load_state_dict(normalising.state_dict())
     normalised = (images - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
-    with pixel_range_checked():  # normalised values are outside [0, 1] on purpose here
-        torch.testing.assert_close(normalising(images).logits, plain(normalised).logits)
+    torch.testing.assert_close(normalising(images).logits, plain(normalised).logits)
 
 
 def test_interpolate_pos_encoding_and_size_errors(config, images):
     model = MimirForImageClassification(config).eval()
     bigger = torch.rand(2, 3, 24, 32)
     assert model(bigger, interpolate_pos_encoding=True).logits.shape == (2, 4)
-    with pytest.raises(ValueError, match="Input image size 24x32 does not match the model's 16x16"):
+    with pytest.raises(ValueError, match="24x32.*16x16"):
         model(bigger)
-    with pytest.raises(ValueError, match="has 1 channels but the model expects 3"):
+    with pytest.raises(ValueError, match="1 channels.*expects 3"):
         model(torch.rand(2, 1, 16, 16))
     with pytest.raises(ValueError, match=r"labels must be in \[0, 4\)"):
         model(images, labels=torch.tensor([0, 1, 2, 3, 4, 9]))
@@ -228,35 +238,36 @@ def test_gradient_checkpointing_gives_the_same_gradients(config, images):
         torch.testing.assert_close(a, b)
 
 
-def test_pixel_values_outside_unit_range_nan_and_the_clamp_flag(images, labels):
+def test_forward_checks_shapes_without_a_device_sync(images):
+    """The [0, 1] range is checked where images enter (processor, attacks), not in forward: forward reads no value
+    of the input, so a training step never waits on the device for a check."""
     model = MimirForImageClassification(tiny_config()).eval()
-    with pytest.raises(ValueError, match=r"pixel_values must be in \[0, 1\], got values in \[-0\.9.*clamp_pixel_values"):
-        model(images * 2 - 1)
-    with pytest.raises(ValueError, match=r"got values in \[0, 255\]"):
-        model((images * 255).round())
-    bad = images.clone()
-    bad[0, 0, 0, 0] = float("inf")
-    with pytest.raises(ValueError, match="NaN or infinite"):
-        model(bad)
-    model(images * (1 + 5e-4))  # rounding noise is tolerated
-    clamping = MimirForImageClassification(tiny_config(clamp_pixel_values=True)).eval()
-    clamping.load_state_dict(model.state_dict())
-    torch.testing.assert_close(clamping(images * 2 - 1).logits, model((images * 2 - 1).clamp(0, 1)).logits)
-    with pytest.raises(ValueError, match="NaN or infinite"):
-        clamping(bad)
+    calls = []
+    original = torch.Tensor.item
+    torch.Tensor.item = lambda self: calls.append(1) or original(self)
+    try:
+        model(images)
+    finally:
+        torch.Tensor.item = original
+    assert calls == []
+    with pytest.raises(ValueError, match="empty batch"):
+        model(images[:0])
 
 
 def test_from_pretrained_refuses_other_architectures_corrupt_files_and_half_loads(tmp_path, config):
-    bert = transformers.BertModel(transformers.BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                                          intermediate_size=64, vocab_size=50))
+    bert = transformers.BertModel(
+        transformers.BertConfig(
+            hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, vocab_size=50
+        )
+    )
     bert.save_pretrained(tmp_path / "bert")
-    with pytest.raises(ValueError, match="holds a 'bert' checkpoint.*loads MIMIR \\('mimir'\\) or ViTMAE"):
+    with pytest.raises(ValueError, match="'bert'.*'mimir'.*'vit_mae'"):
         MimirForImageClassification.from_pretrained(tmp_path / "bert")
 
     MimirForImageClassification(config).save_pretrained(tmp_path / "truncated")
     weights = tmp_path / "truncated" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
-    with pytest.raises(ValueError, match="cannot be read.*truncated or corrupt"):
+    with pytest.raises(ValueError, match="truncated or corrupt"):
         MimirForImageClassification.from_pretrained(tmp_path / "truncated")
 
     from safetensors.torch import load_file, save_file
@@ -265,5 +276,5 @@ def test_from_pretrained_refuses_other_architectures_corrupt_files_and_half_load
     state = load_file(tmp_path / "partial" / "model.safetensors")
     del state["vit.layers.1.mlp.fc2.weight"]
     save_file(state, tmp_path / "partial" / "model.safetensors", metadata={"format": "pt"})
-    with pytest.raises(ValueError, match="does not hold 1 weights.*vit.layers.1.mlp.fc2.weight.*half-loaded"):
+    with pytest.raises(ValueError, match="vit.layers.1.mlp.fc2.weight.*half-loaded"):
         MimirForImageClassification.from_pretrained(tmp_path / "partial")

@@ -46,7 +46,8 @@ def test_hsic_is_invariant_to_a_batch_permutation():
     # Exact in exact arithmetic; float32 on this ill-conditioned solve agrees to ~1e-3 (float64: ~1e-12).
     assert hsic(a[perm], b[perm]).item() == pytest.approx(hsic(a, b).item(), rel=5e-3)
     assert renyi_mutual_information(a[perm], b[perm]).item() == pytest.approx(
-        renyi_mutual_information(a, b).item(), abs=1e-3  # a difference of float32 entropies
+        renyi_mutual_information(a, b).item(),
+        abs=1e-3,  # a difference of float32 entropies
     )
 
 

@@ -25,7 +25,9 @@ def section_code(title: str) -> str:
 def test_use_a_pretrained_mimir_model_section_runs(tmp_path, monkeypatch, fake_hub):  # noqa: F811
     monkeypatch.chdir(tmp_path)
     names = [str(d) for d in range(10)]
-    config = tiny_config(num_channels=1, num_labels=10, id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
+    config = tiny_config(
+        num_channels=1, num_labels=10, id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)}
+    )
     MimirForImageClassification(config).save_pretrained("outputs/demo/finetune")
     image_processor_for(config).save_pretrained("outputs/demo/finetune")
     MimirForPreTraining(tiny_config(num_channels=1)).save_pretrained("outputs/demo/pretrain")
@@ -44,3 +46,18 @@ def test_use_a_pretrained_mimir_model_section_runs(tmp_path, monkeypatch, fake_h
     assert namespace["converted"].config.num_attention_heads == 3
     assert os.path.isfile("outputs/mimir-vit-tiny-cifar10/model.safetensors")
     assert "model.safetensors" in fake_hub.commits[-1]
+
+
+def test_released_numbers_agree_in_the_readme_and_the_family_cards():
+    """README and model_cards/<family>.md quote the authors' numbers from mimir_hf/released.py, the one table."""
+    from mimir_hf.released import RELEASED
+
+    readme = open(README).read()
+    for checkpoint in RELEASED:
+        if checkpoint.family not in ("vit", "swin"):  # the families converted so far
+            continue
+        card = open(os.path.join(os.path.dirname(README), "model_cards", f"{checkpoint.family}.md")).read()
+        pair = f"{checkpoint.natural:.2f} / {checkpoint.robust:.2f} {checkpoint.robust_attack}"
+        row = f"| {checkpoint.natural:.2f} | {checkpoint.robust:.2f} ({checkpoint.robust_attack})"
+        assert row in card, (checkpoint, "model card")
+        assert pair in readme, (checkpoint, "README")

@@ -9,12 +9,13 @@ from datasets import Dataset
 from transformers import TrainerCallback, TrainingArguments
 from transformers.testing_utils import CaptureLogger
 
-from mimir_hf import MimirForImageClassification, MimirForPreTraining
+from mimir_hf import AttackBudget, MimirForImageClassification, MimirForPreTraining
 from mimir_hf.attacks import pgd_attack
 from mimir_hf.trainer import (
     MimirAdversarialTrainer,
+    MimirAdversarialTrainingArguments,
+    MimirPreTrainingArguments,
     MimirPreTrainingTrainer,
-    MimirTrainingArguments,
     parameter_groups,
 )
 from mimir_hf.trainer import logger as trainer_logger
@@ -35,7 +36,9 @@ def dataset(n=8):
     return Dataset.from_dict({"pixel_values": images.numpy(), "labels": labels.numpy()}).with_format("torch")
 
 
-def arguments(tmp_path, **overrides):
+def arguments(tmp_path, pretraining=False, **overrides):
+    """Training arguments for the tests: `MimirPreTrainingArguments` or `MimirAdversarialTrainingArguments` (PGD-3
+    with step 4/255), no warm-up and no layer decay, so a few steps show progress."""
     fields = dict(
         output_dir=str(tmp_path),
         per_device_train_batch_size=8,
@@ -46,12 +49,18 @@ def arguments(tmp_path, **overrides):
         report_to=[],
         seed=0,
         use_cpu=True,
-        adversarial_steps=3,
-        adversarial_step_size=4 / 255,
         disable_tqdm=True,
+        warmup_steps=0,
+        layer_decay=1.0,
     )
+    if not pretraining:
+        fields.update(adversarial_steps=3, adversarial_step_size=4 / 255)
     fields.update(overrides)
-    return MimirTrainingArguments(**fields)
+    return (MimirPreTrainingArguments if pretraining else MimirAdversarialTrainingArguments)(**fields)
+
+
+def arguments_for(trainer_class, tmp_path, **overrides):
+    return arguments(tmp_path, pretraining=trainer_class is MimirPreTrainingTrainer, **overrides)
 
 
 def test_pretraining_trainer_logs_its_parts_and_lowers_the_loss(tmp_path):
@@ -61,7 +70,7 @@ def test_pretraining_trainer_logs_its_parts_and_lowers_the_loss(tmp_path):
     noise = torch.rand(8, config.num_patches, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         before = model.eval()(images, noise=noise).reconstruction_loss
-    trainer = MimirPreTrainingTrainer(model=model, args=arguments(tmp_path), train_dataset=dataset())
+    trainer = MimirPreTrainingTrainer(model=model, args=arguments(tmp_path, True), train_dataset=dataset())
     trainer.train()
     with torch.no_grad():
         after = model.eval()(images, noise=noise).reconstruction_loss
@@ -82,7 +91,8 @@ def test_adversarial_trainer_lowers_the_robust_loss(tmp_path, method):
 
     def robust_loss():
         model.eval()
-        adversarial = pgd_attack(model, images, labels, 8 / 255, 4 / 255, 3, generator=torch.Generator().manual_seed(2))
+        budget = AttackBudget(8 / 255, 4 / 255, 3)
+        adversarial = pgd_attack(model, images, labels, budget, generator=torch.Generator().manual_seed(2))
         with torch.no_grad():
             return F.cross_entropy(model(adversarial).logits, labels)
 
@@ -104,7 +114,7 @@ def test_evaluate_runs_the_attack_under_no_grad(tmp_path):
     trainer = MimirAdversarialTrainer(model=model, args=arguments(tmp_path), eval_dataset=dataset())
     metrics = trainer.evaluate()
     assert {"eval_loss", "eval_adversarial_accuracy"} <= set(metrics)
-    assert 0 <= metrics["eval_adversarial_accuracy"] <= 1
+    assert 0 <= metrics["eval_adversarial_accuracy"] <= 100  # in %, like every accuracy mimir_hf reports
 
 
 def test_gradient_accumulation_gives_the_same_update(tmp_path):
@@ -112,8 +122,12 @@ def test_gradient_accumulation_gives_the_same_update(tmp_path):
         torch.manual_seed(0)
         model = MimirForImageClassification(tiny_config())
         args = arguments(
-            tmp_path, per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation,
-            num_train_epochs=1, adversarial_method="none", learning_rate=1e-2,
+            tmp_path,
+            per_device_train_batch_size=batch,
+            gradient_accumulation_steps=accumulation,
+            num_train_epochs=1,
+            adversarial_method="none",
+            learning_rate=1e-2,
         )
         MimirAdversarialTrainer(model=model, args=args, train_dataset=dataset()).train()
         return model.state_dict()
@@ -145,17 +159,26 @@ def test_optimizer_groups_layer_decay_and_no_weight_decay():
 
 
 def test_bad_training_arguments_are_clear_errors(tmp_path):
-    with pytest.raises(ValueError, match="adversarial_method must be one of"):
+    with pytest.raises(ValueError, match="adversarial_method.*pgd"):
         arguments(tmp_path, adversarial_method="fast")
-    with pytest.raises(ValueError, match="adversarial_epsilon must be in"):
+    with pytest.raises(ValueError, match="adversarial_epsilon.*\\[0, 1\\]"):
         arguments(tmp_path, adversarial_epsilon=2.0)
-    with pytest.raises(ValueError, match="adversarial_steps must be an integer >= 1"):
+    with pytest.raises(ValueError, match="adversarial_steps.*integer >= 1"):
         arguments(tmp_path, adversarial_steps=0)
-    with pytest.raises(TypeError, match="needs MimirTrainingArguments"):
+    with pytest.raises(TypeError, match="takes MimirAdversarialTrainingArguments"):
         MimirAdversarialTrainer(
             model=MimirForImageClassification(tiny_config()),
             args=TrainingArguments(output_dir=str(tmp_path), report_to=[]),
         )
+
+
+def test_pretraining_trainer_refuses_adversarial_arguments_it_would_ignore(tmp_path):
+    """One arguments class per trainer: MimirPreTrainingTrainer has no adversarial_* fields to ignore silently."""
+    with pytest.raises(TypeError, match="takes MimirPreTrainingArguments.*adversarial_method"):
+        MimirPreTrainingTrainer(model=MimirForPreTraining(tiny_config()), args=arguments(tmp_path))
+    assert not hasattr(arguments(tmp_path, True), "adversarial_epsilon")
+    with pytest.raises(TypeError):
+        MimirPreTrainingArguments(output_dir=str(tmp_path), adversarial_epsilon=4 / 255)
 
 
 def dtypes_seen_by(model):
@@ -185,7 +208,9 @@ def test_both_trainers_train_under_mixed_precision(tmp_path, trainer_class, mode
     torch.manual_seed(0)
     model = model_class(tiny_config())
     seen = dtypes_seen_by(model)
-    trainer = trainer_class(model=model, args=arguments(tmp_path, **{precision: True}), train_dataset=dataset())
+    trainer = trainer_class(
+        model=model, args=arguments_for(trainer_class, tmp_path, **{precision: True}), train_dataset=dataset()
+    )
     if precision == "fp16":
         with_grad_scaler(trainer)
     trainer.train()
@@ -199,8 +224,9 @@ def test_fp16_on_cpu_warns_that_it_trains_in_fp32(tmp_path):
     model = MimirForImageClassification(tiny_config())
     seen = dtypes_seen_by(model)
     with CaptureLogger(trainer_logger) as captured:
-        trainer = MimirAdversarialTrainer(model=model, args=arguments(tmp_path, fp16=True, max_steps=1),
-                                          train_dataset=dataset())
+        trainer = MimirAdversarialTrainer(
+            model=model, args=arguments(tmp_path, fp16=True, max_steps=1), train_dataset=dataset()
+        )
     assert "fp16=True has no effect on 'cpu'" in captured.out and "bf16=True" in captured.out
     trainer.train()
     assert set(seen) == {torch.float32}
@@ -218,10 +244,10 @@ def test_resume_from_checkpoint_reaches_the_same_weights(tmp_path):
     def run(output_dir, callbacks=(), resume=None):
         torch.manual_seed(0)
         model = MimirForPreTraining(tiny_config())
-        args = arguments(output_dir, max_steps=4, per_device_train_batch_size=4, save_strategy="steps", save_steps=2)
-        trainer = MimirPreTrainingTrainer(
-            model=model, args=args, train_dataset=dataset(16), callbacks=list(callbacks)
+        args = arguments(
+            output_dir, True, max_steps=4, per_device_train_batch_size=4, save_strategy="steps", save_steps=2
         )
+        trainer = MimirPreTrainingTrainer(model=model, args=args, train_dataset=dataset(16), callbacks=list(callbacks))
         trainer.train(resume_from_checkpoint=resume)
         return model.state_dict()
 
@@ -233,13 +259,17 @@ def test_resume_from_checkpoint_reaches_the_same_weights(tmp_path):
         torch.testing.assert_close(straight[name], resumed[name], msg=name)
 
 
-@pytest.mark.parametrize("model_class, trainer_class", [(MimirForPreTraining, MimirPreTrainingTrainer),
-                                                        (MimirForImageClassification, MimirAdversarialTrainer)])
+@pytest.mark.parametrize(
+    "model_class, trainer_class",
+    [(MimirForPreTraining, MimirPreTrainingTrainer), (MimirForImageClassification, MimirAdversarialTrainer)],
+)
 def test_gradient_checkpointing_through_training_arguments_gives_the_same_weights(tmp_path, model_class, trainer_class):
     def train(checkpointing):
         torch.manual_seed(0)
         model = model_class(tiny_config(drop_path_rate=0.1))
-        args = arguments(tmp_path, max_steps=3, per_device_train_batch_size=4, gradient_checkpointing=checkpointing)
+        args = arguments_for(
+            trainer_class, tmp_path, max_steps=3, per_device_train_batch_size=4, gradient_checkpointing=checkpointing
+        )
         trainer_class(model=model, args=args, train_dataset=dataset()).train()
         assert model.is_gradient_checkpointing == checkpointing
         return model.state_dict()
@@ -293,8 +323,11 @@ def test_a_nonfinite_loss_skips_its_step_and_training_goes_on(tmp_path, fp16_sca
 def test_too_many_nonfinite_losses_in_a_row_stop_training_with_a_message(tmp_path):
     model = MimirForImageClassification(tiny_config())
     FlakyTrainer.nan_steps = {1, 2, 3, 4, 5, 6, 7}
-    trainer = FlakyTrainer(model=model, args=arguments(tmp_path, max_steps=20, per_device_train_batch_size=4,
-                                                       max_consecutive_nonfinite=3), train_dataset=dataset())
+    trainer = FlakyTrainer(
+        model=model,
+        args=arguments(tmp_path, max_steps=20, per_device_train_batch_size=4, max_consecutive_nonfinite=3),
+        train_dataset=dataset(),
+    )
     trainer.train()
     assert trainer.state.global_step == 4
     assert "after 3 non-finite losses in a row" in trainer.nonfinite_stop
@@ -304,8 +337,11 @@ def test_too_many_nonfinite_losses_in_a_row_stop_training_with_a_message(tmp_pat
 def test_same_seed_same_pretraining_loss_curve(tmp_path):
     def curve():
         torch.manual_seed(0)
-        trainer = MimirPreTrainingTrainer(model=MimirForPreTraining(tiny_config()), args=arguments(
-            tmp_path, max_steps=4, per_device_train_batch_size=4, logging_steps=1), train_dataset=dataset())
+        trainer = MimirPreTrainingTrainer(
+            model=MimirForPreTraining(tiny_config()),
+            args=arguments(tmp_path, True, max_steps=4, per_device_train_batch_size=4, logging_steps=1),
+            train_dataset=dataset(),
+        )
         trainer.train()
         return [(e["loss"], e["mi_loss"]) for e in trainer.state.log_history if "loss" in e]
 

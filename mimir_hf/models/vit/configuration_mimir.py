@@ -1,4 +1,4 @@
-"""MIMIR model configuration: one config for the MAE encoder/decoder, the classifier head and MIMIR's knobs."""
+"""MIMIR ViT configuration: one config for the MAE encoder/decoder, the classifier head and MIMIR's knobs."""
 
 from __future__ import annotations
 
@@ -6,6 +6,9 @@ import math
 
 from huggingface_hub.dataclasses import strict
 from transformers import PretrainedConfig
+
+from ...mutual_information import DEFAULT_MI_ALPHA, DEFAULT_MI_SIGMA, DEFAULT_MI_WEIGHT
+from ...threat_model import PRETRAINING_ATTACK, AttackBudget, check_budget
 
 MI_ESTIMATORS = ("hsic", "renyi", "none")
 CLASSIFIER_POOLINGS = ("mean", "cls")
@@ -44,7 +47,8 @@ class MimirConfig(PretrainedConfig):
     "recommended" light decoder. Field names follow `transformers.ViTMAEConfig` where the concept is the same.
 
     Pixel values given to every MIMIR model are in [0, 1]; `image_mean`/`image_std`, when set, are applied inside the
-    model, so every attack budget (`attack_epsilon`, ...) is in pixel units.
+    model, so every attack budget (`attack_epsilon`, ...) is in pixel units. The model checks the input's shape; its
+    range is checked where images enter (the image processor, the attacks), not in `forward`.
 
     Args:
         image_size (`int` or `tuple[int, int]`, defaults to 224):
@@ -97,10 +101,6 @@ class MimirConfig(PretrainedConfig):
             Per-channel mean subtracted inside the model. `None` feeds [0, 1] pixels to the patch embedding.
         image_std (`list[float]`, *optional*):
             Per-channel standard deviation divided out inside the model; set together with `image_mean`.
-        clamp_pixel_values (`bool`, defaults to `False`):
-            What the models do with pixel values outside [0, 1] beyond rounding (1e-3): `False` raises a
-            `ValueError` (usually a sign of normalised or 0-255 inputs), `True` clamps them into [0, 1]. NaN or
-            infinite pixels always raise.
         attack_epsilon (`float`, defaults to 8/255):
             L-inf radius of the pre-training attack, in [0, 1] pixel units.
         attack_step_size (`float`, defaults to 10/255):
@@ -154,15 +154,14 @@ class MimirConfig(PretrainedConfig):
     label_smoothing: float | int = 0.1
     image_mean: list[float] | tuple[float, ...] | None = None
     image_std: list[float] | tuple[float, ...] | None = None
-    clamp_pixel_values: bool = False
-    attack_epsilon: float | int = 8 / 255
-    attack_step_size: float | int = 10 / 255
-    attack_steps: int = 1
-    attack_random_start: bool = True
+    attack_epsilon: float | int = PRETRAINING_ATTACK.epsilon
+    attack_step_size: float | int = PRETRAINING_ATTACK.step_size
+    attack_steps: int = PRETRAINING_ATTACK.steps
+    attack_random_start: bool = PRETRAINING_ATTACK.random_start
     mi_estimator: str = "hsic"
-    mi_weight: float | int = 1e-5
-    mi_sigma: float | int = 5.0
-    mi_alpha: float | int = 1.01
+    mi_weight: float | int = DEFAULT_MI_WEIGHT
+    mi_sigma: float | int = DEFAULT_MI_SIGMA
+    mi_alpha: float | int = DEFAULT_MI_ALPHA
 
     def validate_architecture(self):
         """Checks run by `@strict` at construction: each names the field, the value and what is expected."""
@@ -180,7 +179,9 @@ class MimirConfig(PretrainedConfig):
         if not 0 <= self.mask_ratio < 1:
             raise ValueError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}.")
         if self.classifier_pooling not in CLASSIFIER_POOLINGS:
-            raise ValueError(f"classifier_pooling must be one of {CLASSIFIER_POOLINGS}, got {self.classifier_pooling!r}.")
+            raise ValueError(
+                f"classifier_pooling must be one of {CLASSIFIER_POOLINGS}, got {self.classifier_pooling!r}."
+            )
         if self.mi_estimator not in MI_ESTIMATORS:
             raise ValueError(f"mi_estimator must be one of {MI_ESTIMATORS}, got {self.mi_estimator!r}.")
         if not 0 <= self.label_smoothing < 1:
@@ -191,7 +192,7 @@ class MimirConfig(PretrainedConfig):
             raise ValueError(f"mi_weight must be >= 0 and mi_sigma > 0, got {self.mi_weight} and {self.mi_sigma}.")
         if self.mi_alpha <= 0 or self.mi_alpha == 1:
             raise ValueError(f"mi_alpha must be > 0 and != 1, got {self.mi_alpha}.")
-        check_attack_budget(self.attack_epsilon, self.attack_step_size, self.attack_steps, prefix="attack_")
+        check_budget(self.attack_epsilon, self.attack_step_size, self.attack_steps, prefix="attack_")
         if (self.image_mean is None) != (self.image_std is None):
             raise ValueError("image_mean and image_std must be set together (or both left None).")
         if self.image_mean is not None:
@@ -202,6 +203,11 @@ class MimirConfig(PretrainedConfig):
                 )
             if min(self.image_std) <= 0:
                 raise ValueError(f"image_std must be positive, got {list(self.image_std)}.")
+
+    @property
+    def attack_budget(self) -> AttackBudget:
+        """The pre-training attack (`attack_epsilon`, `attack_step_size`, `attack_steps`, `attack_random_start`)."""
+        return AttackBudget(self.attack_epsilon, self.attack_step_size, self.attack_steps, self.attack_random_start)
 
     @property
     def image_size_hw(self) -> tuple[int, int]:
@@ -222,7 +228,7 @@ class MimirConfig(PretrainedConfig):
         return math.prod(self.grid_size)
 
     @classmethod
-    def from_preset(cls, name: str, **kwargs) -> "MimirConfig":
+    def from_preset(cls, name: str, **kwargs) -> MimirConfig:
         """A config for one of the paper's shapes, e.g. `"vit-small-patch2-32"` or `"vit-base-patch16-224"`.
 
         Keyword arguments override the preset's fields (and set any other field).
@@ -230,16 +236,6 @@ class MimirConfig(PretrainedConfig):
         if name not in PRESETS:
             raise ValueError(f"Unknown MIMIR preset {name!r}. Available presets: {', '.join(sorted(PRESETS))}.")
         return cls(**{**PRESETS[name], **kwargs})
-
-
-def check_attack_budget(epsilon: float, step_size: float, steps: int, prefix: str = "") -> None:
-    """Raise a `ValueError` naming the argument when an L-inf attack budget is not usable."""
-    if not 0 <= epsilon <= 1:
-        raise ValueError(f"{prefix}epsilon must be in [0, 1] (pixel units, e.g. 8/255), got {epsilon}.")
-    if not step_size > 0:
-        raise ValueError(f"{prefix}step_size must be > 0, got {step_size}.")
-    if int(steps) != steps or steps < 1:
-        raise ValueError(f"{prefix}steps must be an integer >= 1, got {steps}.")
 
 
 __all__ = ["MimirConfig", "PRESETS"]

@@ -1,4 +1,4 @@
-"""MIMIR models: the adversarial MAE of pre-training and the ViT classifier of fine-tuning, built on transformers' ViTMAE.
+"""MIMIR ViT models: the adversarial MAE of pre-training and the classifier of fine-tuning, on transformers' ViTMAE.
 
 Read top to bottom: embeddings -> layer -> encoder / decoder -> `MimirPreTrainedModel` -> `MimirForPreTraining`,
 `MimirForImageClassification`. Pixel values are in [0, 1]; the optional per-channel normalisation of the config is
@@ -12,15 +12,11 @@ Parameter names are those of transformers' ViTMAE modules (`vit.embeddings...`, 
 
 from __future__ import annotations
 
-import math
-from contextlib import contextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
-from safetensors import SafetensorError
 from torch import nn
-from transformers import PretrainedConfig, PreTrainedModel
+from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import ImageClassifierOutput
 from transformers.models.vit_mae.modeling_vit_mae import (
@@ -29,13 +25,22 @@ from transformers.models.vit_mae.modeling_vit_mae import (
     ViTMAELayer,
     build_2d_sinusoidal_position_embedding,
 )
-from transformers.utils import ModelOutput, logging
+from transformers.utils import ModelOutput
 
+from ...modeling_common import (
+    DropPath,
+    MimirForPreTrainingOutput,
+    MimirLoadingMixin,
+    PixelNormalisation,
+    check_pixel_values,
+    classification_loss,
+    masked_reconstruction_loss,
+    patchify,
+    reconstruction_target,
+    unpatchify,
+)
+from ...mutual_information import mutual_information
 from .configuration_mimir import MimirConfig
-from .mutual_information import mutual_information
-
-logger = logging.get_logger(__name__)
-_HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "proxies", "revision", "subfolder", "token")
 
 # ViTMAE's on-disk key layout -> module names (applied when loading only; regexes, in order).
 VIT_MAE_KEY_MAPPING = {
@@ -71,41 +76,6 @@ class MimirModelOutput(ModelOutput):
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
 
 
-@dataclass
-class MimirForPreTrainingOutput(ModelOutput):
-    """
-    Output of `MimirForPreTraining`.
-
-    Args:
-        loss (`torch.FloatTensor` of shape `()`):
-            MIMIR's loss, `reconstruction_loss + mi_weight * mi_loss` (just the reconstruction loss without MI term).
-        reconstruction_loss (`torch.FloatTensor` of shape `()`):
-            MSE on the masked patches between the prediction and the clean target (per-patch normalised when
-            `config.norm_pix_loss`).
-        mi_loss (`torch.FloatTensor` of shape `()`, *optional*):
-            The I(X'; Z) estimate between the encoder input X' and its output tokens Z; `None` when not computed.
-        logits (`torch.FloatTensor` of shape `(batch_size, num_patches, patch_size**2 * num_channels)`):
-            Predicted pixels of every patch.
-        mask (`torch.FloatTensor` of shape `(batch_size, num_patches)`):
-            0 for a visible patch, 1 for a masked one.
-        ids_restore (`torch.LongTensor` of shape `(batch_size, num_patches)`):
-            Permutation that puts the shuffled tokens back in patch order.
-        latent (`torch.FloatTensor` of shape `(batch_size, 1 + num_kept_patches, hidden_size)`):
-            The encoder tokens Z used for the MI term.
-        hidden_states (`tuple(torch.FloatTensor)`, *optional*):
-            Encoder hidden states, when asked for.
-    """
-
-    loss: torch.FloatTensor | None = None
-    reconstruction_loss: torch.FloatTensor | None = None
-    mi_loss: torch.FloatTensor | None = None
-    logits: torch.FloatTensor | None = None
-    mask: torch.FloatTensor | None = None
-    ids_restore: torch.LongTensor | None = None
-    latent: torch.FloatTensor | None = None
-    hidden_states: tuple[torch.FloatTensor, ...] | None = None
-
-
 def sincos_position_embedding(grid_size: tuple[int, int], dim: int) -> torch.Tensor:
     """Fixed 2-D sin-cos embedding with a zero CLS row, in MAE's layout (w-half first). Shape [1, 1 + h*w, dim]."""
     embedding = build_2d_sinusoidal_position_embedding(*grid_size, embed_dim=dim, cls_token=True)
@@ -119,16 +89,12 @@ class MimirEmbeddings(ViTMAEEmbeddings):
     def __init__(self, config: MimirConfig):
         super().__init__(config)
         self.grid_size = config.grid_size
-        self.image_size = config.image_size_hw
-        # Derived from the config, not saved; (re)filled by `initialize_weights`, which also runs after loading.
-        self.register_buffer("pixel_mean", torch.zeros(1, config.num_channels, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.ones(1, config.num_channels, 1, 1), persistent=False)
+        self.normalisation = PixelNormalisation(config.num_channels, config.image_mean, config.image_std)
 
     def initialize_weights(self):
-        mean, std = self.config.image_mean, self.config.image_std
-        init.copy_(self.pixel_mean, torch.tensor(mean if mean is not None else [0.0] * len(self.pixel_mean[0])).view_as(self.pixel_mean))
-        init.copy_(self.pixel_std, torch.tensor(std if std is not None else [1.0] * len(self.pixel_std[0])).view_as(self.pixel_std))
-        init.copy_(self.position_embeddings, sincos_position_embedding(self.grid_size, self.position_embeddings.shape[-1]))
+        init.copy_(
+            self.position_embeddings, sincos_position_embedding(self.grid_size, self.position_embeddings.shape[-1])
+        )
         weight = self.patch_embeddings.projection.weight  # initialised like an nn.Linear, as in MAE
         if not getattr(weight, "_is_hf_initialized", False):
             nn.init.xavier_uniform_(weight.view(weight.shape[0], -1))
@@ -152,10 +118,12 @@ class MimirEmbeddings(ViTMAEEmbeddings):
         interpolate_pos_encoding: bool = False,
         apply_masking: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        check_pixel_values(pixel_values, self.config, interpolate_pos_encoding)
-        pixel_values = check_pixel_range(pixel_values, self.config.clamp_pixel_values)
+        config = self.config
+        check_pixel_values(
+            pixel_values, config.num_channels, config.image_size_hw, config.patch_size, interpolate_pos_encoding
+        )
         height, width = pixel_values.shape[-2:]
-        pixel_values = (pixel_values - self.pixel_mean) / self.pixel_std
+        pixel_values = self.normalisation(pixel_values)
         embeddings = self.patch_embeddings(pixel_values.to(self.patch_embeddings.projection.weight.dtype))
         if interpolate_pos_encoding:
             position_embeddings = self.interpolate_pos_encoding(embeddings, height, width)
@@ -169,89 +137,16 @@ class MimirEmbeddings(ViTMAEEmbeddings):
         return torch.cat([cls_tokens, embeddings], dim=1), mask, ids_restore
 
 
-def check_pixel_values(pixel_values: torch.Tensor, config: MimirConfig, interpolate_pos_encoding: bool = False) -> None:
-    """Raise a `ValueError` that says what is expected when `pixel_values` cannot be fed to a MIMIR model."""
-    if not isinstance(pixel_values, torch.Tensor) or pixel_values.dim() != 4:
-        shape = tuple(pixel_values.shape) if isinstance(pixel_values, torch.Tensor) else type(pixel_values).__name__
-        raise ValueError(f"pixel_values must be a 4-D tensor (batch, channels, height, width), got {shape}.")
-    if pixel_values.shape[1] != config.num_channels:
-        raise ValueError(
-            f"pixel_values has {pixel_values.shape[1]} channels but the model expects {config.num_channels} "
-            f"(shape {tuple(pixel_values.shape)})."
-        )
-    height, width = pixel_values.shape[-2:]
-    if interpolate_pos_encoding:
-        if height % config.patch_size or width % config.patch_size:
-            raise ValueError(
-                f"With interpolate_pos_encoding the image sides must be multiples of patch_size {config.patch_size}, "
-                f"got {height}x{width}."
-            )
-    elif (height, width) != config.image_size_hw:
-        expected = "x".join(map(str, config.image_size_hw))
-        raise ValueError(
-            f"Input image size {height}x{width} does not match the model's {expected}; resize the images or pass "
-            "interpolate_pos_encoding=True."
-        )
-
-
-PIXEL_TOLERANCE = 1e-3
-_range_checked = ContextVar("mimir_pixel_range_checked", default=False)
-
-
-@contextmanager
-def pixel_range_checked():
-    """Inside, models skip the [0, 1] check of their inputs: for callers that checked once and keep the range (the
-    attack engine projects every step into [0, 1]), sparing a host-device sync per forward pass."""
-    token = _range_checked.set(True)
-    try:
-        yield
-    finally:
-        _range_checked.reset(token)
-
-
-def check_pixel_range(pixel_values: torch.Tensor, clamp: bool = False) -> torch.Tensor:
-    """`pixel_values`, checked to be finite and in [0, 1] (up to 1e-3); clamped into [0, 1] instead when `clamp`."""
-    if _range_checked.get():
-        return pixel_values
-    low, high = (float(v) for v in torch.aminmax(pixel_values.detach().float()))
-    if not (math.isfinite(low) and math.isfinite(high)):
-        raise ValueError("pixel_values hold NaN or infinite values; expected finite pixels in [0, 1].")
-    if low < -PIXEL_TOLERANCE or high > 1 + PIXEL_TOLERANCE:
-        if clamp:
-            return pixel_values.clamp(0.0, 1.0)
-        raise ValueError(
-            f"pixel_values must be in [0, 1], got values in [{low:.4g}, {high:.4g}]. Feed un-normalised pixels (any "
-            "normalisation belongs in config.image_mean / image_std), or set config.clamp_pixel_values=True to clamp."
-        )
-    return pixel_values
-
-
-class MimirDropPath(nn.Module):
-    """Stochastic depth: drops a sample's whole residual branch with probability `rate` in training."""
-
-    def __init__(self, rate: float):
-        super().__init__()
-        self.rate = rate
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.rate == 0.0 or not self.training:
-            return x
-        keep = 1.0 - self.rate
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
-        return x * mask / keep
-
-    def extra_repr(self) -> str:
-        return f"rate={self.rate}"
-
-
 class MimirLayer(ViTMAELayer):
     """A ViTMAE pre-norm transformer layer with stochastic depth on both residual branches."""
 
     def __init__(self, config: MimirConfig, drop_path_rate: float = 0.0):
         super().__init__(config)
-        self.drop_path = MimirDropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
+        self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
 
-    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+    def forward(
+        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
+    ) -> torch.Tensor:
         attention_output, _ = self.attention(self.layernorm_before(hidden_states), attention_mask, **kwargs)
         hidden_states = hidden_states + self.drop_path(self.dropout(attention_output))
         mlp_output = self.mlp(self.layernorm_after(hidden_states))
@@ -270,7 +165,7 @@ class MimirDecoder(ViTMAEDecoder):
         init.normal_(self.mask_token, std=self.config.initializer_range)
 
 
-class MimirPreTrainedModel(PreTrainedModel):
+class MimirPreTrainedModel(MimirLoadingMixin, PreTrainedModel):
     config_class = MimirConfig
     config: MimirConfig
     base_model_prefix = "vit"
@@ -285,56 +180,13 @@ class MimirPreTrainedModel(PreTrainedModel):
     # Losses are batch means: Trainer must divide them by the gradient-accumulation steps itself.
     accepts_loss_kwargs = False
 
-    # Weights a checkpoint may lack for this class (initialised afresh, said in one log line); any other missing
-    # weight is an error: a half-loaded model must not go unnoticed.
-    _new_weights_allowed: tuple[str, ...] = ()
     _loadable_model_types = ("mimir", "vit_mae")
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        """`PreTrainedModel.from_pretrained` with MIMIR's checks.
-
-        Reads MIMIR and transformers ViTMAE checkpoints (the latter's on-disk key layout included); refuses other
-        architectures, unreadable weight files and checkpoints that leave weights other than
-        `_new_weights_allowed` uninitialised, each with a `ValueError` that says what was wrong.
-        """
-        path = pretrained_model_name_or_path
-        if not isinstance(kwargs.get("config"), PretrainedConfig):
-            hub_kwargs = {k: kwargs[k] for k in _HUB_KWARGS if k in kwargs}
-            config_dict, _ = PretrainedConfig.get_config_dict(path, **hub_kwargs)
-            model_type = config_dict.get("model_type")
-            if model_type not in cls._loadable_model_types:
-                raise ValueError(
-                    f"{path} holds a {model_type!r} checkpoint ({', '.join(config_dict.get('architectures') or [])}); "
-                    f"{cls.__name__} loads MIMIR ('mimir') or ViTMAE ('vit_mae') checkpoints. The authors' .pth files "
-                    "convert with `python -m mimir_hf.convert`."
-                )
-        kwargs.setdefault("key_mapping", VIT_MAE_KEY_MAPPING)
-        wants_info = kwargs.pop("output_loading_info", False)
-        try:
-            model, info = super().from_pretrained(path, *args, output_loading_info=True, **kwargs)
-        except SafetensorError as error:
-            raise ValueError(
-                f"The weights file in {path} cannot be read ({error}): it is truncated or corrupt. Download or save it "
-                "again."
-            ) from None
-        missing = sorted(info["missing_keys"])
-        unexplained = [key for key in missing if not key.startswith(cls._new_weights_allowed)]
-        if unexplained:
-            raise ValueError(
-                f"{path} does not hold {len(unexplained)} weights {cls.__name__} needs (e.g. {unexplained[:6]}); "
-                "refusing to return a half-loaded model. Is it a checkpoint of another shape or model?"
-            )
-        if missing:
-            new = sorted({key.rsplit(".", 1)[0] for key in missing})
-            logger.warning(
-                f"{cls.__name__} loaded {len(model.state_dict()) - len(missing)} tensors from {path} and newly "
-                f"initialised {', '.join(new)}; unused checkpoint weights (a pre-training decoder, the encoder's "
-                "final norm under mean pooling) were dropped."
-            )
-        else:
-            logger.info(f"{cls.__name__} loaded all {len(model.state_dict())} tensors from {path}.")
-        return (model, info) if wants_info else model
+    _checkpoint_key_mapping = VIT_MAE_KEY_MAPPING
+    _auto_classes = {
+        "AutoModel": "MimirModel",
+        "AutoModelForPreTraining": "MimirForPreTraining",
+        "AutoModelForImageClassification": "MimirForImageClassification",
+    }
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -347,6 +199,8 @@ class MimirPreTrainedModel(PreTrainedModel):
             super()._init_weights(module)
         if isinstance(module, (MimirEmbeddings, MimirDecoder)):
             module.initialize_weights()
+        if isinstance(module, PixelNormalisation):
+            module.reset()
 
 
 class MimirModel(MimirPreTrainedModel):
@@ -361,7 +215,9 @@ class MimirModel(MimirPreTrainedModel):
         self.embeddings = MimirEmbeddings(config)
         rates = torch.linspace(0, config.drop_path_rate, config.num_hidden_layers).tolist()
         self.layers = nn.ModuleList([MimirLayer(config, rate) for rate in rates])
-        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if use_final_norm else nn.Identity()
+        self.layernorm = (
+            nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if use_final_norm else nn.Identity()
+        )
         self.post_init()
 
     def forward(
@@ -412,25 +268,12 @@ class MimirForPreTraining(MimirPreTrainedModel):
         self.post_init()
 
     def patchify(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """`[B, C, H, W]` -> `[B, num_patches, patch_size**2 * C]`, patches row-major, pixels (p, q, c)-ordered."""
-        batch_size, channels, height, width = pixel_values.shape
-        p = self.config.patch_size
-        patches = pixel_values.reshape(batch_size, channels, height // p, p, width // p, p)
-        return patches.permute(0, 2, 4, 3, 5, 1).reshape(batch_size, (height // p) * (width // p), p * p * channels)
+        """`[B, C, H, W]` -> `[B, num_patches, patch_size**2 * C]` (MAE's layout)."""
+        return patchify(pixel_values, self.config.patch_size)
 
     def unpatchify(self, patches: torch.Tensor) -> torch.Tensor:
         """Inverse of `patchify` at the config's image size."""
-        (rows, columns), p, channels = self.config.grid_size, self.config.patch_size, self.config.num_channels
-        images = patches.reshape(patches.shape[0], rows, columns, p, p, channels)
-        return images.permute(0, 5, 1, 3, 2, 4).reshape(patches.shape[0], channels, rows * p, columns * p)
-
-    def reconstruction_target(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Patchified clean pixels, per-patch normalised (mean 0, var 1, eps 1e-6) when `config.norm_pix_loss`."""
-        target = self.patchify(pixel_values.float())
-        if self.config.norm_pix_loss:
-            mean, var = target.mean(dim=-1, keepdim=True), target.var(dim=-1, keepdim=True)
-            target = (target - mean) / (var + 1.0e-6) ** 0.5
-        return target
+        return unpatchify(patches, self.config.grid_size, self.config.patch_size, self.config.num_channels)
 
     def forward(
         self,
@@ -461,8 +304,8 @@ class MimirForPreTraining(MimirPreTrainedModel):
         logits = self.decoder(latent, outputs.ids_restore).logits
 
         # Reconstruction of the clean image from the adversarial view, on masked patches only, in float32.
-        per_patch = (logits.float() - self.reconstruction_target(pixel_values)).pow(2).mean(dim=-1)
-        reconstruction_loss = (per_patch * mask).sum() / mask.sum()
+        target = reconstruction_target(pixel_values, self.config.patch_size, self.config.norm_pix_loss)
+        reconstruction_loss = masked_reconstruction_loss(logits, target, mask)
 
         if compute_mi_loss is None:
             compute_mi_loss = self.config.mi_estimator != "none"
@@ -532,34 +375,15 @@ class MimirForImageClassification(MimirPreTrainedModel):
         r"""
         pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
             Images in [0, 1].
-        labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
-            Class indices in `[0, config.num_labels)`; the loss is label-smoothed by `config.label_smoothing`.
+        labels (`torch.LongTensor` of shape `(batch_size,)`, or `torch.FloatTensor` `(batch_size, num_labels)`):
+            Class indices in `[0, config.num_labels)`, or soft targets (mixup/cutmix); the loss is label-smoothed
+            by `config.label_smoothing`.
         """
         logits = self.classifier(self.features(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding))
         loss = None
         if labels is not None:
-            check_labels(labels, self.config.num_labels)
-            loss = nn.functional.cross_entropy(
-                logits.float(), labels.to(logits.device), label_smoothing=self.config.label_smoothing
-            )
+            loss = classification_loss(logits, labels, self.config.num_labels, self.config.label_smoothing)
         return ImageClassifierOutput(loss=loss, logits=logits)
-
-
-def check_labels(labels: torch.Tensor, num_labels: int) -> None:
-    """Raise a `ValueError` naming the bad values when a label is not a class index of the model."""
-    if labels.dtype.is_floating_point or labels.dim() != 1:
-        raise ValueError(f"labels must be a 1-D tensor of class indices, got dtype {labels.dtype}, shape {tuple(labels.shape)}.")
-    bad = labels[(labels < 0) | (labels >= num_labels)]
-    if bad.numel():
-        raise ValueError(f"labels must be in [0, {num_labels}) (config.num_labels), got {sorted(set(bad.tolist()))}.")
-
-
-# `save_pretrained` writes `auto_map` and copies this file, the config file and mutual_information.py, so a saved
-# model loads with `trust_remote_code=True` where mimir_hf is not installed.
-MimirConfig.register_for_auto_class()
-MimirModel.register_for_auto_class("AutoModel")
-MimirForPreTraining.register_for_auto_class("AutoModelForPreTraining")
-MimirForImageClassification.register_for_auto_class("AutoModelForImageClassification")
 
 
 __all__ = [

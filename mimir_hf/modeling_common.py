@@ -1,0 +1,343 @@
+"""What every MIMIR model family shares: input checks, stochastic depth, the MAE loss pieces, the pre-training output,
+and `MimirLoadingMixin` (safe `from_pretrained`, and `save_pretrained` folders that carry their own code).
+
+Model families live in `mimir_hf/models/<family>/`; their configuration and modelling files import from here and from
+`mutual_information.py` / `threat_model.py`. `save_pretrained` copies those files, flattened into one folder with
+their relative imports rewritten, so a saved model loads with `trust_remote_code=True` where mimir_hf is not
+installed (transformers' own code copying only follows `from .x import` within one folder).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import sys
+from dataclasses import dataclass
+
+import torch
+from safetensors import SafetensorError
+from torch import nn
+from transformers import PretrainedConfig
+from transformers.utils import ModelOutput, logging
+
+logger = logging.get_logger(__name__)
+_HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "proxies", "revision", "subfolder", "token")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Inputs
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def check_pixel_values(
+    pixel_values: torch.Tensor,
+    num_channels: int,
+    image_size: tuple[int, int],
+    patch_size: int | None = None,
+    interpolate_pos_encoding: bool = False,
+) -> None:
+    """Raise a `ValueError` that says what is expected when `pixel_values` has the wrong shape for the model.
+
+    Shape only (no device synchronisation): the [0, 1] range is checked where images enter, see
+    `mimir_hf.threat_model.check_pixel_range`.
+    """
+    if not isinstance(pixel_values, torch.Tensor) or pixel_values.dim() != 4:
+        shape = tuple(pixel_values.shape) if isinstance(pixel_values, torch.Tensor) else type(pixel_values).__name__
+        raise ValueError(f"pixel_values must be a 4-D tensor (batch, channels, height, width), got {shape}.")
+    if pixel_values.shape[0] == 0:
+        raise ValueError("pixel_values holds an empty batch (0 images); expected at least one image.")
+    if pixel_values.shape[1] != num_channels:
+        raise ValueError(
+            f"pixel_values has {pixel_values.shape[1]} channels but the model expects {num_channels} "
+            f"(shape {tuple(pixel_values.shape)})."
+        )
+    height, width = pixel_values.shape[-2:]
+    if interpolate_pos_encoding and patch_size is not None:
+        if height % patch_size or width % patch_size:
+            raise ValueError(
+                f"With interpolate_pos_encoding the image sides must be multiples of patch_size {patch_size}, "
+                f"got {height}x{width}."
+            )
+    elif (height, width) != tuple(image_size):
+        expected = "x".join(map(str, image_size))
+        hint = " or pass interpolate_pos_encoding=True" if patch_size is not None else ""
+        raise ValueError(
+            f"Input image size {height}x{width} does not match the model's {expected}; resize the images (the "
+            f"model's image processor does){hint}."
+        )
+
+
+def check_labels(labels: torch.Tensor, num_labels: int) -> None:
+    """Raise a `ValueError` naming the problem when `labels` are neither class indices in `[0, num_labels)` nor
+    per-class probabilities of shape `(batch, num_labels)` (mixup/cutmix soft targets)."""
+    if not isinstance(labels, torch.Tensor):
+        raise ValueError(f"labels must be a tensor of class indices, got {type(labels).__name__}.")
+    if labels.dtype.is_floating_point:
+        if labels.dim() != 2 or labels.shape[1] != num_labels:
+            raise ValueError(
+                f"Float labels are soft targets and must have shape (batch_size, {num_labels}), got "
+                f"{tuple(labels.shape)}; class indices must be an integer tensor."
+            )
+        return
+    if labels.dim() != 1:
+        raise ValueError(f"labels must be a 1-D tensor of class indices, got shape {tuple(labels.shape)}.")
+    bad = labels[(labels < 0) | (labels >= num_labels)]
+    if bad.numel():
+        raise ValueError(f"labels must be in [0, {num_labels}) (config.num_labels), got {sorted(set(bad.tolist()))}.")
+
+
+def classification_loss(
+    logits: torch.Tensor, labels: torch.Tensor, num_labels: int, label_smoothing: float = 0.0
+) -> torch.Tensor:
+    """Label-smoothed cross-entropy in float32, for class indices or soft targets (see `check_labels`)."""
+    check_labels(labels, num_labels)
+    labels = labels.to(logits.device)
+    if not labels.dtype.is_floating_point:
+        labels = labels.long()
+    return nn.functional.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
+
+
+class PixelNormalisation(nn.Module):
+    """(x - mean) / std with the config's optional per-channel `image_mean` / `image_std`, inside the model, so that
+    every model takes [0, 1] pixels and every attack budget is in pixel units. Buffers are derived from the config
+    (not saved) and refilled by `reset()`, which `_init_weights` calls after loading too."""
+
+    def __init__(self, num_channels: int, mean=None, std=None):
+        super().__init__()
+        self.num_channels = num_channels
+        self.mean_values, self.std_values = mean, std
+        self.register_buffer("mean", torch.zeros(1, num_channels, 1, 1), persistent=False)
+        self.register_buffer("std", torch.ones(1, num_channels, 1, 1), persistent=False)
+        self.reset()
+
+    @torch.no_grad()
+    def reset(self) -> None:
+        mean = self.mean_values if self.mean_values is not None else [0.0] * self.num_channels
+        std = self.std_values if self.std_values is not None else [1.0] * self.num_channels
+        self.mean.copy_(torch.tensor(mean, dtype=self.mean.dtype).view_as(self.mean))
+        self.std.copy_(torch.tensor(std, dtype=self.std.dtype).view_as(self.std))
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        if self.mean_values is None:
+            return pixel_values
+        return (pixel_values - self.mean) / self.std
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drops a sample's whole residual branch with probability `rate` in training."""
+
+    def __init__(self, rate: float):
+        super().__init__()
+        self.rate = rate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.rate == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.rate
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"rate={self.rate}"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# MAE pieces (every family's pre-training)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class MimirForPreTrainingOutput(ModelOutput):
+    """
+    Output of every family's `...ForPreTraining`.
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`):
+            MIMIR's loss, `reconstruction_loss + mi_weight * mi_loss` (just the reconstruction loss without MI term).
+        reconstruction_loss (`torch.FloatTensor` of shape `()`):
+            MSE on the masked patches between the prediction and the clean target (per-patch normalised when
+            `config.norm_pix_loss`).
+        mi_loss (`torch.FloatTensor` of shape `()`, *optional*):
+            The I(X'; Z) estimate between the encoder input X' and its output tokens Z; `None` when not computed.
+        logits (`torch.FloatTensor` of shape `(batch_size, num_patches, patch_size**2 * num_channels)`):
+            Predicted pixels of every patch.
+        mask (`torch.FloatTensor` of shape `(batch_size, num_patches)`):
+            0 for a visible patch, 1 for a masked one.
+        ids_restore (`torch.LongTensor` of shape `(batch_size, num_patches)`):
+            Permutation that puts the shuffled tokens back in patch order.
+        latent (`torch.FloatTensor` of shape `(batch_size, num_tokens, hidden_size)`):
+            The encoder tokens Z used for the MI term.
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*):
+            Encoder hidden states, when asked for.
+    """
+
+    loss: torch.FloatTensor | None = None
+    reconstruction_loss: torch.FloatTensor | None = None
+    mi_loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    mask: torch.FloatTensor | None = None
+    ids_restore: torch.LongTensor | None = None
+    latent: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+
+def patchify(pixel_values: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """`[B, C, H, W]` -> `[B, num_patches, patch_size**2 * C]`, patches row-major, pixels (p, q, c)-ordered (MAE's)."""
+    batch_size, channels, height, width = pixel_values.shape
+    p = patch_size
+    patches = pixel_values.reshape(batch_size, channels, height // p, p, width // p, p)
+    return patches.permute(0, 2, 4, 3, 5, 1).reshape(batch_size, (height // p) * (width // p), p * p * channels)
+
+
+def unpatchify(patches: torch.Tensor, grid_size: tuple[int, int], patch_size: int, num_channels: int) -> torch.Tensor:
+    """Inverse of `patchify` for a `grid_size` (rows, columns) patch grid."""
+    (rows, columns), p = grid_size, patch_size
+    images = patches.reshape(patches.shape[0], rows, columns, p, p, num_channels)
+    return images.permute(0, 5, 1, 3, 2, 4).reshape(patches.shape[0], num_channels, rows * p, columns * p)
+
+
+def reconstruction_target(pixel_values: torch.Tensor, patch_size: int, norm_pix_loss: bool) -> torch.Tensor:
+    """Patchified clean pixels in float32, per-patch normalised (mean 0, var 1, eps 1e-6) when `norm_pix_loss`."""
+    target = patchify(pixel_values.float(), patch_size)
+    if norm_pix_loss:
+        mean, var = target.mean(dim=-1, keepdim=True), target.var(dim=-1, keepdim=True)
+        target = (target - mean) / (var + 1.0e-6) ** 0.5
+    return target
+
+
+def masked_reconstruction_loss(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """MAE's loss: per-patch MSE in float32, averaged over the masked patches only (`mask`: 1 = masked)."""
+    per_patch = (prediction.float() - target).pow(2).mean(dim=-1)
+    return (per_patch * mask).sum() / mask.sum()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Loading and saving
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class MimirLoadingMixin:
+    """Mixed into every family's `PreTrainedModel` base.
+
+    `from_pretrained` refuses other architectures, unreadable weight files and checkpoints that leave weights other
+    than `_new_weights_allowed` uninitialised, each with a `ValueError` that says what was wrong.
+    `save_pretrained` writes `auto_map` for every class of the family (`_auto_classes`) and the family's code, so
+    the folder loads with `trust_remote_code=True` without mimir_hf.
+    """
+
+    # Weights a checkpoint may lack for this class (initialised afresh, said in one log line); any other missing
+    # weight is an error: a half-loaded model must not go unnoticed.
+    _new_weights_allowed: tuple[str, ...] = ()
+    # model_type values of checkpoints this class loads (its own family's, plus e.g. "vit_mae" for the ViT family).
+    _loadable_model_types: tuple[str, ...] = ()
+    # key renames applied when loading (regex -> replacement), e.g. ViTMAE's on-disk layout; None for none.
+    _checkpoint_key_mapping: dict[str, str] | None = None
+    # Auto class -> class name (in the family's modelling module), written to `auto_map` by `save_pretrained`.
+    _auto_classes: dict[str, str] = {}
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained` with MIMIR's checks (see the class docstring)."""
+        path = pretrained_model_name_or_path
+        if not isinstance(kwargs.get("config"), PretrainedConfig):
+            hub_kwargs = {k: kwargs[k] for k in _HUB_KWARGS if k in kwargs}
+            try:
+                config_dict, _ = PretrainedConfig.get_config_dict(path, **hub_kwargs)
+            except OSError as error:
+                raise ValueError(f"Cannot read a model config from {path}: {error}") from None
+            model_type = config_dict.get("model_type")
+            loadable = cls._loadable_model_types or (cls.config_class.model_type,)
+            if model_type not in loadable:
+                architectures = ", ".join(config_dict.get("architectures") or [])
+                raise ValueError(
+                    f"{path} holds a {model_type!r} checkpoint ({architectures}); {cls.__name__} loads "
+                    f"{' or '.join(repr(t) for t in loadable)} checkpoints. The authors' .pth files convert with "
+                    "`python -m mimir_hf.convert`."
+                )
+        if cls._checkpoint_key_mapping is not None:
+            kwargs.setdefault("key_mapping", cls._checkpoint_key_mapping)
+        wants_info = kwargs.pop("output_loading_info", False)
+        try:
+            model, info = super().from_pretrained(path, *args, output_loading_info=True, **kwargs)
+        except SafetensorError as error:
+            raise ValueError(
+                f"The weights file in {path} cannot be read ({error}): it is truncated or corrupt. Download or save it "
+                "again."
+            ) from None
+        missing = sorted(info["missing_keys"])
+        unexplained = [key for key in missing if not key.startswith(cls._new_weights_allowed)]
+        if unexplained:
+            raise ValueError(
+                f"{path} does not hold {len(unexplained)} weights {cls.__name__} needs (e.g. {unexplained[:6]}); "
+                "refusing to return a half-loaded model. Is it a checkpoint of another shape or model?"
+            )
+        if missing:
+            new = sorted({key.rsplit(".", 1)[0] for key in missing})
+            logger.warning(
+                f"{cls.__name__} loaded {len(model.state_dict()) - len(missing)} tensors from {path} and newly "
+                f"initialised {', '.join(new)}; unused checkpoint weights (e.g. a pre-training decoder) were dropped."
+            )
+        else:
+            logger.info(f"{cls.__name__} loaded all {len(model.state_dict())} tensors from {path}.")
+        return (model, info) if wants_info else model
+
+    def save_pretrained(self, save_directory, *args, is_main_process: bool = True, **kwargs):
+        """`PreTrainedModel.save_pretrained`, plus `auto_map` and the family's code (see `export_code`)."""
+        config_module = type(self.config).__module__.rsplit(".", 1)[-1]
+        model_module = type(self).__module__.rsplit(".", 1)[-1]
+        self.config.auto_map = {
+            "AutoConfig": f"{config_module}.{type(self.config).__name__}",
+            **{auto: f"{model_module}.{name}" for auto, name in self._auto_classes.items()},
+        }
+        result = super().save_pretrained(save_directory, *args, is_main_process=is_main_process, **kwargs)
+        if is_main_process:
+            export_code(save_directory, [type(self.config).__module__, type(self).__module__])
+        return result
+
+
+_RELATIVE_IMPORT = re.compile(r"^(\s*from\s+)(\.+[\w.]*)(\s+import\b)", flags=re.MULTILINE)
+
+
+def export_code(folder: str, module_names: list[str]) -> list[str]:
+    """Copy the source of `module_names` and of every module they import relatively into `folder`, flat, with each
+    relative import rewritten to `from .<file> import`. Returns the file names written."""
+    written: dict[str, str] = {}  # file name -> module name
+    pending = list(module_names)
+    while pending:
+        name = pending.pop()
+        module = sys.modules[name]
+        file_name = os.path.basename(module.__file__)
+        if file_name in written:
+            if written[file_name] != name:
+                raise RuntimeError(f"Two modules would be saved as {file_name}: {written[file_name]} and {name}.")
+            continue
+        written[file_name] = name
+        package = name.rpartition(".")[0]
+        with open(module.__file__, encoding="utf-8") as f:
+            source = f.read()
+
+        def flatten(match: re.Match) -> str:
+            target = importlib.util.resolve_name(match.group(2), package)
+            pending.append(target)
+            return f"{match.group(1)}.{target.rsplit('.', 1)[-1]}{match.group(3)}"
+
+        with open(os.path.join(folder, file_name), "w", encoding="utf-8") as f:
+            f.write(_RELATIVE_IMPORT.sub(flatten, source))
+    return sorted(written)
+
+
+__all__ = [
+    "DropPath",
+    "MimirForPreTrainingOutput",
+    "MimirLoadingMixin",
+    "PixelNormalisation",
+    "check_labels",
+    "classification_loss",
+    "check_pixel_values",
+    "export_code",
+    "masked_reconstruction_loss",
+    "patchify",
+    "reconstruction_target",
+    "unpatchify",
+]

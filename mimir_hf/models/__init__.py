@@ -1,0 +1,1 @@
+"""MIMIR model families, one folder each (configuration, modelling, conversion), as in transformers."""

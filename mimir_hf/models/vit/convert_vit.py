@@ -1,0 +1,178 @@
+"""The ViT family's side of `python -m mimir_hf.convert`: the authors' MAE/timm key layout -> mimir_hf's.
+
+Pre-training checkpoints hold the encoder (`patch_embed.proj`, `cls_token`, `pos_embed`, `blocks.N.*`, `norm`) and
+the decoder (`decoder_*`, `mask_token`); fine-tuned ones hold the encoder with `fc_norm` and `head` (global pooling)
+-- or `norm` and `head` (CLS pooling). Shapes give the widths, depths, patch and image size; the attention-head
+counts come from the checkpoint's saved `args.model` (e.g. `mae_vit_small`: 6 heads; `vit_small_ds`: the 768-wide,
+8-head variant), and only when the file has no `args` are they guessed (width / 64, as in ViT-T/S/B/L), with a
+warning. The saved `args` also give the pre-training settings (mask ratio, attack, MI weight, norm_pix_loss) and the
+input normalisation (`use_normalize`), which mimir_hf applies inside the model so that attacks see [0, 1] pixels.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+from ..conversion import Conversion, arg, count_indexed, split_fused_qkv
+from .configuration_mimir import MimirConfig
+from .modeling_mimir import MimirForImageClassification, MimirForPreTraining
+
+_BLOCK = {  # timm Block -> ViTMAE layer, under blocks.N. / decoder_blocks.N.
+    "norm1": "layernorm_before",
+    "norm2": "layernorm_after",
+    "attn.proj": "attention.o_proj",
+    "mlp.fc1": "mlp.fc1",
+    "mlp.fc2": "mlp.fc2",
+}
+_TOP = {
+    "patch_embed.proj": "vit.embeddings.patch_embeddings.projection",
+    "cls_token": "vit.embeddings.cls_token",
+    "pos_embed": "vit.embeddings.position_embeddings",
+    "norm": "vit.layernorm",
+    "fc_norm": "fc_norm",
+    "head": "classifier",
+    "decoder_embed": "decoder.decoder_embed",
+    "mask_token": "decoder.mask_token",
+    "decoder_pos_embed": "decoder.decoder_pos_embed",
+    "decoder_norm": "decoder.decoder_norm",
+    "decoder_pred": "decoder.decoder_pred",
+}
+# Encoder heads of the authors' model names (`models/mae_vit.py`, `models/models_vit.py`, and older names with the
+# patch size in them): ViT-Ti 3, ViT-S 6, the 768-wide "ViT-S ds" 8, ViT-B 12, ViT-L 16, ViT-H 16.
+_HEADS = {"ti": 3, "tiny": 3, "small_ds": 8, "small": 6, "base": 12, "large": 16, "huge": 16}
+_NAME = re.compile(r"vit_(ti|tiny|small_ds|small|base|large|huge)(?![a-z])")
+_DECODER_HEADS = 16  # every MIMIR (128 wide) and Meta MAE (512 wide) decoder
+# `--use_normalize` normalised the data with these (the ImageNet ones for every other data set).
+_NORMALISATION = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)),
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
+
+
+def heads_from_model_name(name: str) -> int | None:
+    """Encoder attention heads of one of the authors' ViT model names, or None when the name is not one of them."""
+    match = _NAME.search(name or "")
+    return _HEADS[match.group(1)] if match else None
+
+
+def infer_config(state: dict[str, torch.Tensor], args: dict | None = None, **overrides) -> tuple[MimirConfig, list]:
+    """A `MimirConfig` matching the checkpoint's tensors and saved `args`, and the notes on what had to be guessed.
+    `overrides` set any field (e.g. `num_attention_heads` for a file without `args`)."""
+    required = ("patch_embed.proj.weight", "cls_token", "pos_embed")
+    missing = [key for key in required if key not in state]
+    if missing:
+        raise ValueError(f"Not a MAE/MIMIR ViT checkpoint: missing {missing} (it has e.g. {sorted(state)[:5]}).")
+    notes = []
+    hidden, channels, patch, _ = state["patch_embed.proj.weight"].shape
+    num_patches = state["pos_embed"].shape[1] - 1
+    side = int(round(num_patches**0.5))
+    image_size = side * patch if side * side == num_patches else None
+    model_name = arg(args, "model", "")
+    heads = heads_from_model_name(model_name)
+    if heads is None and "num_attention_heads" not in overrides:
+        heads = max(hidden // 64, 1)
+        why = f"args.model {model_name!r} is not a known ViT name" if args else "the file holds no training args"
+        notes.append(
+            f"num_attention_heads = {heads} is a guess (width {hidden} / 64): {why}, and the weights cannot tell the "
+            "head count (the authors also have a 768-wide 8-head ViT-S). Pass --num_attention_heads if it is wrong."
+        )
+    fields = dict(
+        hidden_size=hidden,
+        num_channels=channels,
+        patch_size=patch,
+        image_size=image_size,
+        num_hidden_layers=count_indexed(state, "blocks"),
+        num_attention_heads=heads,
+        intermediate_size=state["blocks.0.mlp.fc1.weight"].shape[0],
+        qkv_bias="blocks.0.attn.qkv.bias" in state,
+        norm_pix_loss=bool(arg(args, "norm_pix_loss", True)),
+    )
+    if "decoder_embed.weight" in state:
+        fields.update(
+            decoder_hidden_size=state["decoder_embed.weight"].shape[0],
+            decoder_num_hidden_layers=count_indexed(state, "decoder_blocks"),
+            decoder_num_attention_heads=_DECODER_HEADS,
+            decoder_intermediate_size=state["decoder_blocks.0.mlp.fc1.weight"].shape[0],
+            mask_ratio=float(arg(args, "mask_ratio", 0.75)),
+        )
+        fields.update(_pretraining_method(args, notes))
+    if "head.weight" in state:
+        fields.update(
+            num_labels=state["head.weight"].shape[0],
+            classifier_pooling="mean" if "fc_norm.weight" in state else "cls",
+            drop_path_rate=float(arg(args, "drop_path", 0.0)),
+        )
+    if arg(args, "use_normalize", False):
+        dataset = str(arg(args, "dataset", arg(args, "data_set", "imagenet"))).lower()
+        mean, std = _NORMALISATION["cifar10" if dataset.startswith("cifar10") else "imagenet"]
+        fields.update(image_mean=list(mean), image_std=list(std))
+        notes.append(f"trained on normalised inputs (args.use_normalize, {dataset}): mean {mean}, std {std} inside.")
+    fields.update({k: v for k, v in overrides.items() if v is not None})
+    if fields["image_size"] is None:
+        raise ValueError(f"pos_embed has {num_patches} patches, not a square grid: pass image_size=(height, width).")
+    input_size = arg(args, "input_size")
+    if input_size is not None and int(input_size) != fields["image_size"] and "image_size" not in overrides:
+        notes.append(f"args.input_size is {input_size} but pos_embed fits {fields['image_size']}: using the weights'.")
+    return MimirConfig(**fields), notes
+
+
+def _pretraining_method(args: dict | None, notes: list) -> dict:
+    """MimirConfig fields of the MIMIR method from a pre-training run's `args` (attack, MI term)."""
+    fields = {}
+    epsilon, step_size = arg(args, "eps"), arg(args, "alpha")
+    if isinstance(epsilon, float) and isinstance(step_size, float):  # tensors when the run was normalised
+        fields.update(attack_epsilon=epsilon, attack_step_size=step_size)
+    elif epsilon is not None:
+        notes.append("args.eps / args.alpha are per-channel (normalised run): the config keeps 8/255 and 10/255.")
+    estimator = {"hsic": "hsic", "dib_mi": "renyi"}.get(str(arg(args, "mi_train", "")))
+    if estimator:
+        fields.update(mi_estimator=estimator)
+    if isinstance(arg(args, "mi_xpl"), float):
+        fields.update(mi_weight=arg(args, "mi_xpl"))
+    return fields
+
+
+def rename_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """timm/MAE names -> mimir_hf names; the fused qkv projection is split into q, k and v."""
+    renamed, unknown = {}, []
+    for key, value in state.items():
+        match = re.match(r"^(blocks|decoder_blocks)\.(\d+)\.(.+)\.(weight|bias)$", key)
+        if match:
+            stack, index, module, kind = match.groups()
+            prefix = f"vit.layers.{index}" if stack == "blocks" else f"decoder.decoder_layers.{index}"
+            if module == "attn.qkv":
+                renamed.update(split_fused_qkv(value, f"{prefix}.attention.", kind))
+            elif module in _BLOCK:
+                renamed[f"{prefix}.{_BLOCK[module]}.{kind}"] = value
+            else:
+                unknown.append(key)
+            continue
+        module, _, kind = key.rpartition(".")
+        if key in _TOP:  # bare parameters (tokens, position embeddings)
+            renamed[_TOP[key]] = value
+        elif module in _TOP and kind in ("weight", "bias"):
+            renamed[f"{_TOP[module]}.{kind}"] = value
+        else:
+            unknown.append(key)
+    if unknown:
+        raise ValueError(f"Unknown keys in the checkpoint (not a MAE/MIMIR ViT layout): {sorted(unknown)}")
+    return renamed
+
+
+def convert_vit_state_dict(state: dict[str, torch.Tensor], args: dict | None = None, **overrides) -> Conversion:
+    """`MimirForPreTraining` (decoder present) or `MimirForImageClassification` (head present) from a MAE/timm
+    layout state dict and its run's `args`."""
+    if "decoder_embed.weight" not in state and "head.weight" not in state:
+        raise ValueError("The ViT checkpoint has neither a decoder (pre-training) nor a head (fine-tuned).")
+    config, notes = infer_config(state, args, **overrides)
+    model_class = MimirForPreTraining if "decoder_embed.weight" in state else MimirForImageClassification
+    ignored = {}
+    if model_class is MimirForImageClassification and config.classifier_pooling == "mean" and "norm.weight" in state:
+        state = {k: v for k, v in state.items() if not k.startswith("norm.")}
+        ignored.update({k: "unused final norm (mean pooling reads fc_norm)" for k in ("norm.weight", "norm.bias")})
+    return Conversion(model_class, config, rename_state_dict(state), ignored=ignored, notes=notes)
+
+
+__all__ = ["convert_vit_state_dict", "heads_from_model_name", "infer_config", "rename_state_dict"]
