@@ -7,17 +7,27 @@ import json
 import logging
 import os
 import shutil
+import socket
 import sys
+import time
 from dataclasses import MISSING, asdict, dataclass, field, fields, make_dataclass
 
 import datasets
 import transformers
 import yaml
 from transformers import HfArgumentParser
-from transformers.trainer_utils import get_last_checkpoint
 
 from mimir_hf import PRESETS, MimirConfig
-from mimir_hf.data import image_processor_for, label_names, load_image_dataset, resolve_columns, with_pixel_transform
+from mimir_hf.checkpoints import last_complete_checkpoint
+from mimir_hf.data import (
+    check_labels_fit,
+    drop_unreadable_images,
+    image_processor_for,
+    label_names,
+    load_image_dataset,
+    resolve_columns,
+    with_pixel_transform,
+)
 
 logger = logging.getLogger("mimir_hf.examples")
 
@@ -48,6 +58,11 @@ class _ModelChoice:
     model_preset: str | None = field(
         default=None, metadata={"help": f"Shape of a new model: one of {sorted(PRESETS)}; none: the digits recipe."}
     )
+    ignore_mismatched_sizes: bool = field(
+        default=False,
+        metadata={"help": "Initialise afresh the checkpoint weights of other shapes (another number of classes or "
+                  "image size) instead of refusing to load."},
+    )  # fmt: skip
 
 
 ModelArguments = make_dataclass(
@@ -99,6 +114,22 @@ class DataArguments:
     max_train_samples: int | None = field(default=None, metadata={"help": "Keep only this many training images."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Keep only this many evaluation images."})
     cache_dir: str | None = field(default=None, metadata={"help": "Where datasets are cached."})
+    scan_images: bool = field(
+        default=True,
+        metadata={"help": "Before training, find unreadable, empty, truncated or oversized images and skip them "
+                  "(each named in a warning); a run then never dies mid-epoch on one bad file."},
+    )  # fmt: skip
+
+    def __post_init__(self):
+        for name in ("max_train_samples", "max_eval_samples"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"--{name} must be >= 1 (or left unset for all), got {value}.")
+
+    @property
+    def input_paths(self) -> list[str]:
+        """The local folders this run reads: an output folder must never be (or contain, or sit inside) one."""
+        return [path for path in (self.train_dir, self.validation_dir, self.cache_dir) if path]
 
     @property
     def uses_default_data(self) -> bool:
@@ -162,25 +193,59 @@ def setup_training_logging(training_args) -> None:
     setup_logging(logging.INFO if training_args.should_log else level, level)
 
 
-def load_data(data_args: DataArguments, config, seed: int = 0):
-    """(train, test, class names): transformed datasets yielding `pixel_values` (through the model's image processor)
-    and `labels`."""
+@dataclass
+class Data:
+    """The checked, not yet transformed splits (`test` may be the only one), their columns and class names."""
+
+    train: datasets.Dataset | None
+    test: datasets.Dataset | None
+    image_column: str
+    label_column: str | None
+    names: list[str] | None
+
+    def transformed(self, image_processor, label_map: dict[int, int] | None = None):
+        """(train, test): the splits yielding `pixel_values` (through `image_processor`) and `labels`."""
+        return tuple(
+            None if part is None
+            else with_pixel_transform(part, self.image_column, self.label_column, image_processor, label_map)
+            for part in (self.train, self.test)
+        )  # fmt: skip
+
+
+def read_data(data_args: DataArguments, seed: int = 0, need_labels: bool = True, need_train: bool = True) -> Data:
+    """The data, checked before any training starts: the columns, every split's labels against the training classes,
+    and (unless `--scan_images false`) every image, unreadable ones skipped with a warning naming each file.
+    `need_labels=False` (pre-training) accepts a folder of images without classes (names is then None);
+    `need_train=False` (evaluation) accepts data with only an evaluation split (train is then None)."""
     dataset = load_image_dataset(
         data_args.dataset_name, data_args.dataset_config_name, data_args.train_dir, data_args.validation_dir,
-        cache_dir=data_args.cache_dir, seed=seed,
+        cache_dir=data_args.cache_dir, seed=seed, require_train=need_train,
     )  # fmt: skip
+    reference = dataset["train"] if "train" in dataset else dataset["test"]
     image_column, label_column = resolve_columns(
-        dataset["train"], data_args.image_column_name, data_args.label_column_name
+        reference, data_args.image_column_name, data_args.label_column_name, require_labels=need_labels
     )
-    names = label_names(dataset["train"], label_column)
-    processor = image_processor_for(config)
-    splits = []
+    names = label_names(reference, label_column) if label_column else None
+    if label_column:
+        check_labels_fit(dict(dataset), label_column, names)
+    parts = {}
     for split, limit in (("train", data_args.max_train_samples), ("test", data_args.max_eval_samples)):
+        if split not in dataset or (split == "train" and not need_train):
+            parts[split] = None
+            continue
         part = dataset[split]
         if limit is not None:
             part = part.select(range(min(limit, len(part))))
-        splits.append(with_pixel_transform(part, image_column, label_column, processor))
-    return splits[0], splits[1], names
+        if data_args.scan_images and not data_args.uses_default_data:
+            part = drop_unreadable_images(part, image_column, split)
+        parts[split] = part
+    return Data(parts["train"], parts["test"], image_column, label_column, names)
+
+
+def load_data(data_args: DataArguments, config, seed: int = 0, need_labels: bool = True):
+    """(train, test, class names): `read_data`'s splits through the config's image processor."""
+    data = read_data(data_args, seed, need_labels)
+    return (*data.transformed(image_processor_for(config)), data.names)
 
 
 def default_num_channels(data_args: DataArguments) -> int:
@@ -189,10 +254,13 @@ def default_num_channels(data_args: DataArguments) -> int:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# The output directory: never reuse one that holds another run, never present a half-written one as complete.
+# The output directory: nothing a user owns is ever deleted, no two runs write one folder at once, a half-written run
+# is never presented as complete, and an unfinished run resumes from its last complete checkpoint.
 # ----------------------------------------------------------------------------------------------------------------
 
-RUN_FILE = "mimir_run.json"
+RUN_FILE = "mimir_run.json"  # the marker: a folder without it was not made by these scripts and is never emptied
+LOCK_FILE = ".mimir_run.lock"
+_held_locks: dict[str, object] = {}  # output dir -> open lock file, held for the life of the process
 
 
 def _jsonable(value):
@@ -218,46 +286,150 @@ def on_main_process(training_args, function):
     return outcome[1]
 
 
-def prepare_output_dir(output_dir: str, script: str, arguments: dict, overwrite: bool) -> str | None:
-    """Create or check `output_dir`; returns a checkpoint to resume from when it holds this same, unfinished run.
+def _relation(output_dir: str, path: str) -> str | None:
+    """How `output_dir` overlaps the input `path`: "is", "contains", "is inside", or None."""
+    output, other = os.path.realpath(output_dir), os.path.realpath(path)
+    if output == other:
+        return "is"
+    if other.startswith(output + os.sep):
+        return "contains"
+    if output.startswith(other + os.sep):
+        return "is inside"
+    return None
 
-    A directory with other content -- another script's run, other arguments, or files that are not a mimir_hf run --
-    is an error unless `overwrite` (`--overwrite_output_dir`), which empties it first.
+
+def check_outside_inputs(output_dir: str, inputs: list[str]) -> None:
+    """Refuse an output folder that is, contains or sits inside an input (data, model, cache): writing or cleaning
+    it would touch the user's data."""
+    for path in inputs:
+        if path and os.path.exists(path) and (relation := _relation(output_dir, path)):
+            raise ValueError(
+                f"--output_dir {output_dir} {relation} the input {path}; a run's outputs must go to a folder of their "
+                "own, outside your data, models and caches. Choose another --output_dir."
+            )
+
+
+def lock_output_dir(output_dir: str) -> None:
+    """Hold an exclusive lock on `output_dir` until this process ends: a second run on the same folder stops with a
+    clear message instead of resuming from the first one's checkpoints and writing the same files."""
+    import fcntl
+
+    key = os.path.realpath(output_dir)
+    if key in _held_locks:
+        return
+    handle = open(os.path.join(output_dir, LOCK_FILE), "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise ValueError(
+            f"--output_dir {output_dir} is in use by another run ({holder}); wait for it to finish or choose another "
+            "directory."
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+    handle.flush()
+    _held_locks[key] = handle
+
+
+def _release_lock(output_dir: str) -> None:
+    handle = _held_locks.pop(os.path.realpath(output_dir), None)
+    if handle is not None:
+        handle.close()
+
+
+# What these scripts write into an output folder (a folder that is not a mimir_hf run keeps everything else).
+_OUTPUT_NAMES = (
+    "README.md", "config.json", "model.safetensors", "preprocessor_config.json", "generation_config.json",
+    "training_args.bin", "trainer_state.json", "all_results.json", "train_results.json", "eval_results.json",
+    "finetune_results.json", "reconstructions.png", "robustness.json", "robustness.md", "robust_accuracy_vs_eps.png",
+    "comparison.md", "comparison.json", RUN_FILE,
+)  # fmt: skip
+_OUTPUT_PATTERNS = ("checkpoint-", "runs", "pretrain", "finetune", "report")
+
+
+def _collisions(output_dir: str) -> list[str]:
+    return sorted(
+        name for name in os.listdir(output_dir)
+        if name in _OUTPUT_NAMES or name.startswith(_OUTPUT_PATTERNS) or name.endswith(".py")
+    )  # fmt: skip
+
+
+def prepare_output_dir(
+    output_dir: str, script: str, arguments: dict, overwrite: bool, inputs: tuple[str, ...] = ()
+) -> str | None:
+    """Check, lock and prepare `output_dir`; returns a checkpoint to resume from when it holds this same, unfinished
+    run (the last *complete* one: see `mimir_hf.checkpoints`).
+
+    - It must not be, contain or sit inside any of `inputs` (refused whatever the flags).
+    - A folder holding another mimir_hf run (it has `mimir_run.json`): refused unless `overwrite`, which deletes only
+      what that run wrote there (what was in the folder before it is kept).
+    - A folder of something else (no `mimir_run.json`) is never emptied: refused, or with `overwrite` reused for the
+      new run's files as long as none of them would replace one of its files.
+    - A second run on a folder in use stops at once (see `lock_output_dir`).
     """
     identity = {"script": script, "arguments": _jsonable(arguments)}
+    check_outside_inputs(output_dir, [path for path in inputs if path])
     run_file = os.path.join(output_dir, RUN_FILE)
-    if os.path.isdir(output_dir) and os.listdir(output_dir):
-        previous = None
-        if os.path.isfile(run_file):
-            with open(run_file) as f:
-                previous = json.load(f)
-        same = previous is not None and {k: previous.get(k) for k in identity} == identity
-        if overwrite:
-            shutil.rmtree(output_dir)
-        elif not same:
-            what = f"a {previous['script']} run with other arguments" if previous else "files of something else"
-            raise ValueError(
-                f"--output_dir {output_dir} already holds {what}. Pass --overwrite_output_dir to replace it, or "
-                "choose another directory."
-            )
-        elif previous.get("status") == "complete":
-            logger.info(f"{output_dir} holds this run, complete: running it again.")
-        else:
-            return get_last_checkpoint(output_dir)
     os.makedirs(output_dir, exist_ok=True)
+    lock_output_dir(output_dir)
+    entries = [name for name in os.listdir(output_dir) if name != LOCK_FILE]
+    previous = None
+    if os.path.isfile(run_file):
+        with open(run_file) as f:
+            previous = json.load(f)
+    preexisting = list(entries)
+    if entries and previous is None:
+        collisions = _collisions(output_dir)
+        if not overwrite:
+            raise ValueError(
+                f"--output_dir {output_dir} already holds files of something else ({', '.join(sorted(entries)[:5])}"
+                f"{', ...' if len(entries) > 5 else ''}); choose an empty or new directory. (Nothing in it was "
+                "changed. --overwrite_output_dir would write this run's files beside them, never deleting any.)"
+            )
+        if collisions:
+            raise ValueError(
+                f"--output_dir {output_dir} holds files this run would replace ({', '.join(collisions[:8])}) and that "
+                "no mimir_hf run wrote; choose another directory (nothing in it was changed)."
+            )
+    elif previous is not None:
+        same = {k: previous.get(k) for k in identity} == identity
+        earlier = set(previous.get("preexisting", []))
+        if same and previous.get("status") != "complete":
+            checkpoint = last_complete_checkpoint(output_dir)
+            logger.info(f"{output_dir} holds this run, unfinished: resuming from {checkpoint or 'the start'}.")
+            return checkpoint
+        if same:
+            logger.info(f"{output_dir} holds this run, complete: running it again.")
+        elif not overwrite:
+            raise ValueError(
+                f"--output_dir {output_dir} already holds a {previous['script']} run with other arguments. Pass "
+                "--overwrite_output_dir to replace that run's files (files that were in the folder before it are "
+                "kept), or choose another directory."
+            )
+        for name in entries:  # the previous run's files only
+            if name not in earlier:
+                path = os.path.join(output_dir, name)
+                shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
+        preexisting = sorted(earlier & set(entries))
     with open(run_file, "w") as f:
-        json.dump({**identity, "status": "running"}, f, indent=2)
+        json.dump({**identity, "status": "running", "preexisting": preexisting}, f, indent=2)
     return None
 
 
 def mark_complete(output_dir: str, **extra) -> None:
-    """Flag the run as complete: written last, after every output file."""
+    """Flag the run as complete: written last, after every output file (atomically); then release the folder."""
     run_file = os.path.join(output_dir, RUN_FILE)
     with open(run_file) as f:
         record = json.load(f)
     record.update(status="complete", **_jsonable(extra))
-    with open(run_file, "w") as f:
+    with open(run_file + ".tmp", "w") as f:
         json.dump(record, f, indent=2)
+    os.replace(run_file + ".tmp", run_file)
+    _release_lock(output_dir)
 
 
 _WHERE_OR_HOW = {
@@ -277,11 +449,12 @@ def run_identity(*argument_objects) -> dict:
 def start_training_run(script: str, model_args, data_args, training_args, run_args) -> str | None:
     """Set up logging, guard the output dir (rank 0), seed. Returns a checkpoint to resume from, or None."""
     setup_training_logging(training_args)
+    inputs = (*data_args.input_paths, model_args.model_name_or_path)
     resume = on_main_process(
         training_args,
         lambda: prepare_output_dir(
             training_args.output_dir, script, run_identity(model_args, data_args, training_args),
-            run_args.overwrite_output_dir,
+            run_args.overwrite_output_dir, inputs,
         ),
     )  # fmt: skip
     transformers.set_seed(training_args.seed)

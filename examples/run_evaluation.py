@@ -25,16 +25,17 @@ import torch
 from common import (
     DataArguments,
     RunArguments,
-    load_data,
     logger,
     mark_complete,
     parse,
     prepare_output_dir,
+    read_data,
     setup_logging,
 )
-from transformers import AutoModelForImageClassification, set_seed
+from transformers import AutoImageProcessor, AutoModelForImageClassification, set_seed
 
 import mimir_hf  # noqa: F401  (registers the MIMIR classes)
+from mimir_hf.data import image_processor_for
 from mimir_hf.evaluation import RobustnessSettings, evaluate_robustness, report_markdown, write_report
 from mimir_hf.model_card import robustness_eval_results, write_model_card
 
@@ -43,8 +44,74 @@ from mimir_hf.model_card import robustness_eval_results, write_model_card
 class EvaluationArguments:
     model_name_or_path: str = field(metadata={"help": "A saved image classifier (folder or Hub id)."})
     output_dir: str = field(metadata={"help": "Where the report goes."})
-    update_model_card: bool = field(default=True, metadata={"help": "Write the numbers into the model's card."})
+    update_model_card: bool = field(
+        default=True, metadata={"help": "Write the numbers into the model folder's card (when it is writable)."}
+    )
     use_cpu: bool = field(default=False, metadata={"help": "Evaluate on the CPU even if a GPU is there."})
+    allow_new_head: bool = field(
+        default=False,
+        metadata={"help": "Evaluate a model whose classification head the checkpoint does not hold (newly "
+                  "initialised, e.g. a pre-training folder): its numbers are meaningless, so it is refused otherwise."},
+    )  # fmt: skip
+    label_mapping: str | None = field(
+        default=None,
+        metadata={"help": "JSON (a file or inline) mapping the data's class names to the model's, when they differ, "
+                  'e.g. \'{"kitty": "cat", "puppy": "dog"}\'.'},
+    )  # fmt: skip
+
+
+def load_classifier(eval_args: EvaluationArguments, device: str, names: list[str]):
+    """The classifier, refused when its head was not in the checkpoint (unless --allow_new_head, when the new head
+    gets one output per class of the data)."""
+    model, info = AutoModelForImageClassification.from_pretrained(
+        eval_args.model_name_or_path, output_loading_info=True
+    )
+    new = sorted(key for key in info["missing_keys"] if key.startswith(("classifier.", "fc_norm.", "head.")))
+    if new and not eval_args.allow_new_head:
+        raise ValueError(
+            f"{eval_args.model_name_or_path} holds no trained classification head ({', '.join(new)} would be newly "
+            "initialised, e.g. a pre-training checkpoint): its accuracy would be meaningless. Fine-tune it first "
+            "(run_finetuning.py), or pass --allow_new_head to evaluate it anyway."
+        )
+    if new and model.config.num_labels != len(names):
+        labels = dict(id2label=dict(enumerate(names)), label2id={name: i for i, name in enumerate(names)})
+        model = AutoModelForImageClassification.from_pretrained(
+            eval_args.model_name_or_path, num_labels=len(names), **labels
+        )
+    return model.to(device).eval()
+
+
+def label_map_for(names: list[str], config, label_mapping: str | None) -> dict[int, int] | None:
+    """Data class index -> model class index, by class name; a `ValueError` when the names differ and no
+    `--label_mapping` says how they correspond."""
+    model_names = [config.id2label[i] for i in range(config.num_labels)]
+    default_names = model_names == [f"LABEL_{i}" for i in range(config.num_labels)]
+    if label_mapping is None and (names == model_names or default_names):
+        if len(names) != config.num_labels:
+            raise ValueError(f"The data has {len(names)} classes but the model {config.num_labels}; wrong dataset?")
+        return None
+    mapping = {}
+    if label_mapping is not None:
+        text = open(label_mapping).read() if os.path.isfile(label_mapping) else label_mapping
+        try:
+            mapping = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"--label_mapping is neither a JSON file nor JSON ({error}).") from None
+    index = {name: i for i, name in enumerate(model_names)}
+    result, unknown = {}, []
+    for data_index, name in enumerate(names):
+        target = mapping.get(name, name)
+        if target in index:
+            result[data_index] = index[target]
+        else:
+            unknown.append(name)
+    if unknown:
+        raise ValueError(
+            f"The data's classes {unknown[:10]} are not classes of the model ({model_names[:10]}"
+            f"{', ...' if len(model_names) > 10 else ''}); pass --label_mapping (JSON: data class -> model class) if "
+            "they are the same classes under other names."
+        )
+    return result
 
 
 def run(eval_args: EvaluationArguments, data_args: DataArguments, settings: RobustnessSettings, run_args: RunArguments):
@@ -52,15 +119,17 @@ def run(eval_args: EvaluationArguments, data_args: DataArguments, settings: Robu
     setup_logging()
     identity = {**asdict(eval_args), **asdict(data_args), **asdict(settings)}
     identity.pop("output_dir")
-    prepare_output_dir(eval_args.output_dir, "run_evaluation", identity, run_args.overwrite_output_dir)
+    inputs = (*data_args.input_paths, eval_args.model_name_or_path)
+    prepare_output_dir(eval_args.output_dir, "run_evaluation", identity, run_args.overwrite_output_dir, inputs)
     set_seed(settings.eval_seed)
+    update_card = eval_args.update_model_card and _card_is_writable(eval_args.model_name_or_path)
 
     device = "cuda" if torch.cuda.is_available() and not eval_args.use_cpu else "cpu"
-    model = AutoModelForImageClassification.from_pretrained(eval_args.model_name_or_path).to(device).eval()
+    data = read_data(data_args, settings.eval_seed, need_train=False)
+    model = load_classifier(eval_args, device, data.names)
     config = model.config
-    _, eval_dataset, names = load_data(data_args, config, settings.eval_seed)
-    if len(names) != config.num_labels:
-        raise ValueError(f"The dataset has {len(names)} classes but the model {config.num_labels}; wrong dataset?")
+    processor = _saved_image_processor(eval_args.model_name_or_path) or image_processor_for(config)
+    _, eval_dataset = data.transformed(processor, label_map_for(data.names, config, eval_args.label_mapping))
 
     start = time.time()
     report = evaluate_robustness(
@@ -76,18 +145,42 @@ def run(eval_args: EvaluationArguments, data_args: DataArguments, settings: Robu
 
     card = os.path.join(eval_args.model_name_or_path, "README.md")
     run_file = os.path.join(eval_args.model_name_or_path, "mimir_run.json")
-    if eval_args.update_model_card and os.path.isfile(card) and os.path.isfile(run_file):
+    if update_card and os.path.isfile(card) and os.path.isfile(run_file):
         with open(run_file) as f:
             training = json.load(f).get("card_training", {})
         results = report_markdown(report).split("\n", 2)[2].replace("## ", "### ")
-        write_model_card(
-            eval_args.model_name_or_path, "finetuned", data_args.display_name, training, results,
-            robustness_eval_results(report, data_args.display_name),
-        )  # fmt: skip
+        try:
+            write_model_card(
+                eval_args.model_name_or_path, "finetuned", data_args.display_name, training, results,
+                robustness_eval_results(report, data_args.display_name),
+            )  # fmt: skip
+        except OSError as error:
+            logger.warning(f"Could not update the model card in {eval_args.model_name_or_path} ({error}).")
     mark_complete(
         eval_args.output_dir, robust_accuracy=report.robust_accuracy, natural_accuracy=report.natural_accuracy
     )
     return report
+
+
+def _card_is_writable(model_path: str) -> bool:
+    """Checked before any work: a read-only model folder keeps its card; the report goes to --output_dir only."""
+    if not os.path.isdir(model_path) or os.access(model_path, os.W_OK):
+        return True
+    logger.warning(
+        f"{model_path} is read-only: its model card will not be updated; the report goes to --output_dir only."
+    )
+    return False
+
+
+def _saved_image_processor(model_path: str):
+    """The image processor saved with the model (its resize, crop, channels), or None to derive one from the
+    config."""
+    if os.path.isdir(model_path) and not os.path.isfile(os.path.join(model_path, "preprocessor_config.json")):
+        return None
+    try:
+        return AutoImageProcessor.from_pretrained(model_path)
+    except (OSError, ValueError):
+        return None
 
 
 def main(argv: list[str] | None = None):

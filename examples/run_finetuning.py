@@ -51,7 +51,9 @@ def build_classifier(model_args, num_channels: int, names: list[str]) -> MimirFo
     labels = dict(num_labels=len(names), id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
     overrides = {"drop_path_rate": FINETUNING_DROP_PATH, **config_overrides(model_args), **labels}
     if model_args.model_name_or_path:
-        return MimirForImageClassification.from_pretrained(model_args.model_name_or_path, **overrides)
+        return MimirForImageClassification.from_pretrained(
+            model_args.model_name_or_path, ignore_mismatched_sizes=model_args.ignore_mismatched_sizes, **overrides
+        )
     return MimirForImageClassification(new_config(model_args, num_channels, **overrides))
 
 

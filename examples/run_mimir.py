@@ -161,7 +161,8 @@ def run(run_args: MimirRunArguments, model_args, data_args, recipe: AdversarialR
     identity = {**asdict(run_args), **asdict(model_args), **asdict(data_args), **asdict(recipe), **asdict(settings)}
     for key in ("output_dir", "overwrite_output_dir", "disable_tqdm"):
         identity.pop(key)
-    prepare_output_dir(run_args.output_dir, "run_mimir", identity, run_args.overwrite_output_dir)
+    inputs = (*data_args.input_paths, model_args.model_name_or_path)
+    prepare_output_dir(run_args.output_dir, "run_mimir", identity, run_args.overwrite_output_dir, inputs)
     start = time.time()
     if run_args.compare:
         result = {"comparison": compare(run_args, model_args, data_args, recipe)}

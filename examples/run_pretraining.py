@@ -43,7 +43,11 @@ from mimir_hf.trainer import MimirPreTrainingArguments, MimirPreTrainingTrainer
 
 def build_model(model_args, num_channels: int) -> MimirForPreTraining:
     if model_args.model_name_or_path:
-        return MimirForPreTraining.from_pretrained(model_args.model_name_or_path, **config_overrides(model_args))
+        return MimirForPreTraining.from_pretrained(
+            model_args.model_name_or_path,
+            ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
+            **config_overrides(model_args),
+        )
     return MimirForPreTraining(new_config(model_args, num_channels))
 
 
@@ -102,7 +106,7 @@ def run(model_args, data_args: DataArguments, training_args: MimirPreTrainingArg
     resume = start_training_run("run_pretraining", model_args, data_args, training_args, run_args)
     model = build_model(model_args, default_num_channels(data_args))
     config = model.config
-    train_dataset, eval_dataset, _ = load_data(data_args, config, training_args.seed)
+    train_dataset, eval_dataset, _ = load_data(data_args, config, training_args.seed, need_labels=False)
     logger.info(
         f"MIMIR pre-training: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
         f"{len(train_dataset)} training images, attack {config.attack_budget.describe()}, MI: {config.mi_estimator} "
@@ -130,6 +134,7 @@ def run(model_args, data_args: DataArguments, training_args: MimirPreTrainingArg
         plot_reconstructions(model, images, os.path.join(training_args.output_dir, "reconstructions.png"))
         height, width = config.image_size_hw
         training = {
+            "initialisation": model_args.model_name_or_path or "random",
             "data": f"{data_args.display_name}, {len(train_dataset)} images at {height}x{width}",
             "encoder": f"ViT {config.hidden_size} wide, {config.num_hidden_layers} layers, patch {config.patch_size}",
             "decoder": f"{config.decoder_hidden_size} wide, {config.decoder_num_hidden_layers} layers",

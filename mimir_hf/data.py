@@ -43,7 +43,10 @@ def load_digits_dataset() -> DatasetDict:
 
 def _check_image_folder(path: str, argument: str) -> None:
     if not os.path.isdir(path):
-        raise ValueError(f"{argument}={path!r} is not a directory; expected a folder of class sub-folders of images.")
+        raise ValueError(
+            f"{argument}={path!r} is not a directory; expected a folder of images (in one sub-folder per class for "
+            "classification)."
+        )
     for _, _, files in os.walk(path):
         if any(name.lower().endswith(_IMAGE_SUFFIXES) for name in files):
             return
@@ -58,10 +61,13 @@ def load_image_dataset(
     cache_dir: str | None = None,
     test_fraction: float = 0.15,
     seed: int = 0,
+    require_train: bool = True,
 ) -> DatasetDict:
     """A `DatasetDict` with `"train"` and `"test"`: from the Hub (or its cache), an imagefolder, or the digits default.
 
     A dataset without a test/validation split gets one carved out of its training split (`test_fraction`, `seed`).
+    With `require_train=False` (evaluation), a dataset with only an evaluation split (e.g. `--validation_dir` alone)
+    gives a `DatasetDict` with just `"test"`.
     """
     if dataset_name is not None:
         dataset = load_dataset(dataset_name, dataset_config_name, cache_dir=cache_dir)
@@ -78,9 +84,11 @@ def load_image_dataset(
         return load_digits_dataset()
 
     dataset = DatasetDict(dataset)
-    if "train" not in dataset:
-        raise ValueError(f"The dataset has no 'train' split (splits: {sorted(dataset)}).")
     evaluation_split = next((name for name in ("test", "validation", "valid", "val") if name in dataset), None)
+    if "train" not in dataset:
+        if evaluation_split is not None and not require_train:
+            return DatasetDict(test=dataset[evaluation_split])
+        raise ValueError(f"The dataset has no 'train' split (splits: {sorted(dataset)}); pass --train_dir.")
     if evaluation_split is None:
         split = dataset["train"].train_test_split(test_size=test_fraction, seed=seed)
         return DatasetDict(train=split["train"], test=split["test"])
@@ -88,9 +96,10 @@ def load_image_dataset(
 
 
 def resolve_columns(
-    dataset: Dataset, image_column: str | None = None, label_column: str | None = None
-) -> tuple[str, str]:
-    """The image and label column names, checked; a clear error naming `--image_column_name` / `--label_column_name`."""
+    dataset: Dataset, image_column: str | None = None, label_column: str | None = None, require_labels: bool = True
+) -> tuple[str, str | None]:
+    """The image and label column names, checked; a clear error naming `--image_column_name` / `--label_column_name`.
+    With `require_labels=False` (pre-training), a dataset without labels (a flat folder of images) gives None."""
     columns = dataset.column_names
     if image_column is None:
         image_column = next((name for name in _IMAGE_COLUMNS if name in columns), None)
@@ -100,9 +109,16 @@ def resolve_columns(
         )
     if label_column is None:
         label_column = next((name for name in _LABEL_COLUMNS if name in columns), None)
+        if label_column is None and not require_labels:
+            return image_column, None
     if label_column is None or label_column not in columns:
         raise ValueError(
             f"No label column {label_column or ''!r} in the dataset (columns: {columns}); pass --label_column_name."
+        )
+    if label_column == image_column:
+        raise ValueError(
+            f"--image_column_name and --label_column_name are both {image_column!r}; the images and the labels must be "
+            f"two different columns (columns: {columns})."
         )
     return image_column, label_column
 
@@ -118,16 +134,99 @@ def label_names(dataset: Dataset, label_column: str) -> list[str]:
     return [str(value) for value in values]
 
 
+def check_labels_fit(splits: dict[str, Dataset], label_column: str, names: list[str]) -> None:
+    """Every split's labels are classes of `names` (the training classes) that the training split has examples of: a
+    `ValueError` naming the split and the offending values or class names otherwise (e.g. -1 for "unlabelled", or a
+    class folder that only the evaluation data has)."""
+    trained = set(splits["train"][label_column]) if "train" in splits else None
+    for split, dataset in splits.items():
+        feature = dataset.features[label_column]
+        if isinstance(feature, ClassLabel) and list(feature.names) != list(names):
+            extra = sorted(set(feature.names) - set(names))
+            raise ValueError(
+                f"The {split} split's classes {list(feature.names)} are not the training classes {list(names)}"
+                + (f" ({extra} are not in training)" if extra else "")
+                + ": evaluate on the same classes, or give a mapping."
+            )
+        values = set(dataset[label_column])
+        bad = sorted(value for value in values if not (isinstance(value, int) and 0 <= value < len(names)))
+        if bad:
+            raise ValueError(
+                f"The {split} split has labels {bad[:10]} outside the {len(names)} classes 0..{len(names) - 1} "
+                "(-1 usually marks unlabelled images): drop or relabel them first."
+            )
+        unseen = sorted(values - trained) if trained is not None and split != "train" else []
+        if unseen:
+            raise ValueError(
+                f"The {split} split has classes {[names[i] for i in unseen][:10]} that are not in training (the "
+                "training split has no image of them): evaluate on the training classes, or add training images."
+            )
+
+
+def image_problem(value) -> str | None:
+    """Why an image column entry (`{"path", "bytes"}`, undecoded) cannot be used, or None: missing, 0 bytes,
+    unreadable or truncated, or a decompression bomb (more pixels than PIL's `Image.MAX_IMAGE_PIXELS`)."""
+    import io
+    import warnings
+
+    path, data = value.get("path"), value.get("bytes")
+    if data is None and (path is None or not os.path.isfile(path)):
+        return "missing"
+    if (data is not None and len(data) == 0) or (data is None and os.path.getsize(path) == 0):
+        return "empty (0 bytes)"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", PILImage.DecompressionBombWarning)
+            with PILImage.open(io.BytesIO(data) if data is not None else path) as image:
+                if image.format == "JPEG":  # decode at 1/8 scale: fast, and still reads the whole file
+                    image.draft(image.mode, (max(1, image.width // 8), max(1, image.height // 8)))
+                image.load()
+    except (PILImage.DecompressionBombError, PILImage.DecompressionBombWarning):
+        return f"more pixels than {PILImage.MAX_IMAGE_PIXELS} (decompression bomb guard)"
+    except (OSError, SyntaxError, ValueError) as error:
+        return f"unreadable ({error})"
+    return None
+
+
+def drop_unreadable_images(dataset: Dataset, image_column: str, split: str = "train") -> Dataset:
+    """`dataset` without the images that cannot be read (see `image_problem`), each named in one warning line with
+    the count, so that a run never dies mid-epoch on one bad file. A fast scan (JPEGs decode at 1/8 scale)."""
+    import logging
+
+    if not isinstance(dataset.features.get(image_column), Image):
+        return dataset
+    raw = dataset.cast_column(image_column, Image(decode=False))
+    problems = [image_problem(value) for value in raw[image_column]]
+    bad = [index for index, problem in enumerate(problems) if problem]
+    if not bad:
+        return dataset
+    logger = logging.getLogger("mimir_hf.data")
+    values = raw.select(bad)[image_column]
+    for index, value in zip(bad[:20], values[:20], strict=False):
+        logger.warning(f"Skipping {value.get('path') or f'{split} image {index}'}: {problems[index]}.")
+    logger.warning(f"Skipped {len(bad)} unreadable image(s) of {len(dataset)} in the {split} split.")
+    if len(bad) == len(dataset):
+        raise ValueError(f"None of the {len(dataset)} images of the {split} split can be read (see the warnings).")
+    keep = sorted(set(range(len(dataset))) - set(bad))
+    return dataset.select(keep)
+
+
 def with_pixel_transform(
-    dataset: Dataset, image_column: str, label_column: str | None, image_processor: MimirImageProcessor
+    dataset: Dataset,
+    image_column: str,
+    label_column: str | None,
+    image_processor: MimirImageProcessor,
+    label_map: dict[int, int] | None = None,
 ) -> Dataset:
-    """The dataset with a lazy transform yielding `pixel_values` (from `image_processor`) and `labels`."""
+    """The dataset with a lazy transform yielding `pixel_values` (from `image_processor`) and `labels` (through
+    `label_map`, dataset class -> model class, when given)."""
 
     def transform(batch):
         pixel_values = image_processor(images=batch[image_column], return_tensors="pt")["pixel_values"]
         out = {"pixel_values": list(pixel_values)}
         if label_column is not None:
-            out["labels"] = batch[label_column]
+            labels = batch[label_column]
+            out["labels"] = [label_map[label] for label in labels] if label_map is not None else labels
         return out
 
     return dataset.with_transform(transform)
@@ -165,6 +264,8 @@ def tensors(dataset: Dataset, limit: int | None = None) -> tuple[torch.Tensor, t
 
 
 __all__ = [
+    "check_labels_fit",
+    "drop_unreadable_images",
     "image_processor_for",
     "label_names",
     "load_digits_dataset",

@@ -98,6 +98,15 @@ def classification_loss(
     return nn.functional.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
 
 
+def check_num_labels(config) -> None:
+    """A classifier needs at least two classes (transformers reads `num_labels=1` as regression)."""
+    if config.num_labels < 2:
+        raise ValueError(
+            f"An image classifier needs num_labels >= 2, got {config.num_labels}: set num_labels to the number of "
+            "classes of your data."
+        )
+
+
 class PixelNormalisation(nn.Module):
     """(x - mean) / std with the config's optional per-channel `image_mean` / `image_std`, inside the model, so that
     every model takes [0, 1] pixels and every attack budget is in pixel units. Buffers are derived from the config
@@ -265,6 +274,15 @@ class MimirLoadingMixin:
                 f"The weights file in {path} cannot be read ({error}): it is truncated or corrupt. Download or save it "
                 "again."
             ) from None
+        except RuntimeError as error:
+            if "ignore_mismatched_sizes" not in str(error):
+                raise
+            raise ValueError(
+                f"{path} holds weights of other shapes than this {cls.__name__} (the load report above lists them): "
+                "typically another number of classes (num_labels) or another image size. Pass "
+                "ignore_mismatched_sizes=True (--ignore_mismatched_sizes in the example scripts) to initialise those "
+                "weights afresh, e.g. to fine-tune on new classes."
+            ) from None
         missing = sorted(info["missing_keys"])
         unexplained = [key for key in missing if not key.startswith(cls._new_weights_allowed)]
         if unexplained:
@@ -272,6 +290,9 @@ class MimirLoadingMixin:
                 f"{path} does not hold {len(unexplained)} weights {cls.__name__} needs (e.g. {unexplained[:6]}); "
                 "refusing to return a half-loaded model. Is it a checkpoint of another shape or model?"
             )
+        mismatched = sorted(key for key, *_ in info.get("mismatched_keys", ()))
+        if mismatched:
+            logger.warning(f"{cls.__name__} newly initialised {mismatched} (other shapes in {path}).")
         if missing:
             new = sorted({key.rsplit(".", 1)[0] for key in missing})
             logger.warning(
@@ -283,16 +304,20 @@ class MimirLoadingMixin:
         return (model, info) if wants_info else model
 
     def save_pretrained(self, save_directory, *args, is_main_process: bool = True, **kwargs):
-        """`PreTrainedModel.save_pretrained`, plus `auto_map` and the family's code (see `export_code`)."""
+        """`PreTrainedModel.save_pretrained`, plus `auto_map` (the family's classes and `MimirImageProcessor`) and
+        the code they need (see `export_code`)."""
         config_module = type(self.config).__module__.rsplit(".", 1)[-1]
         model_module = type(self).__module__.rsplit(".", 1)[-1]
+        processor_module = importlib.util.resolve_name(".image_processing_mimir", __name__.rpartition(".")[0])
         self.config.auto_map = {
             "AutoConfig": f"{config_module}.{type(self.config).__name__}",
             **{auto: f"{model_module}.{name}" for auto, name in self._auto_classes.items()},
+            "AutoImageProcessor": "image_processing_mimir.MimirImageProcessor",
         }
         result = super().save_pretrained(save_directory, *args, is_main_process=is_main_process, **kwargs)
         if is_main_process:
-            export_code(save_directory, [type(self.config).__module__, type(self).__module__])
+            importlib.import_module(processor_module)
+            export_code(save_directory, [type(self.config).__module__, type(self).__module__, processor_module])
         return result
 
 

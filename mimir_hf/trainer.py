@@ -8,6 +8,7 @@ layer-wise lr decay and no weight decay on biases, norms, tokens and position em
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 from collections import defaultdict
@@ -18,9 +19,11 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import Trainer, TrainingArguments
 from transformers.modeling_outputs import ImageClassifierOutput
+from transformers.trainer_utils import TrainOutput
 from transformers.utils import logging
 
 from .attacks import logits_of, mae_attack, pgd_attack, trades_attack
+from .checkpoints import check_resume_checkpoint, disk_full_error, last_complete_checkpoint, read_marker, write_marker
 from .threat_model import ADVERSARIAL_TRAINING_ATTACK, AttackBudget, check_budget, check_pixel_range
 
 logger = logging.get_logger(__name__)
@@ -59,6 +62,9 @@ class _MimirArguments(TrainingArguments):
             raise ValueError(f"layer_decay must be in (0, 1], got {self.layer_decay}.")
         if self.max_consecutive_nonfinite < 1:
             raise ValueError(f"max_consecutive_nonfinite must be >= 1, got {self.max_consecutive_nonfinite}.")
+        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
 
 
 @dataclass
@@ -74,6 +80,10 @@ class MimirPreTrainingArguments(_MimirArguments):
     adam_beta2: float = field(default=0.95, metadata={"help": "AdamW beta2 (MAE/MIMIR pre-training: 0.95)."})
     warmup_steps: float = field(
         default=0.05, metadata={"help": "Warm-up steps, or a fraction of training if < 1 (MIMIR: 40 of 800 epochs)."}
+    )
+    dataloader_drop_last: bool = field(
+        default=True,
+        metadata={"help": "Drop the last incomplete batch (the MI term is a batch statistic: a batch of 1 has none)."},
     )
 
 
@@ -192,6 +202,7 @@ class _MimirTrainerBase(Trainer):
         self._window_has_finite_loss = False  # in the micro-batches of the current optimizer step
         self.nonfinite_stop: str | None = None  # why training stopped early, if it did
         self._first_batch_checked = False
+        self._previous_loss_sum = 0.0  # summed step losses of the run before the checkpoint it resumed from
         if self.args.fp16 and not self.accelerator.native_amp:
             logger.warning(
                 f"fp16=True has no effect on {self.accelerator.device.type!r}: Accelerate runs fp16 mixed precision on "
@@ -259,6 +270,45 @@ class _MimirTrainerBase(Trainer):
             return loss
         return sum((parameter * 0).sum() for parameter in model.parameters() if parameter.requires_grad)
 
+    def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, **kwargs):
+        """`Trainer.train`, resuming only from complete checkpoints and reporting the loss of the whole run.
+
+        `resume_from_checkpoint=True` picks the newest *complete* checkpoint of `output_dir` (an incomplete one, left
+        by a crash during its write, is skipped with a warning); a path is checked first (a truncated file or another
+        model's checkpoint is a `ValueError` naming the file). After a resume, `train_loss` covers every step of the
+        run, not only the resumed ones.
+        """
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
+            if resume_from_checkpoint is None:
+                raise ValueError(f"No complete checkpoint to resume from in {self.args.output_dir}.")
+        if isinstance(resume_from_checkpoint, str):
+            check_resume_checkpoint(resume_from_checkpoint, self.accelerator.unwrap_model(self.model))
+        previous = read_marker(resume_from_checkpoint) if isinstance(resume_from_checkpoint, str) else None
+        self._previous_loss_sum = previous.get("loss_sum", 0.0) if previous else 0.0
+        initial_step = previous.get("global_step", 0) if previous else 0
+        output = super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
+        if previous and output.global_step > 0:
+            this_run = output.training_loss * (output.global_step - initial_step)
+            loss = (self._previous_loss_sum + this_run) / output.global_step
+            metrics = {**output.metrics, "train_loss": loss}
+            output = TrainOutput(output.global_step, loss, metrics)
+        return output
+
+    def _save_checkpoint(self, model, trial):
+        folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
+        try:
+            super()._save_checkpoint(model, trial)
+        except OSError as error:
+            if error.errno != errno.ENOSPC:
+                raise
+            parameters = sum(p.numel() * p.element_size() for p in self.model.parameters())
+            raise disk_full_error(folder, 3 * parameters) from None  # weights + two AdamW moments
+        self.accelerator.wait_for_everyone()  # every process's RNG state is written
+        if self.args.should_save and os.path.isdir(folder):
+            loss_so_far = self._previous_loss_sum + self._total_loss_scalar + self._tr_loss.item()
+            write_marker(folder, {"global_step": self.state.global_step, "loss_sum": loss_so_far})
+
     def create_model_card(self, *args, **kwargs):
         """Keep a model card written by mimir_hf (e.g. by the example scripts); otherwise Trainer's generic one."""
         card = os.path.join(self.args.output_dir, "README.md")
@@ -304,10 +354,33 @@ class MimirPreTrainingTrainer(_MimirTrainerBase):
 
     arguments_class = MimirPreTrainingArguments
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.can_return_loss = True  # evaluation computes the loss through compute_loss, with or without labels
+
+    def get_train_dataloader(self):
+        loader = super().get_train_dataloader()
+        if len(loader) == 0:
+            batch = self.args.per_device_train_batch_size * max(self.args.world_size, 1)
+            raise ValueError(
+                f"The training set ({len(self.train_dataset)} images) is smaller than one batch ({batch} images over "
+                "all processes), and pre-training drops incomplete batches: lower per_device_train_batch_size."
+            )
+        return loader
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        drop_last, self.args.dataloader_drop_last = self.args.dataloader_drop_last, False  # evaluate every image
+        try:
+            return super().get_eval_dataloader(eval_dataset)
+        finally:
+            self.args.dataloader_drop_last = drop_last
+
     def mimir_loss(self, model, inputs):
         images = inputs["pixel_values"]
         adversarial = mae_attack(self.accelerator.unwrap_model(model), images)
-        outputs = model(pixel_values=images, adversarial_pixel_values=adversarial)
+        # The MI term compares the images of a batch: an evaluation batch of one has none (training drops such).
+        compute_mi = None if images.shape[0] > 1 else False
+        outputs = model(pixel_values=images, adversarial_pixel_values=adversarial, compute_mi_loss=compute_mi)
         self._store(model, reconstruction_loss=outputs.reconstruction_loss, mi_loss=outputs.mi_loss)
         return outputs.loss, outputs
 

@@ -141,8 +141,10 @@ def test_run_mimir_end_to_end_tiny(tmp_path):
 
 
 def test_output_dir_holding_another_run_is_refused(pretrained, tmp_path):
+    other = str(tmp_path / "other")
+    run_pretraining.main(TINY_MODEL + TINY_DATA + QUIET + ["--num_train_epochs", "1", "--output_dir", other])
     with pytest.raises(ValueError, match="already holds.*run_pretraining"):
-        run_finetuning.main(TINY_DATA + QUIET + ["--model_name_or_path", pretrained, "--output_dir", pretrained])
+        run_finetuning.main(TINY_DATA + QUIET + ["--model_name_or_path", pretrained, "--output_dir", other])
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "thesis.tex").write_text("do not delete")

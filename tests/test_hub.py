@@ -38,6 +38,7 @@ def test_saved_folder_carries_auto_map_and_code_and_loads_without_mimir_hf(tmp_p
         "AutoModel",
         "AutoModelForPreTraining",
         "AutoModelForImageClassification",
+        "AutoImageProcessor",
     }
     x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     torch.save(x, tmp_path / "x.pt")
@@ -59,6 +60,9 @@ def test_saved_folder_carries_auto_map_and_code_and_loads_without_mimir_hf(tmp_p
         except Exception as error:
             print("refused:", type(error).__name__)
         model = AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True).eval()
+        from transformers import AutoImageProcessor
+        processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)
+        assert type(processor).__name__ == "MimirImageProcessor", type(processor)
         assert "mimir_hf" not in sys.modules
         torch.testing.assert_close(model(torch.load(folder + "/x.pt")).logits, torch.load(folder + "/expected.pt"))
         print("OK", type(model).__module__)
@@ -76,13 +80,23 @@ def test_saved_folder_carries_auto_map_and_code_and_loads_without_mimir_hf(tmp_p
     assert "OK transformers_modules" in result.stdout
 
 
-def test_image_classification_pipeline_on_a_saved_mimir_classifier(tmp_path):
+def test_image_classification_pipeline_on_a_saved_mimir_classifier(tmp_path, monkeypatch):
+    """With mimir_hf imported, the registered classes win: no "run custom code?" prompt (pipeline() probes for a
+    video processor too, which used to find the image processor's auto_map and ask)."""
     model = saved_classifier(tmp_path, num_channels=1)
     images = [image["image"] for image in load_digits_dataset()["test"].select(range(3))]
     processor_config = json.load(open(tmp_path / "preprocessor_config.json"))
     assert processor_config["num_channels"] == 1 and processor_config["do_normalize"] is False
-    assert processor_config["auto_map"]["AutoImageProcessor"] == "image_processing_mimir.MimirImageProcessor"
+    assert "image_processor_type" not in processor_config  # found through config.json's auto_map / the registry
+    assert json.load(open(tmp_path / "config.json"))["auto_map"]["AutoImageProcessor"] == (
+        "image_processing_mimir.MimirImageProcessor"
+    )
     assert (tmp_path / "image_processing_mimir.py").is_file()
+
+    def no_questions(*args, **kwargs):
+        raise AssertionError(f"pipeline() asked the user: {args}")
+
+    monkeypatch.setattr("builtins.input", no_questions)  # a terminal would show "run custom code? [y/N]"
     classify = pipeline("image-classification", model=str(tmp_path), device="cpu")
     assert type(classify.image_processor).__name__ == "MimirImageProcessor"
     results = classify(images, top_k=4)

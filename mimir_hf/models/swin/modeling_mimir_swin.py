@@ -35,7 +35,13 @@ from transformers.models.swin.modeling_swin import (
     SwinRelativePositionBias,
 )
 
-from ...modeling_common import MimirLoadingMixin, PixelNormalisation, check_pixel_values, classification_loss
+from ...modeling_common import (
+    MimirLoadingMixin,
+    PixelNormalisation,
+    check_num_labels,
+    check_pixel_values,
+    classification_loss,
+)
 from .configuration_mimir_swin import MimirSwinConfig
 
 
@@ -145,6 +151,7 @@ class MimirSwinForImageClassification(SwinForImageClassification, MimirSwinPreTr
     def __init__(self, config: MimirSwinConfig):
         # Not SwinForImageClassification.__init__: it would build a second, plain SwinModel only to replace it.
         MimirSwinPreTrainedModel.__init__(self, config)
+        check_num_labels(config)
         self.num_labels = config.num_labels
         self.swin = MimirSwinModel(config)
         self.classifier = (

@@ -89,7 +89,8 @@ class MimirConfig(PretrainedConfig):
         decoder_intermediate_size (`int`, defaults to 512):
             Width of the decoder MLP.
         mask_ratio (`float`, defaults to 0.75):
-            Fraction of patches hidden from the encoder in pre-training; in [0, 1).
+            Fraction of patches hidden from the encoder in pre-training; it must leave at least one patch visible and
+            mask at least one (`0 < int(num_patches * (1 - mask_ratio)) < num_patches`).
         norm_pix_loss (`bool`, defaults to `True`):
             Reconstruct per-patch normalised pixels (mean 0, variance 1), as every MIMIR reference script does.
         classifier_pooling (`str`, defaults to `"mean"`):
@@ -166,10 +167,13 @@ class MimirConfig(PretrainedConfig):
     def validate_architecture(self):
         """Checks run by `@strict` at construction: each names the field, the value and what is expected."""
         height, width = self.image_size_hw
-        if self.patch_size < 1 or height % self.patch_size or width % self.patch_size:
+        if height < 1 or width < 1 or self.patch_size < 1 or height % self.patch_size or width % self.patch_size:
             raise ValueError(
                 f"image_size {self.image_size} must be divisible by patch_size {self.patch_size} (both positive)."
             )
+        for name in ("num_channels", "num_hidden_layers", "intermediate_size", "decoder_num_hidden_layers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
         for prefix in ("", "decoder_"):
             size, heads = getattr(self, f"{prefix}hidden_size"), getattr(self, f"{prefix}num_attention_heads")
             if heads < 1 or size % heads:
@@ -178,6 +182,12 @@ class MimirConfig(PretrainedConfig):
                 )
         if not 0 <= self.mask_ratio < 1:
             raise ValueError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}.")
+        visible = int(self.num_patches * (1 - self.mask_ratio))  # ViTMAE's len_keep
+        if not 0 < visible < self.num_patches:
+            raise ValueError(
+                f"mask_ratio {self.mask_ratio} leaves {visible} of {self.num_patches} patches visible; MIMIR's "
+                "pre-training needs at least one visible and at least one masked patch (the paper: 0.75)."
+            )
         if self.classifier_pooling not in CLASSIFIER_POOLINGS:
             raise ValueError(
                 f"classifier_pooling must be one of {CLASSIFIER_POOLINGS}, got {self.classifier_pooling!r}."

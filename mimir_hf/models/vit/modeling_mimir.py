@@ -32,6 +32,7 @@ from ...modeling_common import (
     MimirForPreTrainingOutput,
     MimirLoadingMixin,
     PixelNormalisation,
+    check_num_labels,
     check_pixel_values,
     classification_loss,
     masked_reconstruction_loss,
@@ -346,6 +347,7 @@ class MimirForImageClassification(MimirPreTrainedModel):
 
     def __init__(self, config: MimirConfig):
         super().__init__(config)
+        check_num_labels(config)
         self.num_labels = config.num_labels
         mean_pooling = config.classifier_pooling == "mean"
         self.vit = MimirModel(config, use_final_norm=not mean_pooling)

@@ -1,0 +1,156 @@
+"""Training checkpoints that a crash cannot make unusable: a completion marker written last, a check before every
+resume, and a fall-back to the last complete checkpoint.
+
+`Trainer` writes `checkpoint-N/` file by file; a run killed (or out of disk) half-way leaves a folder that looks like
+a checkpoint but cannot be resumed from. The MIMIR trainers write `COMPLETE_MARKER` into the folder after everything
+else (synced to disk), and resume only from a checkpoint that has it and whose files read back; an incomplete one is
+skipped, with a warning that names it, in favour of the previous complete one. Nothing is deleted. (Trainer writes
+`trainer_state.json` after the weights, optimizer, scheduler and RNG states, so a checkpoint whose files all read
+back is complete even without the marker, e.g. one written by a plain `Trainer`.)
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import shutil
+import zipfile
+
+from safetensors import SafetensorError, safe_open
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
+
+COMPLETE_MARKER = "mimir_checkpoint_complete.json"
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+_REQUIRED = ("trainer_state.json",)
+
+
+def write_marker(folder: str, info: dict) -> None:
+    """Write `COMPLETE_MARKER` (with `info`: the step and the run's loss so far) and make it durable."""
+    path = os.path.join(folder, COMPLETE_MARKER)
+    with open(path + ".tmp", "w") as f:
+        json.dump(info, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(path + ".tmp", path)
+
+
+def read_marker(folder: str) -> dict | None:
+    try:
+        with open(os.path.join(folder, COMPLETE_MARKER)) as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def checkpoint_problem(folder: str) -> str | None:
+    """Why `folder` cannot be resumed from (naming the file at fault), or None when it is complete and readable."""
+    if not os.path.isdir(folder):
+        return f"{folder} is not a checkpoint folder"
+    for name in _REQUIRED:
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
+            return f"{path} is missing (the checkpoint was not completely written)"
+        try:
+            with open(path) as f:
+                json.load(f)
+        except (OSError, json.JSONDecodeError) as error:
+            return f"{path} cannot be read ({error})"
+    weights = os.path.join(folder, "model.safetensors")
+    if os.path.isfile(weights):
+        try:
+            with safe_open(weights, "pt") as f:
+                for key in f.keys():  # safe_open checks the header against the file's size
+                    f.get_slice(key)
+        except (SafetensorError, OSError, ValueError) as error:
+            return f"{weights} cannot be read ({error}): it is truncated or corrupt"
+    elif not any(name.endswith((".safetensors", ".bin")) for name in os.listdir(folder)):
+        return f"{folder} holds no model weights"
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        if name.endswith((".pt", ".pth", ".bin")) and not zipfile.is_zipfile(path):  # torch.save writes zip files
+            return f"{path} is truncated or corrupt"
+    return None
+
+
+def checkpoints(output_dir: str) -> list[str]:
+    """`checkpoint-N` folders of `output_dir`, oldest (smallest N) first."""
+    if not os.path.isdir(output_dir):
+        return []
+    found = [(int(m.group(1)), name) for name in os.listdir(output_dir) if (m := _CHECKPOINT.match(name))]
+    return [
+        os.path.join(output_dir, name) for _, name in sorted(found) if os.path.isdir(os.path.join(output_dir, name))
+    ]
+
+
+def last_complete_checkpoint(output_dir: str) -> str | None:
+    """The newest checkpoint of `output_dir` that is complete and readable; newer incomplete ones are skipped, each
+    with a warning saying why (they are left where they are)."""
+    for folder in reversed(checkpoints(output_dir)):
+        problem = checkpoint_problem(folder)
+        if problem is None:
+            return folder
+        logger.warning(f"Not resuming from {folder}: {problem}. Trying the previous checkpoint.")
+    return None
+
+
+def check_resume_checkpoint(folder: str, model) -> None:
+    """A `ValueError` naming the file when `folder` is not a complete checkpoint of `model` (another model class, other
+    shapes, a truncated or missing file)."""
+    problem = checkpoint_problem(folder)
+    if problem is not None:
+        raise ValueError(f"Cannot resume from {folder}: {problem}.")
+    config_path = os.path.join(folder, "config.json")
+    config = getattr(model, "config", None)
+    if os.path.isfile(config_path) and config is not None:
+        with open(config_path) as f:
+            saved = json.load(f)
+        if saved.get("model_type") != config.model_type or saved.get("architectures", [type(model).__name__]) != [
+            type(model).__name__
+        ]:
+            raise ValueError(
+                f"Cannot resume from {folder}: {config_path} is a {saved.get('model_type')!r} "
+                f"{saved.get('architectures')} checkpoint, not one of this {type(model).__name__} "
+                f"({config.model_type!r}). Resume a run of the same model, or start a new one."
+            )
+    weights = os.path.join(folder, "model.safetensors")
+    if os.path.isfile(weights):
+        with safe_open(weights, "pt") as f:
+            saved_shapes = {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
+        expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
+        missing = sorted(set(expected) - set(saved_shapes))
+        shapes = [key for key in expected if key in saved_shapes and saved_shapes[key] != expected[key]]
+        if missing or shapes:
+            raise ValueError(
+                f"Cannot resume from {folder}: {weights} does not fit this {type(model).__name__} (missing "
+                f"{missing[:5]}, other shapes {shapes[:5]}). Resume a run of the same model, or start a new one."
+            )
+
+
+def disk_full_error(path: str, needed_bytes: int) -> OSError:
+    """One clear line for a full disk: where, how much is needed, how much is free."""
+    directory = path if os.path.isdir(path) else os.path.dirname(path) or "."
+    while not os.path.exists(directory) and os.path.dirname(directory) != directory:
+        directory = os.path.dirname(directory)
+    free = shutil.disk_usage(directory).free
+    return OSError(
+        errno.ENOSPC,
+        f"No space left on the device while writing {path}: a checkpoint needs about {needed_bytes / 2**20:.1f} MiB "
+        f"and {free / 2**20:.1f} MiB are free. Free some space (or lower save_total_limit) and run again: training "
+        "resumes from the last complete checkpoint.",
+    )
+
+
+__all__ = [
+    "COMPLETE_MARKER",
+    "check_resume_checkpoint",
+    "checkpoint_problem",
+    "checkpoints",
+    "disk_full_error",
+    "last_complete_checkpoint",
+    "read_marker",
+    "write_marker",
+]
