@@ -29,7 +29,9 @@ from .threat_model import ADVERSARIAL_TRAINING_ATTACK, AttackBudget, check_budge
 logger = logging.get_logger(__name__)
 
 ADVERSARIAL_METHODS = ("pgd", "trades", "mart", "none")
-_NO_WEIGHT_DECAY = ("cls_token", "mask_token", "position_embeddings", "decoder_pos_embed")
+_NO_WEIGHT_DECAY = (
+    "cls_token", "mask_token", "position_embeddings", "decoder_pos_embed", "relative_position_bias_table"
+)  # fmt: skip
 
 
 def _accelerator_available() -> bool:

@@ -339,3 +339,73 @@ def test_released_style_swin_files_convert_through_the_cli_and_load_in_a_pipelin
     assert len(classify(Image.new("RGB", (160, 150), (10, 200, 30)), top_k=3)) == 3
     card = (tmp_path / "out" / "README.md").read_text()
     assert "Swin-L" in card and "59.68" in card and "state_dict_ema" in card
+
+
+def small_swin(num_labels=4) -> MimirSwinForImageClassification:
+    config = MimirSwinConfig(image_size=32, patch_size=4, embed_dim=16, depths=[2, 2], num_heads=[2, 2],
+                             window_size=4, num_labels=num_labels)  # fmt: skip
+    model = MimirSwinForImageClassification(config)
+    model.classifier.weight.data.normal_(std=0.5)
+    return model
+
+
+def test_the_adversarial_trainer_and_the_report_work_on_swin(tmp_path):
+    """The method is family-agnostic: attacks need only logits (and features / classifier for the adaptive ones)."""
+    from datasets import Dataset
+
+    from mimir_hf.attacks import pgd_attack
+    from mimir_hf.evaluation import RobustnessSettings, evaluate_robustness
+    from mimir_hf.threat_model import AttackBudget
+    from mimir_hf.trainer import MimirAdversarialTrainer, MimirAdversarialTrainingArguments
+
+    torch.manual_seed(0)
+    labels = torch.arange(8) % 4
+    images = 0.2 + 0.2 * labels.view(-1, 1, 1, 1) + 0.1 * torch.rand(8, 3, 32, 32, generator=torch.Generator())
+    model = small_swin()
+
+    def robust_loss():
+        budget = AttackBudget(8 / 255, 4 / 255, 3)
+        adversarial = pgd_attack(model, images, labels, budget, generator=torch.Generator().manual_seed(2))
+        with torch.no_grad():
+            return torch.nn.functional.cross_entropy(model.eval()(adversarial).logits, labels)
+
+    before = robust_loss()
+    data = Dataset.from_dict({"pixel_values": images.numpy(), "labels": labels.numpy()}).with_format("torch")
+    args = MimirAdversarialTrainingArguments(
+        output_dir=str(tmp_path), per_device_train_batch_size=8, num_train_epochs=25, learning_rate=3e-3,
+        adversarial_steps=3, adversarial_step_size=4 / 255, warmup_steps=0, report_to=[], use_cpu=True,
+        disable_tqdm=True, save_strategy="no",
+    )  # fmt: skip
+    MimirAdversarialTrainer(model=model, args=args, train_dataset=data).train()
+    assert robust_loss() < 0.8 * before
+    settings = RobustnessSettings(pgd_steps=[3, 6], cw_steps=3, adaptive_steps=3, eps_sweep=[0.0, 1.0],
+                                  autoattack=False, eval_batch_size=4)  # fmt: skip
+    report = evaluate_robustness(model, (images, labels), settings)
+    assert {"pgd_mi", "pgd_feature", "cw_inf"} <= set(report.accuracy)
+    assert report.robust_accuracy <= min(report.accuracy[name] for name in report.robust_accuracy_attacks)
+    assert report.eps_sweep[-1].accuracy == 0.0
+
+
+def test_run_evaluation_on_a_converted_swin_folder(tmp_path):
+    import sys as _sys
+
+    from PIL import Image
+
+    _sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples"))
+    import run_evaluation
+
+    small_swin(num_labels=2).save_pretrained(tmp_path / "swin")
+    from mimir_hf.data import image_processor_for
+
+    image_processor_for(MimirSwinConfig(image_size=32, patch_size=4, embed_dim=16, depths=[2, 2], num_heads=[2, 2],
+                                        window_size=4), crop_pct=0.875).save_pretrained(tmp_path / "swin")  # fmt: skip
+    for index, name in enumerate(("a", "b")):
+        (tmp_path / "val" / name).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (40, 36), (60 + 120 * index, 80, 20 * i)).save(tmp_path / "val" / name / f"{i}.png")
+    report = run_evaluation.main(
+        ["--model_name_or_path", str(tmp_path / "swin"), "--validation_dir", str(tmp_path / "val"),
+         "--output_dir", str(tmp_path / "report"), "--pgd_steps", "2", "4", "--cw_steps", "2", "--adaptive_steps",
+         "2", "--autoattack", "false", "--eps_sweep", "0", "1", "--use_cpu", "true"]
+    )  # fmt: skip
+    assert report.num_samples == 6 and (tmp_path / "report" / "robustness.md").is_file()
