@@ -62,7 +62,42 @@ def parse_args(argv=None):
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--output", help="Write the results as JSON here.")
+    parser.add_argument(
+        "--report_model",
+        help="Also measure the robustness report's cost per attack on this saved classifier (e.g. "
+        "outputs/demo/finetune, after make demo): images, seconds, forward and backward passes per image.",
+    )
+    parser.add_argument("--report_images", type=int, default=64, help="Test digits the report cost runs on.")
     return parser.parse_args(argv)
+
+
+def report_cost(model_path: str, num_images: int, device: str) -> dict:
+    """The robustness report (default settings, AutoAttack on every image) on the first `num_images` test digits:
+    per attack, the seconds, forward passes and backward passes per image. Passes per image do not depend on the
+    hardware: with a measured per-image pass time they predict the report's time on another device."""
+    from transformers import AutoModelForImageClassification
+
+    from mimir_hf.data import image_processor_for, load_digits_dataset, tensors, with_pixel_transform
+    from mimir_hf.evaluation import RobustnessSettings, evaluate_robustness
+
+    model = AutoModelForImageClassification.from_pretrained(model_path).to(device).eval()
+    test = load_digits_dataset()["test"].select(range(num_images))
+    images, labels = tensors(with_pixel_transform(test, "image", "label", image_processor_for(model.config)))
+    report = evaluate_robustness(model, (images, labels), RobustnessSettings(autoattack_max_samples=-1))
+    lines = [
+        f"report cost on {num_images} test digits ({model_path}, {device}); natural {report.natural_accuracy}%",
+        "| attack | seconds / image | forward passes / image | backward passes / image |",
+        "| --- | --- | --- | --- |",
+    ]
+    for name, cost in report.cost.items():
+        lines.append(
+            f"| {report.titles.get(name, name)} | {cost['seconds_per_image']:.4f} | "
+            f"{cost['forward_passes_per_image']:.1f} | {cost['backward_passes_per_image']:.1f} |"
+        )
+    total = sum(report.seconds.values())
+    lines.append(f"total {total:.1f} s = {total / num_images:.3f} s per image")
+    print("\n".join(lines))
+    return {"images": num_images, "seconds": report.seconds, "cost": report.cost, "natural": report.natural_accuracy}
 
 
 class LiveTensorBytes(TorchDispatchMode):
@@ -251,6 +286,8 @@ def main(argv=None) -> dict:
     lines.append(f"peak memory b/a = {cases[1].peak / cases[0].peak:.2f} (target <= 1.3)")
     result["memory_b_over_a"] = round(cases[1].peak / cases[0].peak, 3)
     print("\n".join(lines))
+    if args.report_model:
+        result["report_cost"] = report_cost(args.report_model, args.report_images, device)
     if args.output:
         with open(args.output, "w") as f:
             json.dump(result, f, indent=2)

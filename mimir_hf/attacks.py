@@ -53,6 +53,7 @@ def projected_gradient_ascent(
     *,
     model: nn.Module | None = None,
     generator: torch.Generator | None = None,
+    stop_when: Callable[[Objective, torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """PGD in the L-inf ball: x' <- clip_[0,1](x + clip_[-eps,eps](x' + step_size * sign(grad objective(x')) - x)).
 
@@ -62,6 +63,12 @@ def projected_gradient_ascent(
         budget: epsilon, step size, steps and random start, in pixel units.
         model: the model the objective calls; put in eval mode during the attack and restored afterwards.
         generator: random generator of the start point (for reproducible attacks).
+        stop_when: early stopping, for evaluation (AutoAttack's convention: attack only the points still robust).
+            Called after each objective evaluation as `stop_when(objective, index)`, with `index` the batch positions
+            of the images just evaluated, it returns a bool mask of those whose current iterate already reached the
+            attack's goal (e.g. misclassified, read from the logits the objective kept): they keep that iterate and
+            leave the attack, so each image counts as broken if any iterate broke it and the attack costs passes only
+            for the images still standing. The objective is then called as `objective(images, index=index)`.
 
     Returns: detached adversarial images, within `budget.epsilon` of `images` and in [0, 1].
     """
@@ -75,13 +82,28 @@ def projected_gradient_ascent(
         adversarial = (clean + (2 * noise - 1) * budget.epsilon).clamp_(0.0, 1.0)
     else:
         adversarial = clean.clone()
+    active = torch.arange(len(clean), device=clean.device)
     with eval_mode(model), torch.enable_grad():
         for _ in range(budget.steps):
-            adversarial.requires_grad_(True)
-            (gradient,) = torch.autograd.grad(objective(adversarial), adversarial)
+            if stop_when is None:
+                current = adversarial.requires_grad_(True)
+                value = objective(current)
+            else:
+                if active.numel() == 0:
+                    break
+                current = adversarial[active].requires_grad_(True)
+                value = objective(current, index=active)
+            (gradient,) = torch.autograd.grad(value, current)
             # torch's sign() maps a NaN gradient entry (e.g. an fp16 overflow inside the model) to 0 and +-inf to
             # +-1, so a non-finite gradient costs that pixel one step, never the image (tested).
-            adversarial = project(adversarial.detach() + budget.step_size * gradient.sign(), clean, budget.epsilon)
+            stepped = project(current.detach() + budget.step_size * gradient.sign(), clean[active], budget.epsilon)
+            if stop_when is None:
+                adversarial = stepped
+                continue
+            done = stop_when(objective, active).to(torch.bool)
+            stepped[done] = current.detach()[done]  # keep the iterate that reached the goal
+            adversarial[active] = stepped
+            active = active[~done]
     return adversarial.detach()
 
 
@@ -122,20 +144,32 @@ def class_labels(model: nn.Module, labels: torch.Tensor, images: torch.Tensor) -
 
 
 def cross_entropy_objective(model: nn.Module, labels: torch.Tensor) -> Objective:
-    """Summed cross-entropy of the true labels: the PGD / FGSM objective."""
-    return lambda images: F.cross_entropy(logits_of(model, images), labels, reduction="sum")
+    """Summed cross-entropy of the true labels: the PGD / FGSM objective. Keeps the last logits (`.logits`) for
+    early stopping; `index` selects the labels of a subset of the batch."""
+
+    def objective(images: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+        objective.logits = logits_of(model, images)
+        return F.cross_entropy(objective.logits, labels if index is None else labels[index], reduction="sum")
+
+    return objective
 
 
 def margin_objective(model: nn.Module, labels: torch.Tensor) -> Objective:
     """Summed Carlini-Wagner margin max_{j != y} z_j - z_y: PGD on it is the CW-inf attack."""
 
-    def objective(images: torch.Tensor) -> torch.Tensor:
-        logits = logits_of(model, images)
-        true = logits.gather(1, labels[:, None]).squeeze(1)
-        other = logits.masked_fill(F.one_hot(labels, logits.shape[1]).bool(), float("-inf")).amax(dim=1)
+    def objective(images: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+        target = labels if index is None else labels[index]
+        objective.logits = logits = logits_of(model, images)
+        true = logits.gather(1, target[:, None]).squeeze(1)
+        other = logits.masked_fill(F.one_hot(target, logits.shape[1]).bool(), float("-inf")).amax(dim=1)
         return (other - true).sum()
 
     return objective
+
+
+def misclassified(labels: torch.Tensor) -> Callable[[Objective, torch.Tensor], torch.Tensor]:
+    """`stop_when` for classification attacks: the images whose last logits (kept by the objective) miss the label."""
+    return lambda objective, index: objective.logits.argmax(dim=1) != labels[index]
 
 
 def trades_objective(model: nn.Module, clean_probabilities: torch.Tensor) -> Objective:
@@ -164,8 +198,16 @@ def mi_objective(
 
 
 def feature_objective(model: nn.Module, clean_features: torch.Tensor) -> Objective:
-    """Adaptive PGD-feature: summed L2 distance between the encoder features of x' and of the clean x."""
-    return lambda images: (model.features(images).float() - clean_features).norm(dim=1).sum()
+    """Adaptive PGD-feature: summed L2 distance between the encoder features of x' and of the clean x. Keeps the
+    logits of x' (the head on those features) for early stopping."""
+
+    def objective(images: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+        features = model.features(images)
+        objective.logits = model.classifier(features).float()
+        reference = clean_features if index is None else clean_features[index]
+        return (features.float() - reference).norm(dim=1).sum()
+
+    return objective
 
 
 def mae_objective(model: nn.Module) -> Objective:
@@ -187,12 +229,17 @@ def pgd_attack(
     budget: AttackBudget,
     loss: str = "ce",
     generator: torch.Generator | None = None,
+    early_stop: bool = False,
 ) -> torch.Tensor:
-    """L-inf PGD on cross-entropy (`loss="ce"`) or on the CW margin (`loss="margin"`, i.e. CW-inf)."""
+    """L-inf PGD on cross-entropy (`loss="ce"`) or on the CW margin (`loss="margin"`, i.e. CW-inf). With
+    `early_stop` (evaluation), an image stops being attacked at the first iterate that is misclassified."""
     if loss not in _PGD_LOSSES:
         raise ValueError(f"Unknown PGD loss {loss!r}; expected one of {sorted(_PGD_LOSSES)}.")
     labels = class_labels(model, labels, images)
-    return projected_gradient_ascent(_PGD_LOSSES[loss](model, labels), images, budget, model=model, generator=generator)
+    return projected_gradient_ascent(
+        _PGD_LOSSES[loss](model, labels), images, budget, model=model, generator=generator,
+        stop_when=misclassified(labels) if early_stop else None,
+    )  # fmt: skip
 
 
 def fgsm_attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, epsilon: float) -> torch.Tensor:
@@ -235,6 +282,7 @@ __all__ = [
     "mae_objective",
     "margin_objective",
     "mi_objective",
+    "misclassified",
     "pgd_attack",
     "project",
     "projected_gradient_ascent",

@@ -32,6 +32,7 @@ from .attacks import (
     fgsm_attack,
     logits_of,
     mi_objective,
+    misclassified,
     pgd_attack,
     projected_gradient_ascent,
 )
@@ -113,13 +114,17 @@ class Attack:
     in_worst_case: bool = True  # False for the noise baseline
     max_samples: int = -1  # attack only the first N images of the set (-1: all)
     whole_batch: bool = False  # the objective is a batch statistic (PGD-MI's HSIC): attack every image of the batch
+    same_as: str | None = None  # the very same attack as another row (same budget): its result is reused
 
 
 def _feature_attack(budget: AttackBudget) -> AttackFunction:
     def run(model, x, y, generator):
         with torch.no_grad(), eval_mode(model):
             clean = model.features(x).float()
-        return projected_gradient_ascent(feature_objective(model, clean), x, budget, model=model, generator=generator)
+        objective = feature_objective(model, clean)
+        return projected_gradient_ascent(
+            objective, x, budget, model=model, generator=generator, stop_when=misclassified(y)
+        )
 
     return run
 
@@ -174,17 +179,22 @@ def autoattack_status(settings: RobustnessSettings) -> str:
 
 def attack_registry(model: nn.Module, settings: RobustnessSettings) -> list[Attack]:
     """Every attack of the report, in order: FGSM, PGD-k for each k, CW-inf, noise, the adaptive PGD-MI and
-    PGD-feature (for models with `features` and `classifier`), AutoAttack (when enabled and installed)."""
+    PGD-feature (for models with `features` and `classifier`), AutoAttack (when enabled and installed).
+
+    The iterative attacks stop attacking an image at its first misclassified iterate (AutoAttack's convention: each
+    image counts as broken if any iterate broke it), except PGD-MI, whose HSIC term needs the whole batch."""
     eps = settings.epsilon
     attacks = [Attack("fgsm", "FGSM", lambda m, x, y, g: fgsm_attack(m, x, y, eps))]
     for steps in settings.pgd_steps:
         budget = settings.budget(steps)
         attacks.append(
-            Attack(f"pgd{steps}", f"PGD-{steps}", lambda m, x, y, g, b=budget: pgd_attack(m, x, y, b, generator=g))
+            Attack(f"pgd{steps}", f"PGD-{steps}", lambda m, x, y, g, b=budget: pgd_attack(m, x, y, b, "ce", g, True))
         )
     cw = settings.budget(settings.cw_steps)
     attacks.append(
-        Attack("cw_inf", "CW-inf (PGD on the margin loss)", lambda m, x, y, g: pgd_attack(m, x, y, cw, "margin", g))
+        Attack(
+            "cw_inf", "CW-inf (PGD on the margin loss)", lambda m, x, y, g: pgd_attack(m, x, y, cw, "margin", g, True)
+        )
     )
     attacks.append(Attack("uniform_noise", "uniform ±eps noise", _uniform_noise(eps), in_worst_case=False))
     if hasattr(model, "features") and hasattr(model, "classifier"):
@@ -213,16 +223,19 @@ def attack_registry(model: nn.Module, settings: RobustnessSettings) -> list[Atta
 
 
 def sweep_attacks(settings: RobustnessSettings) -> list[Attack]:
-    """PGD with the first `pgd_steps` at every eps of the sweep (step eps/4; eps = 0 is the clean image)."""
+    """PGD with the first `pgd_steps` at every eps of the sweep (step eps/4, early stopping; eps = 0 is the clean
+    image). The point whose budget equals the report's own PGD row's reuses that row's result."""
     steps = settings.pgd_steps[0]
     attacks = []
     for eps in settings.eps_sweep:
+        same = None
         if eps == 0:
             run = lambda m, x, y, g: x
         else:
             budget = settings.budget(steps, epsilon=eps)
-            run = lambda m, x, y, g, b=budget: pgd_attack(m, x, y, b, generator=g)
-        attacks.append(Attack(f"sweep_{eps:.6f}", f"PGD-{steps} at eps {eps * 255:g}/255", run))
+            run = lambda m, x, y, g, b=budget: pgd_attack(m, x, y, b, "ce", g, True)
+            same = f"pgd{steps}" if budget == settings.budget(steps) else None
+        attacks.append(Attack(f"sweep_{eps:.6f}", f"PGD-{steps} at eps {eps * 255:g}/255", run, same_as=same))
     return attacks
 
 
@@ -244,22 +257,30 @@ def evaluate_batch(
     generator: torch.Generator,
     first_index: int = 0,
     seconds: dict[str, float] | None = None,
+    cost: dict[str, dict[str, int]] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Per-image correctness (bool, on the CPU) of `model` on one batch, clean ("natural") and under each attack.
 
     Attacks run only on the images classified correctly when clean (a `whole_batch` attack, whose objective is a
     batch statistic, runs on all of them); the others count as broken. An attack with
     `max_samples` covers only images whose index in the whole set (`first_index` + position) is below it; its result
-    holds just those. `seconds`, if given, accumulates each attack's wall time.
+    holds just those. `seconds`, if given, accumulates each attack's wall time, and `cost` the images it attacked and
+    the images its forward passes (and backward passes) carried.
     """
     check_pixel_range(images, "images")
     natural = _predicts(model, images, labels)
     results = {"natural": natural.cpu()}
+    counter = _PassCounter(model) if cost is not None else None
     for attack in attacks:
         count = len(images) if attack.max_samples < 0 else max(0, min(len(images), attack.max_samples - first_index))
         if count == 0:
             continue
+        if attack.same_as in results:
+            results[attack.name] = results[attack.same_as].clone()
+            continue
         start = time.perf_counter()
+        if counter is not None:
+            counter.reset()
         correct = torch.zeros(count, dtype=torch.bool, device=images.device)
         if attack.whole_batch:
             adversarial = attack.run(model, images[:count], labels[:count], generator)
@@ -270,7 +291,37 @@ def evaluate_batch(
         results[attack.name] = correct.cpu()
         if seconds is not None:
             seconds[attack.name] = seconds.get(attack.name, 0.0) + time.perf_counter() - start
+        if counter is not None:
+            entry = cost.setdefault(attack.name, {"images": 0, "forward": 0, "backward": 0})
+            entry["images"] += count
+            entry["forward"] += counter.forward
+            entry["backward"] += counter.backward
+    if counter is not None:
+        counter.remove()
     return results
+
+
+class _PassCounter:
+    """Counts the images that go through the model's trunk, forward only (no grad) or forward and backward (grad
+    enabled: the attacks differentiate them), to report what each attack costs per image."""
+
+    def __init__(self, model: nn.Module):
+        trunk = getattr(model, "base_model", model)
+        self.handle = trunk.register_forward_pre_hook(self._count, with_kwargs=True)
+        self.reset()
+
+    def reset(self) -> None:
+        self.forward = self.backward = 0
+
+    def _count(self, module, args, kwargs) -> None:
+        images = args[0] if args else kwargs.get("pixel_values")
+        if isinstance(images, torch.Tensor):
+            if torch.is_grad_enabled() and images.requires_grad:
+                self.backward += len(images)
+            self.forward += len(images)
+
+    def remove(self) -> None:
+        self.handle.remove()
 
 
 def correct_under_attack(
@@ -329,7 +380,10 @@ class RobustnessReport:
     eps_sweep: list[SweepPoint]
     sanity_checks: list[SanityCheck]
     settings: dict
-    seconds: dict[str, float] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time of each attack (this process)
+    # per attack: seconds, forward passes and backward passes per image attacked (an image of a batch of B counts
+    # 1/B of a batch's pass), to predict the report's cost on other hardware (see examples/benchmark.py)
+    cost: dict[str, dict[str, float]] = field(default_factory=dict)
     info: dict = field(default_factory=dict)  # model, device, ... (set by the caller)
 
     def to_dict(self) -> dict:
@@ -420,12 +474,14 @@ class _ResumeFile:
         line = self.done.get(index)
         if line is None:
             return None
-        return {name: torch.tensor(bits, dtype=torch.bool) for name, bits in line["results"].items()}, line["seconds"]
+        results = {name: torch.tensor(bits, dtype=torch.bool) for name, bits in line["results"].items()}
+        return results, line["seconds"], line.get("cost", {})
 
-    def add(self, index: int, results: dict[str, torch.Tensor], seconds: dict[str, float]) -> None:
+    def add(self, index: int, results: dict[str, torch.Tensor], seconds: dict[str, float], cost: dict) -> None:
         if self.path is None:
             return
-        line = {"batch": index, "results": {k: v.int().tolist() for k, v in results.items()}, "seconds": seconds}
+        line = {"batch": index, "results": {k: v.int().tolist() for k, v in results.items()}, "seconds": seconds,
+                "cost": cost}  # fmt: skip
         with open(self.path, "a") as f:
             f.write(json.dumps(line) + "\n")
             f.flush()
@@ -461,6 +517,7 @@ def evaluate_robustness(
     robust = num_samples = 0
     aa_reference = 0  # short PGD's correct count on the images AutoAttack ran on
     seconds: dict[str, float] = {}
+    cost: dict[str, dict[str, int]] = {}
     short = f"pgd{settings.pgd_steps[0]}"
     start_time = time.time()
     for index, batch in enumerate(loader):
@@ -469,16 +526,20 @@ def evaluate_robustness(
         cached = resume.get(index)
         if cached is None:
             batch_seconds: dict[str, float] = {}
+            batch_cost: dict[str, dict[str, int]] = {}
             generator = _batch_generator(device, settings.eval_seed, offset + index)
-            results = evaluate_batch(model, attacks, x, y, generator, offset + num_samples, batch_seconds)
-            sweep_generator = _batch_generator(device, settings.eval_seed + 1, offset + index)
-            sweep_results = evaluate_batch(model, sweep, x, y, sweep_generator, offset + num_samples, batch_seconds)
-            results.update({k: v for k, v in sweep_results.items() if k != "natural"})
-            resume.add(index, results, batch_seconds)
+            results = evaluate_batch(
+                model, attacks + sweep, x, y, generator, offset + num_samples, batch_seconds, batch_cost
+            )
+            resume.add(index, results, batch_seconds, batch_cost)
         else:
-            results, batch_seconds = cached
+            results, batch_seconds, batch_cost = cached
         for name, value in batch_seconds.items():
             seconds[name] = seconds.get(name, 0.0) + value
+        for name, counts in batch_cost.items():
+            total = cost.setdefault(name, dict.fromkeys(counts, 0))
+            for key, value in counts.items():
+                total[key] += value
         for name, bits in results.items():
             correct_counts[name] += int(bits.sum())
             totals[name] += len(bits)
@@ -488,7 +549,7 @@ def evaluate_robustness(
         num_samples += len(x)
         say(f"batch {index + 1}: {num_samples} images, {time.time() - start_time:.1f} s")
 
-    # Sum over processes (one process: unchanged).
+    # Sum over processes (one process: unchanged); costs and seconds stay this process's (per image they compare).
     flat = _sum_over_processes(
         [correct_counts[n] for n in names] + [totals[n] for n in names] + [robust, num_samples, aa_reference]
     )
@@ -499,7 +560,7 @@ def evaluate_robustness(
 
     ran = [n for n in names if totals[n] > 0]
     accuracy = {n: _percent(correct_counts[n], totals[n]) for n in ran if not n.startswith("sweep_")}
-    titles = {"natural": "natural (no attack)", **{a.name: a.title for a in attacks}}
+    titles = {"natural": "natural (no attack)", **{a.name: a.title for a in attacks + sweep}}
     sweep_points = [
         SweepPoint(eps, round(eps * 255, 2), _percent(correct_counts[a.name], totals[a.name]))
         for eps, a in zip(settings.eps_sweep, sweep, strict=True)
@@ -521,7 +582,7 @@ def evaluate_robustness(
         robust_accuracy_attacks=[n for n in worst_names if n in accuracy],
         accuracy=accuracy,
         attack_samples={n: totals[n] for n in accuracy},
-        titles={n: titles[n] for n in accuracy},
+        titles={n: titles[n] for n in ran},
         autoattack=status,
         eps_sweep=sweep_points,
         sanity_checks=sanity_checks(accuracy, sweep_points, settings.tolerance, reference),
@@ -531,6 +592,14 @@ def evaluate_robustness(
             "step_size_255": round(settings.step_size * 255, 2),
         },
         seconds={name: round(value, 2) for name, value in seconds.items()},
+        cost={
+            name: {
+                "seconds_per_image": round(seconds.get(name, 0.0) / max(c["images"], 1), 5),
+                "forward_passes_per_image": round(c["forward"] / max(c["images"], 1), 2),
+                "backward_passes_per_image": round(c["backward"] / max(c["images"], 1), 2),
+            }
+            for name, c in cost.items()
+        },
     )
 
 

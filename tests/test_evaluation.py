@@ -172,3 +172,40 @@ def test_sanity_checks_hold_on_a_trained_model(tmp_path):
     checks = {row.check: row.passed for row in report.sanity_checks}
     if "autoattack" in accuracy:  # AutoAttack <= PGD-20 (+ tolerance) on the images it ran on
         assert checks["AutoAttack at least as strong as PGD"] is True
+
+
+def test_early_stopping_breaks_as_many_images_with_fewer_passes(model, images, labels):
+    """Evaluation attacks stop on an image at its first misclassified iterate: each image's path is the same until
+    then (samples do not interact in an eval-mode ViT), so nothing that plain PGD breaks survives, and the images
+    already broken cost no more passes."""
+    from mimir_hf.attacks import pgd_attack
+    from mimir_hf.threat_model import AttackBudget
+
+    budget = AttackBudget(32 / 255, 8 / 255, 10)
+    images, labels = images.repeat(4, 1, 1, 1), labels.repeat(4)
+    passes = []
+    model.vit.register_forward_pre_hook(lambda module, args, kwargs: passes.append(len(args[0])), with_kwargs=True)
+    results = {}
+    for early in (False, True):
+        passes.clear()
+        adversarial = pgd_attack(model, images, labels, budget, generator=torch.Generator().manual_seed(0),
+                                 early_stop=early)  # fmt: skip
+        with torch.no_grad():
+            results[early] = (model.eval()(adversarial).logits.argmax(1) == labels, sum(passes))
+    (plain, plain_passes), (stopped, stopped_passes) = results[False], results[True]
+    assert not (stopped & ~plain).any()  # broken by plain PGD -> broken with early stopping
+    assert stopped.sum() < len(labels) and stopped_passes < plain_passes
+
+
+def test_report_records_each_attacks_cost_and_reuses_an_identical_sweep_point(model, images, labels):
+    settings = RobustnessSettings(pgd_steps=[3, 6], cw_steps=3, adaptive_steps=3, autoattack=False, eval_batch_size=6,
+                                  eps_sweep=[0.0, 8 / 255, 1.0], step_size=2 / 255)  # fmt: skip
+    report = evaluate_robustness(model, (images, labels), settings)
+    assert report.eps_sweep[1].accuracy == report.accuracy["pgd3"]  # eps 8/255, step eps/4 = 2/255: the PGD-3 row
+    pgd6 = report.cost["pgd6"]
+    assert (
+        0 < pgd6["backward_passes_per_image"] <= 6
+        and pgd6["forward_passes_per_image"] >= pgd6["backward_passes_per_image"]
+    )
+    assert report.cost["pgd_mi"]["backward_passes_per_image"] == 3  # the whole batch, every step
+    assert report.cost["fgsm"]["backward_passes_per_image"] <= 1 and report.cost["pgd6"]["seconds_per_image"] > 0
