@@ -173,7 +173,9 @@ def run(run_args: MimirRunArguments, model_args, data_args, recipe: AdversarialR
             model_name_or_path=os.path.join(run_args.output_dir, "finetune"), output_dir=report_dir,
             use_cpu=run_args.use_cpu,
         )  # fmt: skip
+        report_start = time.time()
         report = run_evaluation.run(evaluation, data_args, settings, RunArguments(overwrite_output_dir=True))
+        report_seconds = round(time.time() - report_start, 1)
         for name in ("robustness.json", "robustness.md", "robust_accuracy_vs_eps.png"):
             shutil.copy(os.path.join(report_dir, name), os.path.join(run_args.output_dir, name))
         shutil.copy(os.path.join(run_args.output_dir, "pretrain", "reconstructions.png"), run_args.output_dir)
@@ -181,10 +183,18 @@ def run(run_args: MimirRunArguments, model_args, data_args, recipe: AdversarialR
             "finetune": metrics,
             "robust_accuracy": report.robust_accuracy,
             "natural_accuracy": report.natural_accuracy,
+            "stage_seconds": {
+                "pretraining": metrics["pretraining_seconds"],
+                "finetuning": metrics["finetuning_seconds"],
+                "report": report_seconds,
+                "report_attacks": report.seconds,
+            },
         }
     result["seconds"] = round(time.time() - start, 1)
     mark_complete(run_args.output_dir, **result)
-    logger.info(f"Done in {result['seconds']:.0f} s: outputs in {run_args.output_dir}")
+    stages = result.get("stage_seconds", {})
+    timing = ", ".join(f"{name} {value:.0f} s" for name, value in stages.items() if isinstance(value, float))
+    logger.info(f"Done in {result['seconds']:.0f} s ({timing}): outputs in {run_args.output_dir}")
     return result
 
 
