@@ -1,8 +1,8 @@
 """mimir_hf: MIMIR (masked image modelling with a mutual-information bottleneck) for adversarially robust ViTs.
 
 Importing the package registers every MIMIR model family with transformers' Auto classes: `model_type="mimir"` (ViT,
-`mimir_hf/models/vit`), `"mimir_swin"` (Swin, `mimir_hf/models/swin`) and `"mimir_cait"` (CaiT,
-`mimir_hf/models/cait`).
+`mimir_hf/models/vit`), `"mimir_swin"` (Swin, `mimir_hf/models/swin`), `"mimir_cait"` (CaiT, `mimir_hf/models/cait`)
+and `"mimir_convit"` (ConViT, `mimir_hf/models/convit`).
 """
 
 from transformers import (
@@ -15,6 +15,12 @@ from transformers import (
 
 from .image_processing_mimir import MimirImageProcessor
 from .models.cait import MimirCaitConfig, MimirCaitForImageClassification, MimirCaitForPreTraining, MimirCaitModel
+from .models.convit import (
+    MimirConvitConfig,
+    MimirConvitForImageClassification,
+    MimirConvitForPreTraining,
+    MimirConvitModel,
+)
 from .models.swin import MimirSwinConfig, MimirSwinForImageClassification, MimirSwinModel
 from .models.vit import (
     PRESETS,
@@ -45,6 +51,12 @@ AutoModelForPreTraining.register(MimirCaitConfig, MimirCaitForPreTraining, exist
 AutoModelForImageClassification.register(MimirCaitConfig, MimirCaitForImageClassification, exist_ok=True)
 AutoImageProcessor.register(MimirCaitConfig, slow_image_processor_class=MimirImageProcessor, exist_ok=True)
 
+AutoConfig.register(MimirConvitConfig.model_type, MimirConvitConfig, exist_ok=True)
+AutoModel.register(MimirConvitConfig, MimirConvitModel, exist_ok=True)
+AutoModelForPreTraining.register(MimirConvitConfig, MimirConvitForPreTraining, exist_ok=True)
+AutoModelForImageClassification.register(MimirConvitConfig, MimirConvitForImageClassification, exist_ok=True)
+AutoImageProcessor.register(MimirConvitConfig, slow_image_processor_class=MimirImageProcessor, exist_ok=True)
+
 __all__ = [
     "PRESETS",
     "AttackBudget",
@@ -53,6 +65,10 @@ __all__ = [
     "MimirCaitForPreTraining",
     "MimirCaitModel",
     "MimirConfig",
+    "MimirConvitConfig",
+    "MimirConvitForImageClassification",
+    "MimirConvitForPreTraining",
+    "MimirConvitModel",
     "MimirForImageClassification",
     "MimirForPreTraining",
     "MimirImageProcessor",

@@ -103,7 +103,12 @@ FAMILY_DESCRIPTIONS = {
         "class-attention layers; head on the class token) from the MIMIR recipe: adversarial MAE pre-training with "
         "a light talking-heads decoder and an HSIC bottleneck, then adversarial fine-tuning on ImageNet-1K.",
     ),
-    "convit": ("ConViT", "A ConViT (gated positional self-attention) from the MIMIR recipe."),
+    "convit": (
+        "ConViT",
+        "A ConViT (gated positional self-attention in the first 10 layers, the class token joined before layer 10; "
+        "head on the class token) from the MIMIR recipe: adversarial MAE pre-training with a light GPSA decoder and "
+        "an HSIC bottleneck, then adversarial fine-tuning on CIFAR-10 (32 px, patch 2).",
+    ),
 }
 
 
