@@ -101,6 +101,20 @@ def test_presets_build_with_the_auto_classes_at_timm_sizes():
         MimirCaitConfig.from_preset("cait-m48")
 
 
+@torch.no_grad()
+def test_the_smallest_released_shape_runs_at_full_size():
+    config = MimirCaitConfig.from_preset("cait-xxs24-224", num_labels=1000)
+    classifier = AutoModelForImageClassification.from_config(config).eval()
+    pretraining = AutoModelForPreTraining.from_config(config).eval()
+    images = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    assert classifier(images).logits.shape == (2, 1000)
+    out = pretraining(images)  # 49 of 196 patches visible
+    assert out.logits.shape == (2, 196, 768) and out.latent.shape == (2, 50, 192) and torch.isfinite(out.loss)
+    assert pretraining.decoder.decoder_layers[1].layer_scale2.lambda1[0] == pytest.approx(1e-5)
+    positions = pretraining.cait.embeddings.position_embeddings  # MAE's init: sin-cos (sin 0, cos 0 for patch 0)
+    assert positions.requires_grad and torch.equal(positions[0, 0], torch.tensor(([0.0] * 48 + [1.0] * 48) * 2))
+
+
 @pytest.mark.parametrize(
     "bad, message",
     [
@@ -194,6 +208,15 @@ def test_unknown_keys_are_refused_and_a_headless_encoder_gets_a_new_head():
     conversion = convert_cait_checkpoint({f"module.{k}": v for k, v in encoder.items()}, num_labels=7)
     assert conversion.new_keys == ["classifier.bias", "classifier.weight"] and conversion.config.num_labels == 7
     assert any("newly initialised" in note for note in conversion.notes)
+
+
+@torch.no_grad()
+def test_a_bare_state_dict_is_recognised_by_its_keys(tmp_path, pixels):
+    reference = reference_classifier()
+    torch.save({f"module.{key}": value for key, value in reference.state_dict().items()}, tmp_path / "bare.pth")
+    model = convert_checkpoint(str(tmp_path / "bare.pth"))  # no args: family and shape from the keys and tensors
+    assert type(model) is MimirCaitForImageClassification
+    assert (model(pixels).logits - reference(pixels)).abs().max() <= TOLERANCE
 
 
 @torch.no_grad()

@@ -18,7 +18,7 @@ from transformers import AutoModelForImageClassification, AutoModelForPreTrainin
 
 from mimir_hf import AttackBudget, MimirConvitConfig, MimirConvitForImageClassification, MimirConvitForPreTraining
 from mimir_hf.attacks import mae_attack, pgd_attack
-from mimir_hf.convert import main
+from mimir_hf.convert import convert_checkpoint, main
 from mimir_hf.evaluation import evaluate_robustness
 from mimir_hf.models.convit.convert_convit import convert_convit_checkpoint
 from mimir_hf.models.convit.modeling_mimir_convit import relative_patch_offsets
@@ -96,6 +96,22 @@ def test_presets_build_with_the_auto_classes_at_timm_sizes():
         assert (cifar.grid_size, cifar.num_visible_patches) == ((16, 16), 64)  # an 8x8 "grid" for the encoder
     with pytest.raises(ValueError, match="convit-tiny-patch2-32"):
         MimirConvitConfig.from_preset("convit-tiny")
+
+
+@torch.no_grad()
+def test_the_smallest_released_shape_runs_at_full_size():
+    """ConViT-T as the authors pre-train and fine-tune it on CIFAR-10: 32 px, patch 2 (256 patches, 64 visible)."""
+    config = MimirConvitConfig.from_preset("convit-tiny-patch2-32", num_labels=10)
+    classifier = AutoModelForImageClassification.from_config(config).eval()
+    pretraining = AutoModelForPreTraining.from_config(
+        MimirConvitConfig.from_dict({**config.to_dict(), "qkv_bias": True})
+    )
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    assert classifier(images).logits.shape == (2, 10)
+    out = pretraining.eval()(images)  # the encoder's GPSA on an 8x8 "grid" of visible patches, the decoder's on 16x16
+    assert out.logits.shape == (2, 256, 12) and out.latent.shape == (2, 65, 192) and torch.isfinite(out.loss)
+    kernel = pretraining.decoder.decoder_layers[0].attention.position_proj.weight  # 16 heads: a 4x4 local init
+    assert kernel[:, 2].eq(-1).all() and sorted(set(kernel[:, 0].tolist())) == [-3.0, -1.0, 1.0, 3.0]
 
 
 @pytest.mark.parametrize(
@@ -221,6 +237,15 @@ def test_unknown_keys_are_refused_and_cached_offsets_ignored():
     encoder = {key: value for key, value in state.items() if not key.startswith("head.")}
     conversion = convert_convit_checkpoint(encoder)
     assert conversion.new_keys == ["classifier.bias", "classifier.weight"] and conversion.config.num_labels == 10
+
+
+@torch.no_grad()
+def test_a_bare_state_dict_is_recognised_by_its_keys(tmp_path, pixels):
+    reference = reference_classifier()
+    torch.save({f"module.{key}": value for key, value in reference.state_dict().items()}, tmp_path / "bare.pth")
+    model = convert_checkpoint(str(tmp_path / "bare.pth"))  # no args: family and shape from the keys and tensors
+    assert type(model) is MimirConvitForImageClassification
+    assert (model(pixels).logits - reference(pixels)).abs().max() <= TOLERANCE
 
 
 @torch.no_grad()
