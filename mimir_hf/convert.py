@@ -3,6 +3,7 @@
     python -m mimir_hf.convert checkpoint-799.pth out/mimir-vit-small-cifar10      # family and shape from the file
     python -m mimir_hf.convert swin_base.pth out/mimir-swin-base --use_ema          # the EMA weights of a timm file
     python -m mimir_hf.convert finetuned.pth out/classifier --num_attention_heads 6 # a bare state dict: say the heads
+    python -m mimir_hf.convert convit_small.pth out/mimir-convit-s                  # CaiT and ConViT the same way
 
 Files are read with `torch.load(weights_only=True)` and an allow-list of exactly what the authors' training scripts
 pickle besides tensors (`argparse.Namespace`, their saved arguments): nothing else in a file is ever unpickled or run.
@@ -30,7 +31,9 @@ import torch
 from transformers.utils import logging
 
 from .data import image_processor_for
+from .models.cait.convert_cait import convert_cait_checkpoint
 from .models.conversion import Conversion
+from .models.convit.convert_convit import convert_convit_checkpoint
 from .models.swin.convert_swin import convert_swin_checkpoint
 from .models.vit.convert_vit import convert_vit_state_dict
 
@@ -38,7 +41,12 @@ logger = logging.get_logger(__name__)
 
 _ENTRIES = ("model", "state_dict", "model_state_dict")  # where training scripts put the weights, in order
 _EMA_ENTRIES = ("state_dict_ema", "model_ema")
-FAMILIES = {"vit": convert_vit_state_dict, "swin": convert_swin_checkpoint}
+FAMILIES = {
+    "vit": convert_vit_state_dict,
+    "swin": convert_swin_checkpoint,
+    "cait": convert_cait_checkpoint,
+    "convit": convert_convit_checkpoint,
+}
 # Evaluation pre-processing of the ImageNet models (224 px, and every Swin): resize to 256 (bicubic), centre-crop 224.
 IMAGENET_CROP_PCT = 0.875
 
@@ -108,9 +116,9 @@ def detect_family(checkpoint: Checkpoint) -> str:
     if any(key.endswith("attn.relative_position_bias_table") for key in keys):
         return "swin"
     if any(key.startswith("blocks_token_only.") for key in keys):
-        return _supported("cait", checkpoint.path)
+        return "cait"
     if any(key.endswith(("attn.gating_param", "attn.pos_proj.weight")) for key in keys):
-        return _supported("convit", checkpoint.path)
+        return "convit"
     if "patch_embed.proj.weight" in keys and any(key.endswith("attn.qkv.weight") for key in keys):
         return "vit"
     raise ValueError(
@@ -215,6 +223,14 @@ def _floats(text: str) -> list[float]:
     return [float(value) for value in text.split(",")]
 
 
+def _bool(text: str) -> bool:
+    if text.lower() in ("true", "1", "yes"):
+        return True
+    if text.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", help="The .pth file.")
@@ -228,6 +244,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--image_mean", type=_floats, help="Per-channel mean the model was trained with, e.g. "
                         "0.485,0.456,0.406 (applied inside the model; inputs stay [0, 1] pixels).")  # fmt: skip
     parser.add_argument("--image_std", type=_floats, help="Per-channel std, with --image_mean.")
+    parser.add_argument("--qkv_bias", type=_bool, help="false: drop the file's query/key/value biases (listed in "
+                        "the README), e.g. a ConViT pre-training encoder for bias-free fine-tuning.")  # fmt: skip
     args = parser.parse_args(argv)
     overrides = {
         name: value

@@ -97,8 +97,18 @@ FAMILY_DESCRIPTIONS = {
         "fine-tuning), computing exactly what Microsoft's Swin code computes (LayerNorm eps 1e-6 everywhere, "
         "windows clamped to small stages before their relative-position tables are built).",
     ),
-    "cait": ("CaiT", "A CaiT (class-attention image Transformer) from the MIMIR recipe."),
-    "convit": ("ConViT", "A ConViT (gated positional self-attention) from the MIMIR recipe."),
+    "cait": (
+        "CaiT",
+        "A CaiT (class-attention image transformer: talking-heads LayerScale layers over the patches, then two "
+        "class-attention layers; head on the class token) from the MIMIR recipe: adversarial MAE pre-training with "
+        "a light talking-heads decoder and an HSIC bottleneck, then adversarial fine-tuning on ImageNet-1K.",
+    ),
+    "convit": (
+        "ConViT",
+        "A ConViT (gated positional self-attention in the first 10 layers, the class token joined before layer 10; "
+        "head on the class token) from the MIMIR recipe: adversarial MAE pre-training with a light GPSA decoder and "
+        "an HSIC bottleneck, then adversarial fine-tuning on CIFAR-10 (32 px, patch 2).",
+    ),
 }
 
 

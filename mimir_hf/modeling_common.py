@@ -19,7 +19,10 @@ import torch
 from safetensors import SafetensorError
 from torch import nn
 from transformers import PretrainedConfig
+from transformers.models.vit_mae.modeling_vit_mae import build_2d_sinusoidal_position_embedding
 from transformers.utils import ModelOutput, logging
+
+from .mutual_information import mutual_information
 
 logger = logging.get_logger(__name__)
 _HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "proxies", "revision", "subfolder", "token")
@@ -221,6 +224,123 @@ def masked_reconstruction_loss(prediction: torch.Tensor, target: torch.Tensor, m
     return (per_patch * mask).sum() / mask.sum()
 
 
+@dataclass
+class MimirEncoderOutput(ModelOutput):
+    """
+    Output of an encoder that can also run MAE-masked (the CaiT and ConViT trunks).
+
+    Args:
+        last_hidden_state (`torch.FloatTensor` of shape `(batch_size, 1 + num_tokens, hidden_size)`):
+            Class token first, then the patch tokens, after the final norm; with masking only the visible patches, in
+            shuffled order.
+        pooler_output (`torch.FloatTensor` of shape `(batch_size, hidden_size)`):
+            The class token after the final norm (the feature the classifier reads).
+        mask (`torch.FloatTensor` of shape `(batch_size, num_patches)`, *optional*):
+            0 for a visible patch, 1 for a masked one; `None` without masking.
+        ids_restore (`torch.LongTensor` of shape `(batch_size, num_patches)`, *optional*):
+            Permutation that puts the shuffled tokens back in patch order; `None` without masking.
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*):
+            The tokens entering every layer and leaving the last one, when asked for.
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    pooler_output: torch.FloatTensor | None = None
+    mask: torch.FloatTensor | None = None
+    ids_restore: torch.LongTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+
+def random_masking(
+    sequence: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """MAE's per-sample masking: keep the `int(L * (1 - mask_ratio))` tokens with the smallest `noise`.
+
+    Args:
+        sequence: `[B, L, D]` patch tokens in patch order.
+        mask_ratio: fraction of the tokens to hide, in [0, 1).
+        noise: `[B, L]` (uniform in [0, 1) when not given); its per-sample argsort is the shuffle.
+
+    Returns: the kept tokens `[B, keep, D]` in shuffled order, the mask `[B, L]` (0 keep, 1 remove, patch order) and
+    `ids_restore` `[B, L]` (the permutation back to patch order).
+    """
+    batch_size, length, dim = sequence.shape
+    if noise is None:
+        noise = torch.rand(batch_size, length, device=sequence.device)
+    elif tuple(noise.shape) != (batch_size, length):
+        raise ValueError(f"noise must have shape (batch_size, num_patches) = {(batch_size, length)}, got "
+                         f"{tuple(noise.shape)}.")  # fmt: skip
+    keep = int(length * (1 - mask_ratio))
+    ids_shuffle = noise.to(sequence.device).argsort(dim=1)  # small noise: kept
+    ids_restore = ids_shuffle.argsort(dim=1)
+    kept = sequence.gather(1, ids_shuffle[:, :keep, None].expand(-1, -1, dim))
+    mask = torch.ones(batch_size, length, device=sequence.device)
+    mask[:, :keep] = 0
+    return kept, mask.gather(1, ids_restore), ids_restore
+
+
+def unshuffle_with_mask_tokens(visible: torch.Tensor, mask_token: torch.Tensor, ids_restore: torch.Tensor):
+    """The MAE decoder's input: `visible` tokens `[B, keep, D]` (shuffled order) followed by copies of `mask_token`,
+    put back in patch order. Shape `[B, L, D]`."""
+    batch_size, keep, dim = visible.shape
+    tokens = torch.cat([visible, mask_token.expand(batch_size, ids_restore.shape[1] - keep, -1)], dim=1)
+    return tokens.gather(1, ids_restore[:, :, None].expand(-1, -1, dim))
+
+
+def sincos_position_embedding(grid_size: tuple[int, int], dim: int, cls_token: bool = True) -> torch.Tensor:
+    """Fixed 2-D sin-cos position embedding in MAE's layout (the column half first), with a zero row for the class
+    token in front when `cls_token`. Shape `[1, (1 +) rows * columns, dim]`; `dim` must be a multiple of 4."""
+    embedding = build_2d_sinusoidal_position_embedding(*grid_size, embed_dim=dim, cls_token=cls_token)
+    half = dim // 2
+    return torch.cat([embedding[:, half:], embedding[:, :half]], dim=-1).unsqueeze(0)
+
+
+def resize_patch_positions(positions: torch.Tensor, grid_size: tuple[int, int], new_grid: tuple[int, int]):
+    """Patch position embeddings `[1, rows * columns, D]` (no class slot) resized bicubically to `new_grid`."""
+    if tuple(new_grid) == tuple(grid_size):
+        return positions
+    table = positions.reshape(1, *grid_size, -1).permute(0, 3, 1, 2)
+    table = nn.functional.interpolate(table, size=tuple(new_grid), mode="bicubic", align_corners=False)
+    return table.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], -1)
+
+
+def mimir_pretraining_output(
+    config,
+    pixel_values: torch.Tensor,
+    encoder_input: torch.Tensor,
+    latent: torch.Tensor,
+    logits: torch.Tensor,
+    mask: torch.Tensor,
+    ids_restore: torch.Tensor,
+    compute_mi_loss: bool | None = None,
+    hidden_states: tuple[torch.Tensor, ...] | None = None,
+) -> MimirForPreTrainingOutput:
+    """MIMIR's loss from an MAE forward pass: reconstruction of the clean `pixel_values` (masked patches only) plus
+    `config.mi_weight` * I(X'; Z), Z = `latent` (the encoder's tokens) and X' = `encoder_input`.
+
+    `compute_mi_loss` defaults to `config.mi_estimator != "none"`.
+    """
+    target = reconstruction_target(pixel_values, config.patch_size, config.norm_pix_loss)
+    reconstruction_loss = masked_reconstruction_loss(logits, target, mask)
+    if compute_mi_loss is None:
+        compute_mi_loss = config.mi_estimator != "none"
+    mi_loss, loss = None, reconstruction_loss
+    if compute_mi_loss:
+        # HSIC(Z, X'): the information-bottleneck penalty on I(X'; Z).
+        estimator = config.mi_estimator if config.mi_estimator != "none" else "hsic"
+        mi_loss = mutual_information(estimator, latent, encoder_input, sigma=config.mi_sigma, alpha=config.mi_alpha)
+        loss = reconstruction_loss + config.mi_weight * mi_loss
+    return MimirForPreTrainingOutput(
+        loss=loss,
+        reconstruction_loss=reconstruction_loss,
+        mi_loss=mi_loss,
+        logits=logits,
+        mask=mask,
+        ids_restore=ids_restore,
+        latent=latent,
+        hidden_states=hidden_states,
+    )
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Loading and saving
 # ----------------------------------------------------------------------------------------------------------------
@@ -354,6 +474,7 @@ def export_code(folder: str, module_names: list[str]) -> list[str]:
 
 __all__ = [
     "DropPath",
+    "MimirEncoderOutput",
     "MimirForPreTrainingOutput",
     "MimirLoadingMixin",
     "PixelNormalisation",
@@ -362,7 +483,12 @@ __all__ = [
     "check_pixel_values",
     "export_code",
     "masked_reconstruction_loss",
+    "mimir_pretraining_output",
     "patchify",
+    "random_masking",
     "reconstruction_target",
+    "resize_patch_positions",
+    "sincos_position_embedding",
     "unpatchify",
+    "unshuffle_with_mask_tokens",
 ]

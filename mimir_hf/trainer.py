@@ -148,25 +148,32 @@ class MimirAdversarialTrainingArguments(_MimirArguments, AdversarialRecipe):
         self.check_recipe()
 
 
-def layer_id(name: str, num_layers: int) -> int:
-    """0 for the embeddings, i + 1 for encoder layer i, num_layers + 1 for everything above (norms, heads, decoder)."""
-    if name.startswith(("vit.embeddings.", "embeddings.")):
+def layer_id(name: str, num_layers: int, prefix: str = "vit") -> int:
+    """0 for the embeddings (patch embedding, positions, class token), i + 1 for encoder layer i, num_layers + 1 for
+    everything above (class attention, norms, heads, decoder). `prefix` is the model's `base_model_prefix`."""
+    if name.startswith((f"{prefix}.embeddings.", "embeddings.")):
         return 0
-    match = re.match(r"^(?:vit\.)?layers\.(\d+)\.", name)
+    match = re.match(rf"^(?:{re.escape(prefix)}\.)?layers\.(\d+)\.", name)
     return int(match.group(1)) + 1 if match else num_layers + 1
 
 
 def parameter_groups(
     model: nn.Module, learning_rate: float, weight_decay: float, layer_decay: float = 1.0
 ) -> list[dict]:
-    """AdamW groups: lr * layer_decay^(depth - layer_id), weight decay only on matrices that are not tokens."""
+    """AdamW groups: lr * layer_decay^(depth - layer_id), weight decay only on matrices that are not tokens.
+
+    Layer-wise decay follows MAE's fine-tuning for encoders whose layers form one stack (`<base model>.layers.N`: ViT,
+    CaiT, ConViT); a model without such a stack (Swin's stages) gets one learning rate."""
     num_layers = getattr(getattr(model, "config", None), "num_hidden_layers", 0)
+    prefix = getattr(model, "base_model_prefix", "vit") or "vit"
+    named = [(name, parameter) for name, parameter in model.named_parameters() if parameter.requires_grad]
+    depths = {name: layer_id(name, num_layers, prefix) for name, _ in named}
+    if not any(0 < depth <= num_layers for depth in depths.values()):
+        depths = dict.fromkeys(depths, num_layers + 1)
     groups: dict[tuple[int, bool], dict] = {}
-    for name, parameter in model.named_parameters():
-        if not parameter.requires_grad:
-            continue
+    for name, parameter in named:
         decay = parameter.ndim > 1 and not name.endswith(_NO_WEIGHT_DECAY)
-        depth = layer_id(name, num_layers)
+        depth = depths[name]
         group = groups.setdefault(
             (depth, decay),
             {

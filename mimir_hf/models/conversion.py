@@ -60,4 +60,88 @@ def arg(args: dict | None, name: str, default=None):
     return default if value is None else value
 
 
-__all__ = ["Conversion", "arg", "count_indexed", "split_fused_qkv"]
+_QKV_BIASES = ("q_proj.bias", "k_proj.bias", "v_proj.bias")
+
+
+def fit_to_model(
+    model_class: type,
+    config: PretrainedConfig,
+    renamed: dict[str, torch.Tensor],
+    origin: dict[str, str],
+    ignored: dict[str, str],
+    new_allowed: tuple[str, ...] = (),
+) -> list[str]:
+    """Check renamed tensors against the model `config` builds (on the meta device: names and shapes only).
+
+    A query/key/value bias the model has no place for because `config.qkv_bias` is False (MIMIR's ConViT: pre-training
+    encoders have them, fine-tuned classifiers not) is removed from `renamed` and recorded in `ignored` under its
+    checkpoint key (`origin` maps our keys back). Any other tensor without a place, a wrong shape, or a missing weight
+    outside `new_allowed` raises a `ValueError`. Returns the model's weights the file lacks (`new_keys`).
+    """
+    with torch.device("meta"):
+        expected = model_class(config).state_dict()
+    unexpected = []
+    for key in sorted(set(renamed) - set(expected)):
+        if key.endswith(_QKV_BIASES) and not config.qkv_bias:
+            ignored[origin[key]] = "query/key/value bias of the checkpoint; the config has qkv_bias=False"
+            del renamed[key]
+        else:
+            unexpected.append(origin[key])
+    wrong_shape = [
+        f"{origin[key]}: {tuple(value.shape)} in the file, {tuple(expected[key].shape)} for {key}"
+        for key, value in renamed.items()
+        if key in expected and value.shape != expected[key].shape
+    ]
+    new_keys = sorted(set(expected) - set(renamed))
+    missing = [key for key in new_keys if not key.startswith(new_allowed)]
+    if unexpected or wrong_shape or missing:
+        raise ValueError(
+            f"The checkpoint does not fit {model_class.__name__} ({config.model_type}): no place for {unexpected[:6]}, "
+            f"shapes {wrong_shape[:4]}, missing {missing[:6]}."
+        )
+    return new_keys
+
+
+# `--use_normalize` normalised the data with these (the ImageNet ones for every other data set).
+_NORMALISATION = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)),
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
+
+
+def normalisation_fields(args: dict | None, notes: list) -> dict:
+    """`image_mean` / `image_std` of a run trained with `--use_normalize` (applied inside the model, so that it still
+    takes [0, 1] pixels), with a note; nothing otherwise."""
+    if not arg(args, "use_normalize", False):
+        return {}
+    dataset = str(arg(args, "dataset", arg(args, "data_set", "imagenet"))).lower()
+    mean, std = _NORMALISATION["cifar10" if dataset.startswith("cifar10") else "imagenet"]
+    notes.append(f"trained on normalised inputs (args.use_normalize, {dataset}): mean {mean}, std {std} inside.")
+    return dict(image_mean=list(mean), image_std=list(std))
+
+
+def pretraining_method_fields(args: dict | None, notes: list) -> dict:
+    """Config fields of the MIMIR method from a pre-training run's `args`: mask ratio, attack, MI term."""
+    fields = {"mask_ratio": float(arg(args, "mask_ratio", 0.75))}
+    epsilon, step_size = arg(args, "eps"), arg(args, "alpha")
+    if isinstance(epsilon, float) and isinstance(step_size, float):  # tensors when the run was normalised
+        fields.update(attack_epsilon=epsilon, attack_step_size=step_size)
+    elif epsilon is not None:
+        notes.append("args.eps / args.alpha are per-channel (normalised run): the config keeps 8/255 and 10/255.")
+    estimator = {"hsic": "hsic", "dib_mi": "renyi"}.get(str(arg(args, "mi_train", "")))
+    if estimator:
+        fields.update(mi_estimator=estimator)
+    if isinstance(arg(args, "mi_xpl"), float):
+        fields.update(mi_weight=arg(args, "mi_xpl"))
+    return fields
+
+
+__all__ = [
+    "Conversion",
+    "arg",
+    "count_indexed",
+    "fit_to_model",
+    "normalisation_fields",
+    "pretraining_method_fields",
+    "split_fused_qkv",
+]

@@ -15,7 +15,14 @@ import re
 
 import torch
 
-from ..conversion import Conversion, arg, count_indexed, split_fused_qkv
+from ..conversion import (
+    Conversion,
+    arg,
+    count_indexed,
+    normalisation_fields,
+    pretraining_method_fields,
+    split_fused_qkv,
+)
 from .configuration_mimir import MimirConfig
 from .modeling_mimir import MimirForImageClassification, MimirForPreTraining
 
@@ -44,11 +51,6 @@ _TOP = {
 _HEADS = {"ti": 3, "tiny": 3, "small_ds": 8, "small": 6, "base": 12, "large": 16, "huge": 16}
 _NAME = re.compile(r"vit_(ti|tiny|small_ds|small|base|large|huge)(?![a-z])")
 _DECODER_HEADS = 16  # every MIMIR (128 wide) and Meta MAE (512 wide) decoder
-# `--use_normalize` normalised the data with these (the ImageNet ones for every other data set).
-_NORMALISATION = {
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)),
-    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-}
 
 
 def heads_from_model_name(name: str) -> int | None:
@@ -95,20 +97,15 @@ def infer_config(state: dict[str, torch.Tensor], args: dict | None = None, **ove
             decoder_num_hidden_layers=count_indexed(state, "decoder_blocks"),
             decoder_num_attention_heads=_DECODER_HEADS,
             decoder_intermediate_size=state["decoder_blocks.0.mlp.fc1.weight"].shape[0],
-            mask_ratio=float(arg(args, "mask_ratio", 0.75)),
         )
-        fields.update(_pretraining_method(args, notes))
+        fields.update(pretraining_method_fields(args, notes))
     if "head.weight" in state:
         fields.update(
             num_labels=state["head.weight"].shape[0],
             classifier_pooling="mean" if "fc_norm.weight" in state else "cls",
             drop_path_rate=float(arg(args, "drop_path", 0.0)),
         )
-    if arg(args, "use_normalize", False):
-        dataset = str(arg(args, "dataset", arg(args, "data_set", "imagenet"))).lower()
-        mean, std = _NORMALISATION["cifar10" if dataset.startswith("cifar10") else "imagenet"]
-        fields.update(image_mean=list(mean), image_std=list(std))
-        notes.append(f"trained on normalised inputs (args.use_normalize, {dataset}): mean {mean}, std {std} inside.")
+    fields.update(normalisation_fields(args, notes))
     fields.update({k: v for k, v in overrides.items() if v is not None})
     if fields["image_size"] is None:
         raise ValueError(f"pos_embed has {num_patches} patches, not a square grid: pass image_size=(height, width).")
@@ -116,22 +113,6 @@ def infer_config(state: dict[str, torch.Tensor], args: dict | None = None, **ove
     if input_size is not None and int(input_size) != fields["image_size"] and "image_size" not in overrides:
         notes.append(f"args.input_size is {input_size} but pos_embed fits {fields['image_size']}: using the weights'.")
     return MimirConfig(**fields), notes
-
-
-def _pretraining_method(args: dict | None, notes: list) -> dict:
-    """MimirConfig fields of the MIMIR method from a pre-training run's `args` (attack, MI term)."""
-    fields = {}
-    epsilon, step_size = arg(args, "eps"), arg(args, "alpha")
-    if isinstance(epsilon, float) and isinstance(step_size, float):  # tensors when the run was normalised
-        fields.update(attack_epsilon=epsilon, attack_step_size=step_size)
-    elif epsilon is not None:
-        notes.append("args.eps / args.alpha are per-channel (normalised run): the config keeps 8/255 and 10/255.")
-    estimator = {"hsic": "hsic", "dib_mi": "renyi"}.get(str(arg(args, "mi_train", "")))
-    if estimator:
-        fields.update(mi_estimator=estimator)
-    if isinstance(arg(args, "mi_xpl"), float):
-        fields.update(mi_weight=arg(args, "mi_xpl"))
-    return fields
 
 
 def rename_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -23,7 +23,6 @@ from transformers.models.vit_mae.modeling_vit_mae import (
     ViTMAEDecoder,
     ViTMAEEmbeddings,
     ViTMAELayer,
-    build_2d_sinusoidal_position_embedding,
 )
 from transformers.utils import ModelOutput
 
@@ -38,6 +37,7 @@ from ...modeling_common import (
     masked_reconstruction_loss,
     patchify,
     reconstruction_target,
+    sincos_position_embedding,
     unpatchify,
 )
 from ...mutual_information import mutual_information
@@ -75,13 +75,6 @@ class MimirModelOutput(ModelOutput):
     mask: torch.FloatTensor | None = None
     ids_restore: torch.LongTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
-
-
-def sincos_position_embedding(grid_size: tuple[int, int], dim: int) -> torch.Tensor:
-    """Fixed 2-D sin-cos embedding with a zero CLS row, in MAE's layout (w-half first). Shape [1, 1 + h*w, dim]."""
-    embedding = build_2d_sinusoidal_position_embedding(*grid_size, embed_dim=dim, cls_token=True)
-    half = dim // 2
-    return torch.cat([embedding[:, half:], embedding[:, :half]], dim=-1).unsqueeze(0)
 
 
 class MimirEmbeddings(ViTMAEEmbeddings):

@@ -1,0 +1,186 @@
+"""The CaiT family's side of `python -m mimir_hf.convert`: the authors' timm-layout CaiT files -> mimir_hf's names.
+
+Fine-tuned classifiers (timm's `Cait`, `global_pool="token"`) hold `patch_embed.proj`, `pos_embed` (patches only),
+`cls_token`, `blocks.N.{norm1, attn.qkv, attn.proj_l, attn.proj_w, attn.proj, gamma_1, norm2, mlp.fc1, mlp.fc2,
+gamma_2}`, `blocks_token_only.N.{norm1, attn.q, attn.k, attn.v, attn.proj, gamma_1, norm2, mlp.fc1, mlp.fc2, gamma_2}`,
+`norm`, `head`. Pre-training files (`MaskedAutoencoderCait`) hold the same encoder without `head`, and the decoder:
+`decoder_embed`, `mask_token`, `decoder_pos_embed`, `decoder_blocks.N.*` (the same talking-heads layer), `decoder_norm`,
+`decoder_pred`. Every shape, the head counts included (the talking-heads mixers are heads x heads), comes from the
+tensors; the saved `args` give the LayerScale init (from `args.model`), the pre-training method and the input
+normalisation. A file with a decoder converts to `MimirCaitForPreTraining`, one without to
+`MimirCaitForImageClassification` (with a new head when it has none).
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+from ..conversion import (
+    Conversion,
+    arg,
+    count_indexed,
+    fit_to_model,
+    normalisation_fields,
+    pretraining_method_fields,
+    split_fused_qkv,
+)
+from .configuration_mimir_cait import PRESETS, MimirCaitConfig
+from .modeling_mimir_cait import MimirCaitForImageClassification, MimirCaitForPreTraining
+
+_TOP = {  # timm -> ours, modules outside the blocks
+    "patch_embed.proj": "cait.embeddings.patch_embeddings.projection",
+    "norm": "cait.layernorm",
+    "head": "classifier",
+    "decoder_embed": "decoder.decoder_embed",
+    "decoder_norm": "decoder.decoder_norm",
+    "decoder_pred": "decoder.decoder_pred",
+}
+_PARAMETERS = {
+    "pos_embed": "cait.embeddings.position_embeddings",
+    "cls_token": "cait.embeddings.cls_token",
+    "mask_token": "decoder.mask_token",
+    "decoder_pos_embed": "decoder.decoder_pos_embed",
+}
+_STACKS = {  # timm stack -> ours
+    "blocks": "cait.layers",
+    "blocks_token_only": "cait.class_attention_layers",
+    "decoder_blocks": "decoder.decoder_layers",
+}
+_LAYER = {  # inside a block, timm -> ours (talking-heads and class-attention layers alike)
+    "norm1": "layernorm_before",
+    "attn.q": "attention.q_proj",  # class attention
+    "attn.k": "attention.k_proj",
+    "attn.v": "attention.v_proj",
+    "attn.proj_l": "attention.logits_mix",  # talking heads: mixes the logits before the softmax
+    "attn.proj_w": "attention.weights_mix",  # ... and the probabilities after it
+    "attn.proj": "attention.o_proj",
+    "norm2": "layernorm_after",
+    "mlp.fc1": "mlp.fc1",
+    "mlp.fc2": "mlp.fc2",
+}
+_LAYER_SCALES = {"gamma_1": "layer_scale1.lambda1", "gamma_2": "layer_scale2.lambda1"}
+_DEFAULT_NUM_LABELS = 1000  # an encoder-only file: ImageNet-1K fine-tuning, unless told otherwise
+
+
+def rename_state_dict(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """timm names -> ours, the fused `attn.qkv` split into q, k and v; and our key -> the checkpoint key it came
+    from. Unknown keys raise a `ValueError` listing them."""
+    renamed, origin, unknown = {}, {}, []
+    for key, value in state.items():
+        new: dict[str, torch.Tensor] = {}
+        if key in _PARAMETERS:
+            new = {_PARAMETERS[key]: value}
+        elif match := re.match(r"^(blocks|blocks_token_only|decoder_blocks)\.(\d+)\.(.+)$", key):
+            stack, index, name = match.groups()
+            prefix = f"{_STACKS[stack]}.{index}."
+            module, _, kind = name.rpartition(".")
+            if name in _LAYER_SCALES:
+                new = {prefix + _LAYER_SCALES[name]: value}
+            elif module == "attn.qkv" and kind in ("weight", "bias") and stack != "blocks_token_only":
+                new = split_fused_qkv(value, prefix + "attention.", kind)
+            elif module in _LAYER and kind in ("weight", "bias"):
+                new = {f"{prefix}{_LAYER[module]}.{kind}": value}
+        elif (module := key.rpartition(".")[0]) in _TOP and key.rpartition(".")[2] in ("weight", "bias"):
+            new = {f"{_TOP[module]}.{key.rpartition('.')[2]}": value}
+        if not new:
+            unknown.append(key)
+        renamed.update(new)
+        origin.update({name: key for name in new})
+    if unknown:
+        raise ValueError(
+            f"Unknown keys in the CaiT checkpoint (not the timm CaiT / MIMIR MaskedAutoencoderCait layout; a global-"
+            f"pooling head with fc_norm or a ViT-block decoder is not supported): {sorted(unknown)[:8]}"
+        )
+    return renamed, origin
+
+
+def _layer_scale_init(fields: dict, args: dict | None, notes: list) -> float:
+    """LayerScale's initial value (the config records it; loaded vectors replace it): from `args.model`, else from a
+    released shape, else 1e-5 with a note."""
+    name = str(arg(args, "model", "")).lower()
+    if "cait" in name:
+        return 1e-6 if "s36" in name else 1e-5
+    shape = {key: fields[key] for key in ("hidden_size", "num_hidden_layers", "num_attention_heads")}
+    for preset in PRESETS.values():
+        if all(preset[key] == value for key, value in shape.items()):
+            return preset["layer_scale_init"]
+    notes.append(
+        "layer_scale_init = 1e-5 is assumed (no args.model and not a released shape); it only matters for layers "
+        "initialised afresh, the loaded LayerScale vectors are the file's."
+    )
+    return 1e-5
+
+
+def infer_cait_config(
+    state: dict[str, torch.Tensor], args: dict | None = None, **overrides
+) -> tuple[MimirCaitConfig, list[str]]:
+    """A `MimirCaitConfig` matching the checkpoint's tensors and saved `args`, and the notes on what had to be assumed.
+    `overrides` set any field (`None` values are ignored)."""
+    required = ("patch_embed.proj.weight", "pos_embed", "cls_token", "blocks.0.attn.proj_l.weight")
+    missing = [key for key in required if key not in state]
+    if missing:
+        raise ValueError(f"Not a timm-layout CaiT checkpoint: missing {missing} (it has e.g. {sorted(state)[:5]}).")
+    overrides = {key: value for key, value in overrides.items() if value is not None}
+    notes: list[str] = []
+    hidden_size, num_channels, patch_size, _ = state["patch_embed.proj.weight"].shape
+    num_patches = state["pos_embed"].shape[1]
+    side = int(round(num_patches**0.5))
+    fields = dict(
+        hidden_size=hidden_size,
+        num_channels=num_channels,
+        patch_size=patch_size,
+        image_size=side * patch_size if side * side == num_patches else None,
+        num_hidden_layers=count_indexed(state, "blocks"),
+        num_class_attention_layers=count_indexed(state, "blocks_token_only"),
+        num_attention_heads=state["blocks.0.attn.proj_l.weight"].shape[0],
+        intermediate_size=state["blocks.0.mlp.fc1.weight"].shape[0],
+        qkv_bias="blocks.0.attn.qkv.bias" in state,
+    )
+    fields["layer_scale_init"] = _layer_scale_init(fields, args, notes)
+    if "decoder_embed.weight" in state:
+        fields.update(
+            decoder_hidden_size=state["decoder_embed.weight"].shape[0],
+            decoder_num_hidden_layers=count_indexed(state, "decoder_blocks"),
+            decoder_num_attention_heads=state["decoder_blocks.0.attn.proj_l.weight"].shape[0],
+            decoder_intermediate_size=state["decoder_blocks.0.mlp.fc1.weight"].shape[0],
+            norm_pix_loss=bool(arg(args, "norm_pix_loss", True)),
+        )
+        fields.update(pretraining_method_fields(args, notes))
+    else:
+        fields["drop_path_rate"] = float(arg(args, "drop_path", 0.0))
+        if "head.weight" in state:
+            fields["num_labels"] = state["head.weight"].shape[0]
+        else:
+            fields["num_labels"] = int(arg(args, "nb_classes", _DEFAULT_NUM_LABELS))
+    fields.update(normalisation_fields(args, notes))
+    fields.update(overrides)
+    if fields["image_size"] is None:
+        raise ValueError(f"pos_embed has {num_patches} patches, not a square grid: pass image_size=(height, width).")
+    input_size = arg(args, "input_size")
+    if input_size is not None and int(input_size) != fields["image_size"] and "image_size" not in overrides:
+        notes.append(f"args.input_size is {input_size} but pos_embed fits {fields['image_size']}: using the weights'.")
+    return MimirCaitConfig(**fields), notes
+
+
+def convert_cait_checkpoint(state: dict[str, torch.Tensor], args: dict | None = None, **overrides) -> Conversion:
+    """`MimirCaitForPreTraining` (decoder present) or `MimirCaitForImageClassification` from a timm-layout CaiT state
+    dict and its run's `args`. Every tensor is placed, or listed in `ignored` with the reason (query/key/value biases
+    when `qkv_bias=False` is asked for), or refused with a `ValueError`."""
+    state = {key.removeprefix("module."): value for key, value in state.items()}
+    config, notes = infer_cait_config(state, args, **overrides)
+    pretraining = "decoder_embed.weight" in state
+    model_class = MimirCaitForPreTraining if pretraining else MimirCaitForImageClassification
+    renamed, origin = rename_state_dict(state)
+    ignored: dict[str, str] = {}
+    new_keys = fit_to_model(model_class, config, renamed, origin, ignored, new_allowed=("classifier.",))
+    if new_keys:
+        notes.append(
+            f"an encoder without a head: the {config.num_labels}-class head is newly initialised, for fine-tuning "
+            "(pass --num_labels for another number of classes)."
+        )
+    return Conversion(model_class, config, renamed, ignored, new_keys, notes)
+
+
+__all__ = ["convert_cait_checkpoint", "infer_cait_config", "rename_state_dict"]

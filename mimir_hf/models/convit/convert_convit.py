@@ -1,0 +1,196 @@
+"""The ConViT family's side of `python -m mimir_hf.convert`: the authors' timm-layout ConViT files -> mimir_hf's names.
+
+Fine-tuned classifiers (timm's `ConVit`, `global_pool="token"`) hold `patch_embed.proj`, `pos_embed` (patches only),
+`cls_token`, GPSA blocks `blocks.N.{norm1, attn.qk, attn.v, attn.proj, attn.pos_proj, attn.gating_param, norm2,
+mlp.fc1, mlp.fc2}` then ordinary blocks `blocks.N.{..., attn.qkv, attn.proj, ...}`, `norm`, `head`. Pre-training files
+(`MaskedAutoencoderConVit`) hold the same encoder without `head`, and the decoder: `decoder_embed`, `mask_token`,
+`decoder_pos_embed`, `decoder_blocks.N.*` (GPSA blocks), `decoder_norm`, `decoder_pred`. Every shape comes from the
+tensors: the head counts from GPSA's `pos_proj` (Linear(3, heads)), the number of GPSA layers from the `attn.qk` keys,
+the qkv bias from the keys. The authors' fine-tuned ConViTs have no qkv bias and their pre-training encoders do (their
+fine-tuning dropped the biases without a word): `qkv_bias=False` converts a biased file that way, each dropped bias
+listed in `ignored`.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+from ..conversion import (
+    Conversion,
+    arg,
+    count_indexed,
+    fit_to_model,
+    normalisation_fields,
+    pretraining_method_fields,
+)
+from .configuration_mimir_convit import MimirConvitConfig
+from .modeling_mimir_convit import MimirConvitForImageClassification, MimirConvitForPreTraining
+
+_TOP = {  # timm -> ours, modules outside the blocks
+    "patch_embed.proj": "convit.embeddings.patch_embeddings.projection",
+    "norm": "convit.layernorm",
+    "head": "classifier",
+    "decoder_embed": "decoder.decoder_embed",
+    "decoder_norm": "decoder.decoder_norm",
+    "decoder_pred": "decoder.decoder_pred",
+}
+_PARAMETERS = {
+    "pos_embed": "convit.embeddings.position_embeddings",
+    "cls_token": "convit.embeddings.cls_token",
+    "mask_token": "decoder.mask_token",
+    "decoder_pos_embed": "decoder.decoder_pos_embed",
+}
+_STACKS = {"blocks": "convit.layers", "decoder_blocks": "decoder.decoder_layers"}
+_LAYER = {  # inside a block, timm -> ours
+    "norm1": "layernorm_before",
+    "attn.v": "attention.v_proj",  # GPSA
+    "attn.proj": "attention.o_proj",
+    "attn.pos_proj": "attention.position_proj",  # GPSA
+    "norm2": "layernorm_after",
+    "mlp.fc1": "mlp.fc1",
+    "mlp.fc2": "mlp.fc2",
+}
+_FUSED = {"attn.qk": ("q_proj", "k_proj"), "attn.qkv": ("q_proj", "k_proj", "v_proj")}  # split along output rows
+_REBUILT = re.compile(r"^(decoder_)?blocks\.\d+\.attn\.rel_indices$")  # GPSA's cached offsets, if ever saved
+_DEFAULT_NUM_LABELS = 10  # an encoder-only file: the released ConViTs are CIFAR-10 models
+
+
+def rename_state_dict(
+    state: dict[str, torch.Tensor], ignored: dict[str, str]
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """timm names -> ours, the fused `attn.qk` / `attn.qkv` split; and our key -> the checkpoint key it came from.
+    Cached GPSA offsets go to `ignored`; unknown keys raise a `ValueError` listing them."""
+    renamed, origin, unknown = {}, {}, []
+    for key, value in state.items():
+        new: dict[str, torch.Tensor] = {}
+        if _REBUILT.match(key):
+            ignored[key] = "GPSA's cached patch offsets, recomputed from the patch grid"
+            continue
+        if key in _PARAMETERS:
+            new = {_PARAMETERS[key]: value}
+        elif match := re.match(r"^(blocks|decoder_blocks)\.(\d+)\.(.+)$", key):
+            stack, index, name = match.groups()
+            prefix = f"{_STACKS[stack]}.{index}."
+            module, _, kind = name.rpartition(".")
+            if name == "attn.gating_param":
+                new = {prefix + "attention.gating_param": value}
+            elif module in _FUSED and kind in ("weight", "bias"):
+                names = _FUSED[module]
+                chunks = value.chunk(len(names), dim=0)
+                new = {f"{prefix}attention.{n}.{kind}": chunk.clone() for n, chunk in zip(names, chunks, strict=True)}
+            elif module in _LAYER and kind in ("weight", "bias"):
+                new = {f"{prefix}{_LAYER[module]}.{kind}": value}
+        elif (module := key.rpartition(".")[0]) in _TOP and key.rpartition(".")[2] in ("weight", "bias"):
+            new = {f"{_TOP[module]}.{key.rpartition('.')[2]}": value}
+        if not new:
+            unknown.append(key)
+        renamed.update(new)
+        origin.update({name: key for name in new})
+    if unknown:
+        raise ValueError(
+            f"Unknown keys in the ConViT checkpoint (not the timm ConViT / MIMIR MaskedAutoencoderConVit layout; a "
+            f"global-pooling head with fc_norm is not supported): {sorted(unknown)[:8]}"
+        )
+    return renamed, origin
+
+
+def _gpsa_layers(state: dict[str, torch.Tensor], stack: str) -> int:
+    """Number of leading GPSA blocks of `stack`; a `ValueError` when GPSA blocks do not all come first."""
+    depth = count_indexed(state, stack)
+    gpsa = [index for index in range(depth) if f"{stack}.{index}.attn.qk.weight" in state]
+    if gpsa != list(range(len(gpsa))):
+        raise ValueError(f"GPSA layers must come first, found them at {stack} {gpsa} of {depth}.")
+    return len(gpsa)
+
+
+def infer_convit_config(
+    state: dict[str, torch.Tensor], args: dict | None = None, **overrides
+) -> tuple[MimirConvitConfig, list[str]]:
+    """A `MimirConvitConfig` matching the checkpoint's tensors and saved `args`, and the notes on what had to be
+    assumed. `overrides` set any field (`None` values are ignored)."""
+    required = ("patch_embed.proj.weight", "cls_token", "blocks.0.mlp.fc1.weight")
+    missing = [key for key in required if key not in state]
+    if missing:
+        raise ValueError(f"Not a timm-layout ConViT checkpoint: missing {missing} (it has e.g. {sorted(state)[:5]}).")
+    overrides = {key: value for key, value in overrides.items() if value is not None}
+    notes: list[str] = []
+    hidden_size, num_channels, patch_size, _ = state["patch_embed.proj.weight"].shape
+    local_up_to_layer = _gpsa_layers(state, "blocks")
+    fields = dict(
+        hidden_size=hidden_size,
+        num_channels=num_channels,
+        patch_size=patch_size,
+        num_hidden_layers=count_indexed(state, "blocks"),
+        local_up_to_layer=local_up_to_layer,
+        intermediate_size=state["blocks.0.mlp.fc1.weight"].shape[0],
+        qkv_bias=any(f"blocks.0.attn.{name}.bias" in state for name in ("qk", "qkv")),
+        use_pos_embed="pos_embed" in state,
+    )
+    if local_up_to_layer:
+        fields["num_attention_heads"] = state["blocks.0.attn.pos_proj.weight"].shape[0]
+    elif "num_attention_heads" not in overrides:
+        fields["num_attention_heads"] = max(hidden_size // 48, 1)
+        notes.append(
+            f"num_attention_heads = {fields['num_attention_heads']} is a guess (width / 48, ConViT's head width): the "
+            "file has no GPSA layer to read it from. Pass --num_attention_heads if it is wrong."
+        )
+    image_size = arg(args, "input_size")
+    if "pos_embed" in state:
+        num_patches = state["pos_embed"].shape[1]
+        side = int(round(num_patches**0.5))
+        image_size = side * patch_size if side * side == num_patches else None
+    fields["image_size"] = image_size
+    if "decoder_embed.weight" in state:
+        if _gpsa_layers(state, "decoder_blocks") != count_indexed(state, "decoder_blocks"):
+            raise ValueError("The ConViT decoder has non-GPSA blocks (use_convit_dec=False), which mimir_hf lacks.")
+        fields.update(
+            decoder_hidden_size=state["decoder_embed.weight"].shape[0],
+            decoder_num_hidden_layers=count_indexed(state, "decoder_blocks"),
+            decoder_num_attention_heads=state["decoder_blocks.0.attn.pos_proj.weight"].shape[0],
+            decoder_intermediate_size=state["decoder_blocks.0.mlp.fc1.weight"].shape[0],
+            norm_pix_loss=bool(arg(args, "norm_pix_loss", True)),
+        )
+        fields.update(pretraining_method_fields(args, notes))
+    else:
+        fields["drop_path_rate"] = float(arg(args, "drop_path", 0.0))
+        if "head.weight" in state:
+            fields["num_labels"] = state["head.weight"].shape[0]
+        else:
+            fields["num_labels"] = int(arg(args, "nb_classes", _DEFAULT_NUM_LABELS))
+    fields.update(normalisation_fields(args, notes))
+    fields.update(overrides)
+    if fields["image_size"] is None:
+        raise ValueError("The image size cannot be read (no square pos_embed, no args.input_size): pass image_size.")
+    input_size = arg(args, "input_size")
+    if input_size is not None and int(input_size) != fields["image_size"] and "image_size" not in overrides:
+        notes.append(f"args.input_size is {input_size} but pos_embed fits {fields['image_size']}: using the weights'.")
+    return MimirConvitConfig(**fields), notes
+
+
+def convert_convit_checkpoint(state: dict[str, torch.Tensor], args: dict | None = None, **overrides) -> Conversion:
+    """`MimirConvitForPreTraining` (decoder present) or `MimirConvitForImageClassification` from a timm-layout ConViT
+    state dict and its run's `args`. Every tensor is placed, or listed in `ignored` with the reason (cached offsets;
+    query/key/value biases when `qkv_bias=False` is asked for), or refused with a `ValueError`."""
+    state = {key.removeprefix("module."): value for key, value in state.items()}
+    config, notes = infer_convit_config(state, args, **overrides)
+    pretraining = "decoder_embed.weight" in state
+    model_class = MimirConvitForPreTraining if pretraining else MimirConvitForImageClassification
+    ignored: dict[str, str] = {}
+    renamed, origin = rename_state_dict(state, ignored)
+    new_keys = fit_to_model(model_class, config, renamed, origin, ignored, new_allowed=("classifier.",))
+    if new_keys:
+        notes.append(
+            f"an encoder without a head: the {config.num_labels}-class head is newly initialised, for fine-tuning "
+            "(pass --num_labels for another number of classes)."
+        )
+    if any(reason.startswith("query/key/value bias") for reason in ignored.values()):
+        notes.append(
+            "qkv_bias=False: the file's query/key/value biases were dropped (listed below), as the authors' timm "
+            "fine-tuning did when it loaded a biased pre-training encoder into a bias-free ConViT."
+        )
+    return Conversion(model_class, config, renamed, ignored, new_keys, notes)
+
+
+__all__ = ["convert_convit_checkpoint", "infer_convit_config", "rename_state_dict"]

@@ -1,0 +1,525 @@
+"""MIMIR ConViT models: vision transformers with gated positional self-attention (d'Ascoli et al. 2021), the
+classifier the authors released and the masked autoencoder they pre-trained it as.
+
+Read top to bottom: embeddings -> relative patch offsets -> gated positional self-attention (GPSA) -> layer -> the MAE
+decoder -> `MimirConvitPreTrainedModel` -> `MimirConvitModel` (the trunk) -> `MimirConvitForImageClassification`,
+`MimirConvitForPreTraining`. Pixel values are in [0, 1]; the optional per-channel normalisation of the config is
+applied inside the embeddings, so attacks act on pixels.
+
+The building blocks ConViT shares with ViT are transformers' own (`ViTPatchEmbeddings`, `ViTMLP`, and `ViTAttention`
+for the ordinary layers from `local_up_to_layer` on, which therefore run on SDPA); GPSA is written here. Module names
+follow transformers' ViT (`q_proj`, `o_proj`, `layernorm_before`, ...); `convert_convit.py` maps the authors'
+timm-layout checkpoints onto them.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import ImageClassifierOutput
+from transformers.models.vit.modeling_vit import ViTAttention, ViTMLP, ViTPatchEmbeddings
+
+from ...modeling_common import (
+    DropPath,
+    MimirEncoderOutput,
+    MimirForPreTrainingOutput,
+    MimirLoadingMixin,
+    PixelNormalisation,
+    check_pixel_values,
+    classification_loss,
+    mimir_pretraining_output,
+    patchify,
+    random_masking,
+    resize_patch_positions,
+    sincos_position_embedding,
+    unpatchify,
+    unshuffle_with_mask_tokens,
+)
+from .configuration_mimir_convit import MimirConvitConfig
+
+
+class MimirConvitEmbeddings(nn.Module):
+    """[0, 1] pixels -> (optional normalisation) -> conv patch tokens (+ learned positions when `use_pos_embed`) ->
+    (optional MAE masking).
+
+    Also holds the class token, which ConViT only joins after the GPSA layers (its position table has no class slot),
+    so that layer-wise lr decay counts it with the embeddings, as MAE's fine-tuning does.
+    """
+
+    def __init__(self, config: MimirConvitConfig):
+        super().__init__()
+        self.config = config
+        self.normalisation = PixelNormalisation(config.num_channels, config.image_mean, config.image_std)
+        self.patch_embeddings = ViTPatchEmbeddings(config)
+        self.position_embeddings = (
+            nn.Parameter(torch.zeros(1, config.num_patches, config.hidden_size)) if config.use_pos_embed else None
+        )
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
+
+    def initialize_weights(self, mae: bool) -> None:
+        """timm's ConViT init (truncated normal), or MAE's (`mae`: sin-cos positions, xavier patch projection)."""
+        std = self.config.initializer_range
+        if mae:
+            if self.position_embeddings is not None:
+                positions = sincos_position_embedding(self.config.grid_size, self.config.hidden_size, cls_token=False)
+                init.copy_(self.position_embeddings, positions)
+            weight = self.patch_embeddings.projection.weight  # initialised like an nn.Linear, as in MAE
+            if not getattr(weight, "_is_hf_initialized", False):
+                nn.init.xavier_uniform_(weight.view(weight.shape[0], -1))
+            init.normal_(self.cls_token, std=std)
+        else:
+            if self.position_embeddings is not None:
+                init.trunc_normal_(self.position_embeddings, std=std)
+            init.trunc_normal_(self.cls_token, std=std)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        noise: torch.Tensor | None = None,
+        apply_masking: bool = False,
+        interpolate_pos_encoding: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Patch tokens `[B, N, D]` (only the visible ones, shuffled, with `apply_masking`), the mask and
+        `ids_restore` (`None` without masking)."""
+        config = self.config
+        check_pixel_values(
+            pixel_values, config.num_channels, config.image_size_hw, config.patch_size, interpolate_pos_encoding
+        )
+        height, width = pixel_values.shape[-2:]
+        pixel_values = self.normalisation(pixel_values)
+        embeddings = self.patch_embeddings(pixel_values.to(self.patch_embeddings.projection.weight.dtype))
+        if self.position_embeddings is not None:
+            positions = self.position_embeddings
+            if interpolate_pos_encoding:
+                new_grid = (height // config.patch_size, width // config.patch_size)
+                positions = resize_patch_positions(positions, config.grid_size, new_grid)
+            embeddings = embeddings + positions
+        if not apply_masking:
+            return embeddings, None, None
+        return random_masking(embeddings, config.mask_ratio, noise)
+
+
+def relative_patch_offsets(
+    grid_size: tuple[int, int], device: torch.device | None = None, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """`(dx, dy, dx^2 + dy^2)` from every query patch to every key patch. Shape `[num_patches, num_patches, 3]`.
+
+    Patches are numbered row-major; `dx` = key column - query column, `dy` = key row - query row (timm's GPSA
+    `rel_indices`, which only handles square grids, for any grid).
+    """
+    rows, columns = grid_size
+    row = torch.arange(rows, device=device, dtype=dtype).repeat_interleave(columns)
+    column = torch.arange(columns, device=device, dtype=dtype).repeat(rows)
+    dx = column[None, :] - column[:, None]
+    dy = row[None, :] - row[:, None]
+    return torch.stack([dx, dy, dx**2 + dy**2], dim=-1)
+
+
+def visible_patch_grid(num_visible: int) -> tuple[int, int]:
+    """The grid the authors' MAE encoder gives GPSA for its `num_visible` patches: a square one, filled in their
+    shuffled order (so the positional prior carries no true geometry there). A `ValueError` if `num_visible` is no
+    square."""
+    side = math.isqrt(num_visible)
+    if side * side != num_visible:
+        raise ValueError(
+            f"ConViT's GPSA layers see the {num_visible} visible patches as a square grid (as the authors' MAE does), "
+            "so their number int(num_patches * (1 - mask_ratio)) must be a square; choose image_size and mask_ratio "
+            "accordingly (e.g. mask_ratio 0.75 on a square grid of an even side)."
+        )
+    return (side, side)
+
+
+class MimirConvitGatedPositionalAttention(nn.Module):
+    """Gated positional self-attention (GPSA), ConViT's attention of the first `local_up_to_layer` layers.
+
+    Per head h: `A = (1 - sigmoid(g_h)) * softmax(q k^T / sqrt(d)) + sigmoid(g_h) * softmax(r W_h + b_h)`, with `r` the
+    relative offsets `(dx, dy, dx^2 + dy^2)` of the key patch from the query patch and `W`, `b` the `position_proj`
+    Linear(3, heads); `A` is renormalised to rows summing to 1 and applied to the values. Two softmaxes mixed by a
+    gate are not something SDPA / flash kernels compute, so this layer always computes its attention explicitly.
+    """
+
+    def __init__(self, config: MimirConvitConfig):
+        super().__init__()
+        self.config = config
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.scaling = self.head_dim**-0.5
+        self.q_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=config.qkv_bias)  # timm: attn.qk, 1st half
+        self.k_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=config.qkv_bias)  # timm: attn.qk, 2nd half
+        self.v_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=config.qkv_bias)
+        self.o_proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.position_proj = nn.Linear(3, self.num_heads)  # timm: attn.pos_proj
+        self.gating_param = nn.Parameter(torch.ones(self.num_heads))
+
+    @torch.no_grad()
+    def initialize_locality(self) -> None:
+        """ConViT's convolutional initialisation (paper, Sec. 3; timm's `local_init`).
+
+        Values pass through (`v_proj` = identity). With k = floor(sqrt(heads)) and c = (k - 1) / 2, head `i + k * j`
+        (i, j < k) gets the positional score `-alpha * ((dx - (j - c))^2 + (dy - (i - c))^2)` up to a constant: it
+        attends around one cell of a k x k kernel. Heads beyond k * k keep their random weights; all are scaled by
+        alpha = `locality_strength`. Gates start at 1.
+        """
+        init.eye_(self.v_proj.weight)
+        weight = self.position_proj.weight.detach().clone()
+        kernel = math.isqrt(self.num_heads)
+        head = torch.arange(kernel * kernel, device=weight.device, dtype=weight.dtype)
+        i, j = head % kernel, torch.div(head, kernel, rounding_mode="floor")
+        centre = (kernel - 1) / 2
+        weight[: kernel * kernel] = torch.stack([2 * (j - centre), 2 * (i - centre), -torch.ones_like(head)], dim=1)
+        init.copy_(self.position_proj.weight, weight * self.config.locality_strength)
+        init.ones_(self.gating_param)
+
+    def forward(self, hidden_states: torch.Tensor, relative_offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        r"""
+        hidden_states (`torch.FloatTensor` of shape `(batch_size, num_tokens, hidden_size)`): patch tokens only.
+        relative_offsets (`torch.FloatTensor` of shape `(num_tokens, num_tokens, 3)`): see `relative_patch_offsets`.
+        """
+        batch_size, length, _ = hidden_states.shape
+        head_shape = (batch_size, length, self.num_heads, self.head_dim)
+        query = self.q_proj(hidden_states).view(head_shape).transpose(1, 2)  # [B, heads, N, head_dim]
+        key = self.k_proj(hidden_states).view(head_shape).transpose(1, 2)
+        value = self.v_proj(hidden_states).view(head_shape).transpose(1, 2)
+
+        content = ((query @ key.transpose(-2, -1)) * self.scaling).softmax(dim=-1, dtype=torch.float32)
+        positional = self.position_proj(relative_offsets).permute(2, 0, 1).softmax(dim=-1, dtype=torch.float32)
+        gate = torch.sigmoid(self.gating_param.float()).view(1, -1, 1, 1)
+        weights = (1.0 - gate) * content + gate * positional  # [B, heads, N, N]
+        weights = (weights / weights.sum(dim=-1, keepdim=True)).to(value.dtype)
+        weights = nn.functional.dropout(weights, p=self.config.attention_probs_dropout_prob, training=self.training)
+
+        attention_output = (weights @ value).transpose(1, 2).reshape(batch_size, length, -1)
+        return self.o_proj(attention_output), weights
+
+
+class MimirConvitLayer(GradientCheckpointingLayer):
+    """A pre-norm transformer layer (timm's ConViT `Block`) whose attention is GPSA (`use_gpsa`) or ordinary
+    multi-head attention."""
+
+    def __init__(self, config: MimirConvitConfig, use_gpsa: bool, drop_path_rate: float = 0.0):
+        super().__init__()
+        self.use_gpsa = use_gpsa
+        self.layernorm_before = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.attention = MimirConvitGatedPositionalAttention(config) if use_gpsa else ViTAttention(config)
+        self.layernorm_after = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = ViTMLP(config)
+        self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
+
+    def forward(self, hidden_states: torch.Tensor, relative_offsets: torch.Tensor | None = None) -> torch.Tensor:
+        normed = self.layernorm_before(hidden_states)
+        if self.use_gpsa:
+            attention_output, _ = self.attention(normed, relative_offsets)
+        else:
+            attention_output, _ = self.attention(normed)
+        hidden_states = hidden_states + self.drop_path(attention_output)
+        return hidden_states + self.drop_path(self.mlp(self.layernorm_after(hidden_states)))
+
+
+class MimirConvitDecoder(nn.Module):
+    """The authors' light ConViT decoder (`MaskedAutoencoderConVit`, `use_convit_dec=True`).
+
+    Encoder tokens [class, visible] -> `decoder_embed`; the class token is set aside for good; mask tokens fill the
+    hidden patches, which are put back in patch order and get fixed sin-cos positions; then `decoder_num_hidden_layers`
+    GPSA layers (qkv bias, the encoder's locality strength, no drop path) over the full patch grid in its true order,
+    `decoder_norm`, and `decoder_pred` to the `patch_size**2 * num_channels` pixels of every patch. (The authors'
+    decoder would join the class token before its layer `local_up_to_layer` = 10 and then fail to compute its loss;
+    with its depth of 2 every layer is GPSA, as here.)
+    """
+
+    def __init__(self, config: MimirConvitConfig):
+        super().__init__()
+        self.config = config
+        decoder_config = copy.deepcopy(config)
+        decoder_config.hidden_size = config.decoder_hidden_size
+        decoder_config.num_hidden_layers = config.decoder_num_hidden_layers
+        decoder_config.num_attention_heads = config.decoder_num_attention_heads
+        decoder_config.intermediate_size = config.decoder_intermediate_size
+        decoder_config.qkv_bias = True
+        self.decoder_embed = nn.Linear(config.hidden_size, config.decoder_hidden_size)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, config.decoder_hidden_size))
+        self.decoder_pos_embed = nn.Parameter(
+            torch.zeros(1, config.num_patches, config.decoder_hidden_size), requires_grad=False
+        )  # fixed sin-cos
+        self.decoder_layers = nn.ModuleList(
+            [MimirConvitLayer(decoder_config, use_gpsa=True) for _ in range(config.decoder_num_hidden_layers)]
+        )
+        self.decoder_norm = nn.LayerNorm(config.decoder_hidden_size, eps=config.layer_norm_eps)
+        self.decoder_pred = nn.Linear(config.decoder_hidden_size, config.patch_size**2 * config.num_channels)
+
+    def initialize_weights(self) -> None:
+        positions = sincos_position_embedding(self.config.grid_size, self.config.decoder_hidden_size, cls_token=False)
+        init.copy_(self.decoder_pos_embed, positions)
+        init.normal_(self.mask_token, std=self.config.initializer_range)
+
+    def forward(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
+        """`latent` `[B, 1 + keep, D]` (class token first) -> predicted pixels `[B, num_patches, p * p * C]`."""
+        tokens = self.decoder_embed(latent)
+        hidden_states = unshuffle_with_mask_tokens(tokens[:, 1:], self.mask_token, ids_restore) + self.decoder_pos_embed
+        offsets = relative_patch_offsets(self.config.grid_size, device=hidden_states.device, dtype=hidden_states.dtype)
+        for layer in self.decoder_layers:
+            hidden_states = layer(hidden_states, offsets)
+        return self.decoder_pred(self.decoder_norm(hidden_states))
+
+
+class MimirConvitPreTrainedModel(MimirLoadingMixin, PreTrainedModel):
+    """What the MIMIR ConViT models share: the config class, the init, mimir_hf's loading checks and code export."""
+
+    config_class = MimirConvitConfig
+    config: MimirConvitConfig
+    base_model_prefix = "convit"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["MimirConvitEmbeddings", "MimirConvitLayer"]
+    # SDPA serves the ordinary layers (from `local_up_to_layer` on); GPSA always computes attention explicitly.
+    _supports_sdpa = True
+    # Losses are batch means: Trainer must divide them by the gradient-accumulation steps itself.
+    accepts_loss_kwargs = False
+    _auto_classes = {
+        "AutoModel": "MimirConvitModel",
+        "AutoModelForPreTraining": "MimirConvitForPreTraining",
+        "AutoModelForImageClassification": "MimirConvitForImageClassification",
+    }
+    # timm's ConViT init (truncated normal) by default; MAE's (xavier-uniform, sin-cos positions) for pre-training.
+    _mae_initialization = False
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        """Linear layers truncated-normal (timm) or xavier-uniform (MAE), zero biases; unit norms; positions, class
+        and mask tokens; then GPSA's local init (modules are initialised children first, so it overrides its
+        projections' init); the normalisation buffers from the config."""
+        if isinstance(module, nn.Linear):
+            if self._mae_initialization:
+                init.xavier_uniform_(module.weight)
+            else:
+                init.trunc_normal_(module.weight, std=self.config.initializer_range)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        else:
+            super()._init_weights(module)
+        if isinstance(module, MimirConvitGatedPositionalAttention):
+            module.initialize_locality()
+        elif isinstance(module, MimirConvitEmbeddings):
+            module.initialize_weights(mae=self._mae_initialization)
+        elif isinstance(module, MimirConvitDecoder):
+            module.initialize_weights()
+        elif isinstance(module, PixelNormalisation):
+            module.reset()
+
+
+class MimirConvitModel(MimirConvitPreTrainedModel):
+    """The ConViT trunk: embeddings, `local_up_to_layer` GPSA layers over the patches, the class token joined, the
+    ordinary layers, final LayerNorm. `pooler_output` is the class token after the final norm.
+
+    With `apply_masking=True` it is the authors' MAE encoder: the layers see only the visible patches, in their shuffled
+    order, and GPSA's relative offsets are those of a square grid of that many tokens. `mae_initialization` selects
+    MAE's init for a trunk built inside `MimirConvitForPreTraining`.
+    """
+
+    def __init__(self, config: MimirConvitConfig, mae_initialization: bool = False):
+        super().__init__(config)
+        self._mae_initialization = mae_initialization
+        self.embeddings = MimirConvitEmbeddings(config)
+        depth = config.num_hidden_layers
+        rates = [config.drop_path_rate * index / max(depth - 1, 1) for index in range(depth)]  # linear ramp from 0
+        self.layers = nn.ModuleList(
+            [MimirConvitLayer(config, index < config.local_up_to_layer, rates[index]) for index in range(depth)]
+        )
+        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.post_init()
+
+    def gpsa_grid(self, num_tokens: int, pixel_values: torch.Tensor, masked: bool) -> tuple[int, int]:
+        """The grid GPSA's offsets are computed on: the input's patch grid, or with masking the square grid the
+        authors' GPSA assumes for the `num_tokens` visible patches (a `ValueError` when that is not a square)."""
+        if not masked:
+            return (pixel_values.shape[-2] // self.config.patch_size, pixel_values.shape[-1] // self.config.patch_size)
+        side = math.isqrt(num_tokens)
+        if side * side != num_tokens and self.config.local_up_to_layer > 0:
+            raise ValueError(
+                f"ConViT's GPSA layers see the {num_tokens} visible patches as a square grid (as the authors' MAE "
+                f"does), so their number int(num_patches * (1 - mask_ratio)) must be a square; choose image_size and "
+                f"mask_ratio accordingly (e.g. 0.75 on a square grid of an even side)."
+            )
+        return (side, side)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        noise: torch.Tensor | None = None,
+        apply_masking: bool = False,
+        interpolate_pos_encoding: bool = False,
+        output_hidden_states: bool = False,
+    ) -> MimirEncoderOutput:
+        r"""
+        pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
+            Images in [0, 1].
+        noise (`torch.FloatTensor` of shape `(batch_size, num_patches)`, *optional*):
+            Uniform noise whose per-sample argsort decides the mask (with `apply_masking`; for reproducible masks).
+        apply_masking (`bool`, defaults to `False`):
+            Hide `config.mask_ratio` of the patches (MAE pre-training). `False`: every patch, in order.
+        interpolate_pos_encoding (`bool`, defaults to `False`):
+            Resize the position embeddings to the input's patch grid (GPSA's offsets always follow the input grid).
+        output_hidden_states (`bool`, defaults to `False`):
+            Also return the tokens entering every layer and leaving the last one (patches only before layer
+            `local_up_to_layer`, class token first from there on).
+
+        Returns `last_hidden_state` `[batch, 1 + num_tokens, hidden]` (class token first, after the final norm) and
+        `pooler_output` `[batch, hidden]` (the normalised class token), plus `mask` and `ids_restore` with masking.
+        """
+        hidden_states, mask, ids_restore = self.embeddings(
+            pixel_values, noise=noise, apply_masking=apply_masking, interpolate_pos_encoding=interpolate_pos_encoding
+        )
+        if apply_masking and self.config.local_up_to_layer > 0:
+            grid = visible_patch_grid(hidden_states.shape[1])
+        else:
+            grid = (pixel_values.shape[-2] // self.config.patch_size, pixel_values.shape[-1] // self.config.patch_size)
+        relative_offsets = relative_patch_offsets(grid, device=hidden_states.device, dtype=hidden_states.dtype)
+
+        all_hidden_states = (hidden_states,) if output_hidden_states else None
+        for index, layer in enumerate(self.layers):
+            if index == self.config.local_up_to_layer:
+                class_token = self.embeddings.cls_token.expand(hidden_states.shape[0], -1, -1)
+                hidden_states = torch.cat([class_token, hidden_states], dim=1)
+            hidden_states = layer(hidden_states, relative_offsets)
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+
+        sequence_output = self.layernorm(hidden_states)
+        return MimirEncoderOutput(
+            last_hidden_state=sequence_output,
+            pooler_output=sequence_output[:, 0],
+            mask=mask,
+            ids_restore=ids_restore,
+            hidden_states=all_hidden_states,
+        )
+
+
+class MimirConvitForImageClassification(MimirConvitPreTrainedModel):
+    """ConViT with a linear head on the normalised class token: `logits = classifier(features(pixel_values))` (timm's
+    `ConVit` with `global_pool="token"`, what MIMIR fine-tunes)."""
+
+    # A pre-training checkpoint's decoder is dropped on purpose; the head is new then.
+    _keys_to_ignore_on_load_unexpected = [r"^decoder\."]
+    _new_weights_allowed = ("classifier.",)
+
+    def __init__(self, config: MimirConvitConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.convit = MimirConvitModel(config)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def features(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
+        """The feature fed to the head: the class token after the final norm. Shape `[batch_size, hidden_size]`."""
+        return self.convit(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding).pooler_output
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool = False,
+        output_hidden_states: bool = False,
+    ) -> ImageClassifierOutput:
+        r"""
+        pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
+            Images in [0, 1].
+        labels (`torch.LongTensor` of shape `(batch_size,)`, or `torch.FloatTensor` `(batch_size, num_labels)`):
+            Class indices in `[0, config.num_labels)`, or soft targets (mixup/cutmix); the loss is label-smoothed
+            by `config.label_smoothing`.
+        """
+        outputs = self.convit(
+            pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, output_hidden_states=output_hidden_states
+        )
+        logits = self.classifier(outputs.pooler_output)
+        loss = None
+        if labels is not None:
+            loss = classification_loss(logits, labels, self.config.num_labels, self.config.label_smoothing)
+        return ImageClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+
+
+class MimirConvitForPreTraining(MimirConvitPreTrainedModel):
+    """MIMIR pre-training of ConViT: the authors' ConViT masked autoencoder, whose encoder reads adversarial images X'
+    and whose decoder reconstructs the clean X.
+
+    `loss = reconstruction_loss + config.mi_weight * I(X'; Z)`, Z the encoder tokens (class token + visible patches,
+    after the final norm). The adversarial images come from outside (`mimir_hf.attacks.mae_attack`,
+    `MimirPreTrainingTrainer`). Initialised as the authors' MAE is: xavier-uniform linear layers, then ConViT's local
+    init of every GPSA layer, sin-cos (learnable) encoder positions, fixed sin-cos decoder positions, N(0, 0.02) class
+    and mask tokens. The authors pre-train with `qkv_bias=True`.
+    """
+
+    _mae_initialization = True
+    _keys_to_ignore_on_load_unexpected = [r"^classifier\."]  # starting from a fine-tuned classifier
+    _new_weights_allowed = ("decoder.",)  # e.g. an encoder-only checkpoint
+
+    def __init__(self, config: MimirConvitConfig):
+        super().__init__(config)
+        if not config.use_pos_embed:
+            raise ValueError("MimirConvitForPreTraining needs use_pos_embed=True (the authors' MAE adds positions).")
+        if config.local_up_to_layer > 0:
+            visible_patch_grid(config.num_visible_patches)  # a clear error now rather than at the first forward
+        self.convit = MimirConvitModel(config, mae_initialization=True)
+        self.decoder = MimirConvitDecoder(config)
+        self.post_init()
+
+    def patchify(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """`[B, C, H, W]` -> `[B, num_patches, patch_size**2 * C]` (MAE's layout)."""
+        return patchify(pixel_values, self.config.patch_size)
+
+    def unpatchify(self, patches: torch.Tensor) -> torch.Tensor:
+        """Inverse of `patchify` at the config's image size."""
+        return unpatchify(patches, self.config.grid_size, self.config.patch_size, self.config.num_channels)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        adversarial_pixel_values: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
+        compute_mi_loss: bool | None = None,
+        output_hidden_states: bool = False,
+    ) -> MimirForPreTrainingOutput:
+        r"""
+        pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
+            Clean images in [0, 1]: always the reconstruction target.
+        adversarial_pixel_values (`torch.FloatTensor`, same shape, *optional*):
+            What the encoder reads (X'); `pixel_values` when not given (plain MAE, with the MI term on X).
+        noise (`torch.FloatTensor` of shape `(batch_size, num_patches)`, *optional*):
+            Uniform noise whose argsort decides the mask; a fresh random mask when not given.
+        compute_mi_loss (`bool`, *optional*):
+            Whether to compute the I(X'; Z) term; defaults to `config.mi_estimator != "none"`.
+        """
+        encoder_input = pixel_values if adversarial_pixel_values is None else adversarial_pixel_values
+        if encoder_input.shape != pixel_values.shape:
+            raise ValueError(
+                f"adversarial_pixel_values {tuple(encoder_input.shape)} must have the shape of pixel_values "
+                f"{tuple(pixel_values.shape)}."
+            )
+        outputs = self.convit(encoder_input, noise=noise, apply_masking=True, output_hidden_states=output_hidden_states)
+        logits = self.decoder(outputs.last_hidden_state, outputs.ids_restore)
+        return mimir_pretraining_output(
+            self.config,
+            pixel_values,
+            encoder_input,
+            outputs.last_hidden_state,
+            logits,
+            outputs.mask,
+            outputs.ids_restore,
+            compute_mi_loss=compute_mi_loss,
+            hidden_states=outputs.hidden_states,
+        )
+
+
+__all__ = [
+    "MimirConvitForImageClassification",
+    "MimirConvitForPreTraining",
+    "MimirConvitModel",
+    "MimirConvitPreTrainedModel",
+    "relative_patch_offsets",
+    "visible_patch_grid",
+]
