@@ -30,6 +30,7 @@ from ...modeling_common import (
     MimirForPreTrainingOutput,
     MimirLoadingMixin,
     PixelNormalisation,
+    check_num_labels,
     check_pixel_values,
     classification_loss,
     mimir_pretraining_output,
@@ -387,6 +388,7 @@ class MimirCaitForImageClassification(MimirCaitPreTrainedModel):
 
     def __init__(self, config: MimirCaitConfig):
         super().__init__(config)
+        check_num_labels(config)
         self.num_labels = config.num_labels
         self.cait = MimirCaitModel(config)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)

@@ -31,6 +31,7 @@ from ...modeling_common import (
     MimirForPreTrainingOutput,
     MimirLoadingMixin,
     PixelNormalisation,
+    check_num_labels,
     check_pixel_values,
     classification_loss,
     mimir_pretraining_output,
@@ -410,6 +411,7 @@ class MimirConvitForImageClassification(MimirConvitPreTrainedModel):
 
     def __init__(self, config: MimirConvitConfig):
         super().__init__(config)
+        check_num_labels(config)
         self.num_labels = config.num_labels
         self.convit = MimirConvitModel(config)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
