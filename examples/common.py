@@ -18,6 +18,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from mimir_hf import PRESETS, MimirConfig
 from mimir_hf.data import image_processor_for, label_names, load_image_dataset, resolve_columns, with_pixel_transform
+from mimir_hf.robustbench import select_subset
 
 logger = logging.getLogger("mimir_hf.examples")
 
@@ -99,6 +100,16 @@ class DataArguments:
     max_train_samples: int | None = field(default=None, metadata={"help": "Keep only this many training images."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Keep only this many evaluation images."})
     cache_dir: str | None = field(default=None, metadata={"help": "Where datasets are cached."})
+    aux_data_file: str | None = field(
+        default=None,
+        metadata={"help": "Auxiliary training data (e.g. the EDM images): an .npz with 'image' (uint8 NxHxWx3) and "
+                  "'label'; every batch draws aux_fraction of its examples from it."},
+    )  # fmt: skip
+    eval_subset: str | None = field(
+        default=None,
+        metadata={"help": "Evaluate on a published subset of the evaluation split: 'robustbench-imagenet-5000' (the "
+                  "RobustBench ImageNet ids, selected by file name, in the list's order)."},
+    )  # fmt: skip
 
     @property
     def uses_default_data(self) -> bool:
@@ -162,24 +173,31 @@ def setup_training_logging(training_args) -> None:
     setup_logging(logging.INFO if training_args.should_log else level, level)
 
 
-def load_data(data_args: DataArguments, config, seed: int = 0):
-    """(train, test, class names): transformed datasets yielding `pixel_values` (through the model's image processor)
-    and `labels`."""
+def load_data(
+    data_args: DataArguments, config, seed: int = 0, augmentation=None, image_processor=None, evaluation_only=False
+):
+    """(train, test, class names): transformed datasets yielding `pixel_values` (through the model's image processor,
+    or `image_processor`) and `labels`. `augmentation` (`AugmentationArguments`) augments the training split only;
+    `evaluation_only`: an evaluation split alone is enough (it also gives the class names)."""
     dataset = load_image_dataset(
         data_args.dataset_name, data_args.dataset_config_name, data_args.train_dir, data_args.validation_dir,
-        cache_dir=data_args.cache_dir, seed=seed,
+        cache_dir=data_args.cache_dir, seed=seed, evaluation_only=evaluation_only,
     )  # fmt: skip
     image_column, label_column = resolve_columns(
         dataset["train"], data_args.image_column_name, data_args.label_column_name
     )
     names = label_names(dataset["train"], label_column)
-    processor = image_processor_for(config)
+    processor = image_processor or image_processor_for(config)
+    train_augmentation = augmentation.build(config.image_size_hw, config.num_channels) if augmentation else None
     splits = []
     for split, limit in (("train", data_args.max_train_samples), ("test", data_args.max_eval_samples)):
         part = dataset[split]
+        if split == "test" and data_args.eval_subset:
+            part = select_subset(part, image_column, label_column, data_args.eval_subset)
         if limit is not None:
             part = part.select(range(min(limit, len(part))))
-        splits.append(with_pixel_transform(part, image_column, label_column, processor))
+        extra = train_augmentation if split == "train" else None
+        splits.append(with_pixel_transform(part, image_column, label_column, processor, extra))
     return splits[0], splits[1], names
 
 
@@ -274,13 +292,14 @@ def run_identity(*argument_objects) -> dict:
     return merged
 
 
-def start_training_run(script: str, model_args, data_args, training_args, run_args) -> str | None:
-    """Set up logging, guard the output dir (rank 0), seed. Returns a checkpoint to resume from, or None."""
+def start_training_run(script: str, model_args, data_args, training_args, run_args, *more_args) -> str | None:
+    """Set up logging, guard the output dir (rank 0), seed. Returns a checkpoint to resume from, or None.
+    `more_args`: further argument objects that define the run (e.g. `AugmentationArguments`)."""
     setup_training_logging(training_args)
     resume = on_main_process(
         training_args,
         lambda: prepare_output_dir(
-            training_args.output_dir, script, run_identity(model_args, data_args, training_args),
+            training_args.output_dir, script, run_identity(model_args, data_args, training_args, *more_args),
             run_args.overwrite_output_dir,
         ),
     )  # fmt: skip
@@ -306,3 +325,65 @@ def field_names(argument_class) -> set[str]:
 
 def required_fields(argument_class) -> list[str]:
     return [f.name for f in fields(argument_class) if f.default is MISSING and f.default_factory is MISSING]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Paper-scale training: the effective settings of a run, auxiliary data
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def effective_settings(training_args, augmentation, config=None, aux_data_file: str | None = None) -> dict:
+    """What a training run will actually use, after the learning-rate scaling: printed at start, recorded in
+    `mimir_run.json`, compared with the README's recipe table by the tests."""
+    epochs, warmup, args = training_args.num_train_epochs, training_args.warmup_steps, training_args
+    settings = {
+        "effective batch": f"{args.effective_batch_size()} (per device {args.per_device_train_batch_size} x "
+        f"accumulation {args.gradient_accumulation_steps} x {args.world_size} processes)",
+        "learning rate": training_args.scaled_learning_rate(),
+        "learning rate rule": (
+            f"base {training_args.base_learning_rate:g} x effective batch / {training_args.base_batch_size}"
+            if training_args.base_learning_rate is not None
+            else "as given"
+        ),
+        "epochs": epochs if training_args.max_steps <= 0 else f"max_steps {training_args.max_steps}",
+        "warm-up": f"{warmup * epochs:g} epochs" if 0 < warmup < 1 else f"{warmup:g} steps",
+        "schedule": f"{getattr(args.lr_scheduler_type, 'value', args.lr_scheduler_type)} "
+        f"{dict(args.lr_scheduler_kwargs or {})}",
+        "optimizer": f"AdamW betas ({training_args.adam_beta1}, {training_args.adam_beta2}), weight decay "
+        f"{training_args.weight_decay}, layer decay {training_args.layer_decay}",
+        "augmentation": augmentation.describe(),
+        "EMA": f"decay {training_args.ema_decay}" if training_args.ema_decay > 0 else "off",
+        "auxiliary data": f"{aux_data_file}, fraction {training_args.aux_fraction}" if aux_data_file else "none",
+    }
+    if hasattr(training_args, "adversarial_budget"):
+        ramp = training_args.adversarial_step_size_ramp_epochs
+        settings["attack"] = f"{training_args.adversarial_method}, {training_args.adversarial_budget.describe()}" + (
+            f", step ramped over {ramp} epochs" if ramp else ""
+        )
+        settings["mixup / cutmix"] = (
+            f"{training_args.mixup_alpha:g} / {training_args.cutmix_alpha:g}, soft targets"
+            if training_args.mixes_batches
+            else "off"
+        )
+    elif config is not None:
+        settings["attack"] = f"MAE-loss PGD, {config.attack_budget.describe()}"
+    if config is not None and hasattr(config, "label_smoothing"):
+        settings["label smoothing"] = config.label_smoothing
+    return settings
+
+
+def log_effective_settings(settings: dict) -> None:
+    logger.info("Effective settings:\n" + "\n".join(f"  {name}: {value}" for name, value in settings.items()))
+
+
+def load_aux_data(data_args: DataArguments, config, augmentation=None, num_labels: int | None = None):
+    """The auxiliary training data of `--aux_data_file`, through the same transform as the training split (labels
+    checked against `num_labels` when given); or None."""
+    if not data_args.aux_data_file:
+        return None
+    from mimir_hf.auxiliary_data import AuxiliaryImages
+    from mimir_hf.data import pixel_transform
+
+    extra = augmentation.build(config.image_size_hw, config.num_channels) if augmentation else None
+    transform = pixel_transform("image", "label", image_processor_for(config), extra)
+    return AuxiliaryImages(data_args.aux_data_file, transform, num_labels=num_labels)

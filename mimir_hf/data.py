@@ -16,6 +16,7 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, load_dat
 from PIL import Image as PILImage
 from transformers import default_data_collator
 
+from .augmentation import TrainAugmentation
 from .image_processing_mimir import MimirImageProcessor
 
 DIGITS_SEED = 0
@@ -58,10 +59,13 @@ def load_image_dataset(
     cache_dir: str | None = None,
     test_fraction: float = 0.15,
     seed: int = 0,
+    evaluation_only: bool = False,
 ) -> DatasetDict:
     """A `DatasetDict` with `"train"` and `"test"`: from the Hub (or its cache), an imagefolder, or the digits default.
 
     A dataset without a test/validation split gets one carved out of its training split (`test_fraction`, `seed`).
+    With `evaluation_only` (the robustness report), an evaluation split alone is enough (e.g. `--validation_dir` of
+    ImageNet's validation folders): it then also stands as "train", which only supplies the class names.
     """
     if dataset_name is not None:
         dataset = load_dataset(dataset_name, dataset_config_name, cache_dir=cache_dir)
@@ -78,6 +82,9 @@ def load_image_dataset(
         return load_digits_dataset()
 
     dataset = DatasetDict(dataset)
+    evaluation_split = next((name for name in ("test", "validation", "valid", "val") if name in dataset), None)
+    if evaluation_only and "train" not in dataset and evaluation_split is not None:
+        return DatasetDict(train=dataset[evaluation_split], test=dataset[evaluation_split])
     if "train" not in dataset:
         raise ValueError(f"The dataset has no 'train' split (splits: {sorted(dataset)}).")
     evaluation_split = next((name for name in ("test", "validation", "valid", "val") if name in dataset), None)
@@ -118,19 +125,41 @@ def label_names(dataset: Dataset, label_column: str) -> list[str]:
     return [str(value) for value in values]
 
 
-def with_pixel_transform(
-    dataset: Dataset, image_column: str, label_column: str | None, image_processor: MimirImageProcessor
-) -> Dataset:
-    """The dataset with a lazy transform yielding `pixel_values` (from `image_processor`) and `labels`."""
+def pixel_transform(
+    image_column: str,
+    label_column: str | None,
+    image_processor: MimirImageProcessor,
+    augmentation: TrainAugmentation | None = None,
+):
+    """The batch transform of `with_pixel_transform`: {image_column, label_column} -> {"pixel_values", "labels"}, with
+    the training `augmentation` (if any) around the image processor. Also used for auxiliary data, so that real and
+    synthetic images go through the same transform."""
 
     def transform(batch):
-        pixel_values = image_processor(images=batch[image_column], return_tensors="pt")["pixel_values"]
-        out = {"pixel_values": list(pixel_values)}
+        images = batch[image_column]
+        if augmentation is not None:
+            images = [augmentation.augment_image(image) for image in images]
+        pixel_values = list(image_processor(images=images, return_tensors="pt")["pixel_values"])
+        if augmentation is not None:
+            pixel_values = [augmentation.augment_tensor(image) for image in pixel_values]
+        out = {"pixel_values": pixel_values}
         if label_column is not None:
             out["labels"] = batch[label_column]
         return out
 
-    return dataset.with_transform(transform)
+    return transform
+
+
+def with_pixel_transform(
+    dataset: Dataset,
+    image_column: str,
+    label_column: str | None,
+    image_processor: MimirImageProcessor,
+    augmentation: TrainAugmentation | None = None,
+) -> Dataset:
+    """The dataset with a lazy transform yielding `pixel_values` (from `image_processor`) and `labels`; a training
+    split may add a per-example `augmentation` (`mimir_hf.augmentation.AugmentationArguments.build`)."""
+    return dataset.with_transform(pixel_transform(image_column, label_column, image_processor, augmentation))
 
 
 def image_processor_for(config, crop_pct: float | None = None) -> MimirImageProcessor:
@@ -169,6 +198,7 @@ __all__ = [
     "label_names",
     "load_digits_dataset",
     "load_image_dataset",
+    "pixel_transform",
     "resolve_columns",
     "tensors",
     "with_pixel_transform",
