@@ -403,18 +403,22 @@ class _ResumeFile:
         self.path = f"{path}.rank{rank}" if torch.distributed.is_initialized() else path
         key = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
         if os.path.isfile(self.path):
-            lines = []
+            lines, complete = [], True
             with open(self.path) as f:
                 for line in f:
                     try:
                         lines.append(json.loads(line))
                     except json.JSONDecodeError:  # the last line of a run killed while writing it
+                        complete = False
                         break
             if not lines or lines[0].get("settings") != key:
                 raise ValueError(
                     f"{self.path} holds results of another evaluation (other settings or data); move it away or "
                     "choose another resume file."
                 )
+            if not complete:  # drop the partial line, so that the next batch starts a line of its own
+                with open(self.path, "w") as f:
+                    f.writelines(json.dumps(line) + "\n" for line in lines)
             self.done = {line["batch"]: line for line in lines[1:]}
         else:
             with open(self.path, "w") as f:

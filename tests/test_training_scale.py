@@ -90,6 +90,9 @@ def test_trainer_keeps_saves_and_resumes_the_ema(tmp_path):
     resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
     assert torch.allclose(resumed.ema.weights[name], trainer.ema.weights[name], atol=1e-6)
     assert not torch.allclose(saved[name], trainer.ema.weights[name])
+    os.remove(tmp_path / "checkpoint-2" / EMA_FILE)  # a checkpoint saved without an EMA
+    with pytest.raises(ValueError, match="has no ema.safetensors"):
+        resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
 
 
 def test_npz_checks_name_what_is_wrong(tmp_path):
