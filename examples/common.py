@@ -332,38 +332,36 @@ def required_fields(argument_class) -> list[str]:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def effective_settings(training_args, augmentation, config=None, aux_data_file: str | None = None) -> dict:
-    """What a training run will actually use, after the learning-rate scaling: printed at start, recorded in
-    `mimir_run.json`, compared with the README's recipe table by the tests."""
-    epochs, warmup, args = training_args.num_train_epochs, training_args.warmup_steps, training_args
+def effective_settings(args, augmentation, config=None, aux_data_file: str | None = None) -> dict:
+    """What a training run with training arguments `args` will actually use, after the learning-rate scaling: printed
+    at start, recorded in `mimir_run.json`, compared with the README's recipe table by the tests."""
+    epochs, warmup = args.num_train_epochs, args.warmup_steps
     settings = {
         "effective batch": f"{args.effective_batch_size()} (per device {args.per_device_train_batch_size} x "
         f"accumulation {args.gradient_accumulation_steps} x {args.world_size} processes)",
-        "learning rate": training_args.scaled_learning_rate(),
+        "learning rate": args.scaled_learning_rate(),
         "learning rate rule": (
-            f"base {training_args.base_learning_rate:g} x effective batch / {training_args.base_batch_size}"
-            if training_args.base_learning_rate is not None
+            f"base {args.base_learning_rate:g} x effective batch / {args.base_batch_size}"
+            if args.base_learning_rate is not None
             else "as given"
         ),
-        "epochs": epochs if training_args.max_steps <= 0 else f"max_steps {training_args.max_steps}",
+        "epochs": epochs if args.max_steps <= 0 else f"max_steps {args.max_steps}",
         "warm-up": f"{warmup * epochs:g} epochs" if 0 < warmup < 1 else f"{warmup:g} steps",
         "schedule": f"{getattr(args.lr_scheduler_type, 'value', args.lr_scheduler_type)} "
         f"{dict(args.lr_scheduler_kwargs or {})}",
-        "optimizer": f"AdamW betas ({training_args.adam_beta1}, {training_args.adam_beta2}), weight decay "
-        f"{training_args.weight_decay}, layer decay {training_args.layer_decay}",
+        "optimizer": f"AdamW betas ({args.adam_beta1}, {args.adam_beta2}), weight decay "
+        f"{args.weight_decay}, layer decay {args.layer_decay}",
         "augmentation": augmentation.describe(),
-        "EMA": f"decay {training_args.ema_decay}" if training_args.ema_decay > 0 else "off",
-        "auxiliary data": f"{aux_data_file}, fraction {training_args.aux_fraction}" if aux_data_file else "none",
+        "EMA": f"decay {args.ema_decay}" if args.ema_decay > 0 else "off",
+        "auxiliary data": f"{aux_data_file}, fraction {args.aux_fraction}" if aux_data_file else "none",
     }
-    if hasattr(training_args, "adversarial_budget"):
-        ramp = training_args.adversarial_step_size_ramp_epochs
-        settings["attack"] = f"{training_args.adversarial_method}, {training_args.adversarial_budget.describe()}" + (
+    if hasattr(args, "adversarial_budget"):
+        ramp = args.adversarial_step_size_ramp_epochs
+        settings["attack"] = f"{args.adversarial_method}, {args.adversarial_budget.describe()}" + (
             f", step ramped over {ramp} epochs" if ramp else ""
         )
         settings["mixup / cutmix"] = (
-            f"{training_args.mixup_alpha:g} / {training_args.cutmix_alpha:g}, soft targets"
-            if training_args.mixes_batches
-            else "off"
+            f"{args.mixup_alpha:g} / {args.cutmix_alpha:g}, soft targets" if args.mixes_batches else "off"
         )
     elif config is not None:
         settings["attack"] = f"MAE-loss PGD, {config.attack_budget.describe()}"

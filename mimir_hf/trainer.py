@@ -270,11 +270,11 @@ class _MimirTrainerBase(Trainer):
             )
         if args.base_learning_rate is not None:  # lr = blr x effective batch / base batch, before any optimizer
             args.learning_rate = args.scaled_learning_rate()
-        self.ema_callback = EMACallback(args.ema_decay) if args.ema_decay > 0 else None
-        if self.ema_callback is not None:
-            kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), self.ema_callback]
         super().__init__(model, args, *positional, **kwargs)
         self.aux_dataset = aux_dataset
+        self.ema_callback = EMACallback(args.ema_decay) if args.ema_decay > 0 else None
+        if self.ema_callback is not None:
+            self.add_callback(self.ema_callback)
         # compute_loss returns batch means: Trainer must scale them for gradient accumulation itself.
         self.model_accepts_loss_kwargs = False
         self._metrics: dict[str, dict[str, list[torch.Tensor]]] = {
