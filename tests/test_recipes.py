@@ -165,8 +165,31 @@ def checkpoints(tmp_path_factory):
     return {"vit": str(folder / "vit"), "swin": str(folder / "swin"), "aux": str(folder / "aux.npz")}
 
 
-@pytest.mark.parametrize("recipe", RECIPES)
+def code_paths() -> dict[str, list[str]]:
+    """One recipe per code path: recipes that differ only in the model's size (`model_preset`, and the folders
+    named after it) run the same code once the test shrinks the model, so one of them stands for all."""
+    groups: dict[str, list[str]] = {}
+    for recipe in RECIPES:
+        values = common.load_recipe(os.path.join(ROOT, recipe))
+        for name in ("model_preset", "model_name_or_path", "output_dir"):
+            values.pop(name, None)
+        key = os.path.dirname(recipe) + os.path.basename(recipe).split("_")[0] + repr(sorted(values.items()))
+        groups.setdefault(key, []).append(recipe)
+    return {members[0]: members for members in groups.values()}
+
+
+CODE_PATHS = code_paths()
+
+
+def test_every_recipe_has_its_code_path_run():
+    assert sorted(r for members in CODE_PATHS.values() for r in members) == RECIPES
+    assert len(CODE_PATHS) == 8  # CIFAR-10 / +EDM / ImageNet pre-training; CIFAR-10 / +EDM / ImageNet ViT / Swin-B / -L
+
+
+@pytest.mark.parametrize("recipe", sorted(CODE_PATHS))
 def test_recipe_code_path_runs_two_steps_on_tiny_data(recipe, checkpoints, tmp_path, monkeypatch, caplog):
+    """`--max_steps 2` with the recipe's values, a tiny model of its family and tiny data (for the recipes in
+    `CODE_PATHS[recipe]`, which differ from it only in the model's size)."""
     monkeypatch.setattr(common, "load_image_dataset", fake_image_dataset)
     _, data_args, args, _, _ = load(recipe)
     argv = [os.path.join(ROOT, recipe), "--max_steps", "2", "--per_device_train_batch_size", "4"]
