@@ -116,21 +116,22 @@ class AugmentationArguments:
 
 class _Randomness:
     """A Python and a torch generator of this process (and DataLoader worker): seeded from torch's initial seed, which
-    transformers' `seed_worker` sets per worker and rank, and from the rank, so processes never draw alike."""
+    transformers' `seed_worker` sets per worker and rank (and `set_seed` per run), and from the rank, so processes never
+    draw alike and a new seed starts new draws."""
 
-    _by_process: dict[int, _Randomness] = {}
+    _by_process: dict[tuple[int, int], _Randomness] = {}
 
-    def __init__(self):
-        seed = (torch.initial_seed() + 1_000_003 * int(os.environ.get("RANK", "0"))) % 2**63
+    def __init__(self, seed: int):
+        seed = (seed + 1_000_003 * int(os.environ.get("RANK", "0"))) % 2**63
         self.python = random.Random(seed)
         self.torch = torch.Generator().manual_seed(seed)
 
     @classmethod
     def here(cls) -> _Randomness:
-        pid = os.getpid()
-        if pid not in cls._by_process:
-            cls._by_process[pid] = cls()
-        return cls._by_process[pid]
+        key = (os.getpid(), torch.initial_seed())
+        if key not in cls._by_process:
+            cls._by_process[key] = cls(key[1])
+        return cls._by_process[key]
 
 
 class TrainAugmentation:
