@@ -82,9 +82,10 @@ def load_image_dataset(
         return load_digits_dataset()
 
     dataset = DatasetDict(dataset)
-    evaluation_split = next((name for name in ("test", "validation", "valid", "val") if name in dataset), None)
-    if evaluation_only and "train" not in dataset and evaluation_split is not None:
-        return DatasetDict(train=dataset[evaluation_split], test=dataset[evaluation_split])
+    if evaluation_only and "train" not in dataset:  # the evaluation split then also supplies the class names
+        for name in ("test", "validation", "valid", "val"):
+            if name in dataset:
+                return DatasetDict(train=dataset[name], test=dataset[name])
     if "train" not in dataset:
         raise ValueError(f"The dataset has no 'train' split (splits: {sorted(dataset)}).")
     evaluation_split = next((name for name in ("test", "validation", "valid", "val") if name in dataset), None)
