@@ -3,6 +3,7 @@
 
     python examples/benchmark.py                                            # CPU-sized default (the digits recipe)
     python examples/benchmark.py --preset vit-small-patch2-32 --batch_size 256 --output bench.json   # on a GPU
+    python examples/benchmark.py --evaluation_memory --eval_images 64 640    # the report's peak memory vs images
 
 Cases, each a full optimizer step (forward, backward, AdamW):
   a) transformers' own `ViTMAEForPreTraining` with the same shapes (the MAE floor);
@@ -13,6 +14,10 @@ A k-step attack costs k forward/backward passes, so b/a and d/c cannot be below 
 on its own (HSIC forward + backward on tensors of the step's shapes). On CUDA, steps run under bf16 autocast and peak
 memory is `torch.cuda.max_memory_allocated`; on a CPU it is the peak of live tensor bytes (weights, gradients,
 optimizer state, activations, temporaries) in one extra, untimed step, counted by `LiveTensorBytes` below.
+
+`--evaluation_memory` measures instead the robustness report (`evaluate_robustness`, every attack but AutoAttack) over
+N and 10N images streamed from a lazily transformed `datasets.Dataset`: its peak memory (the same counter on a CPU,
+`torch.cuda.max_memory_allocated` on CUDA) should not grow with the number of images.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import tempfile
 import time
 import weakref
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -38,6 +44,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import DEMO_SHAPE
 
 from mimir_hf import PRESETS, MimirConfig, MimirForImageClassification, MimirForPreTraining
+from mimir_hf.data import image_processor_for, with_pixel_transform
+from mimir_hf.evaluation import RobustnessSettings, evaluate_robustness
 from mimir_hf.mutual_information import hsic
 from mimir_hf.threat_model import PRETRAINING_ATTACK
 from mimir_hf.trainer import (
@@ -68,6 +76,8 @@ def parse_args(argv=None):
         "outputs/demo/finetune, after make demo): images, seconds, forward and backward passes per image.",
     )
     parser.add_argument("--report_images", type=int, default=64, help="Test digits the report cost runs on.")
+    parser.add_argument("--evaluation_memory", action="store_true", help="Measure the report's peak memory instead.")
+    parser.add_argument("--eval_images", type=int, nargs="+", default=[64, 640], help="Image counts to compare.")
     return parser.parse_args(argv)
 
 
@@ -171,9 +181,76 @@ class Case:
         return statistics.median(self.times)
 
 
+def streamed_images(model, processor, count: int, image_size: int, seed: int = 0):
+    """`count` random 8-bit RGB images as a `datasets.Dataset` (decoded and converted one batch at a time when read
+    through `with_pixel_transform`, the way evaluation data arrives), labelled with `model`'s own clean predictions:
+    every image is classified correctly, so every attack runs on whole batches (the largest working set)."""
+    from datasets import ClassLabel, Dataset, Features, Image
+
+    rng = np.random.RandomState(seed)
+    images = [rng.randint(0, 256, (image_size, image_size, 3), dtype=np.uint8) for _ in range(count)]
+    labels = []
+    with torch.no_grad():
+        for start in range(0, count, 256):
+            pixels = processor(images=images[start : start + 256], return_tensors="pt")["pixel_values"]
+            labels += model(pixel_values=pixels.to(next(model.parameters()).device)).logits.argmax(1).tolist()
+    features = Features({"image": Image(), "label": ClassLabel(num_classes=10)})
+    return Dataset.from_dict({"image": images, "label": labels}, features=features)
+
+
+def evaluation_memory(images=(64, 640), batch_size=64, shape=None, settings=None, device="cpu") -> dict:
+    """Peak memory and time of `evaluate_robustness` over each count of `images` (the digits-recipe model with random
+    weights, or `shape`; images it classifies correctly; every attack but AutoAttack, which is slow on a CPU). Peak
+    memory on a CPU: the live tensor bytes (`LiveTensorBytes`), the model's weights included; on CUDA:
+    `torch.cuda.max_memory_allocated`."""
+    torch.manual_seed(0)
+    config = MimirConfig(**(shape or DEFAULT_SHAPE), num_labels=10)
+    model = MimirForImageClassification(config).to(device).eval()
+    settings = settings or RobustnessSettings(autoattack=False, eval_batch_size=batch_size)
+    processor = image_processor_for(config)
+    source = streamed_images(model, processor, max(images), config.image_size_hw[0])
+    peaks, seconds = [], []
+    for count in images:
+        data = with_pixel_transform(source.select(range(count)), "image", "label", processor)
+        start = time.perf_counter()
+        if device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+            evaluate_robustness(model, data, settings)
+            peaks.append(torch.cuda.max_memory_allocated())
+        else:
+            with LiveTensorBytes([*model.parameters(), *model.buffers()]) as counter:
+                evaluate_robustness(model, data, settings)
+            peaks.append(counter.peak)
+        seconds.append(time.perf_counter() - start)
+    return {
+        "images": list(images),
+        "batch_size": settings.eval_batch_size,
+        "peak_mib": [round(peak / 2**20, 2) for peak in peaks],
+        "peak_bytes": peaks,
+        "ratio_last_over_first": round(peaks[-1] / peaks[0], 4),
+        "seconds": [round(s, 1) for s in seconds],
+        "measure": "torch.cuda.max_memory_allocated" if device.startswith("cuda") else "live tensor bytes",
+    }
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     logging.set_verbosity_error()
+    if args.evaluation_memory:
+        result = evaluation_memory(args.eval_images, batch_size=args.batch_size, device=args.device)
+        lines = ["| images | peak memory (MiB) | seconds |", "| --- | --- | --- |"]
+        lines += [
+            f"| {n} | {peak} | {s} |"
+            for n, peak, s in zip(result["images"], result["peak_mib"], result["seconds"], strict=True)
+        ]
+        lines.append(
+            f"peak memory {result['images'][-1]} / {result['images'][0]} images = {result['ratio_last_over_first']}"
+        )
+        print("\n".join(lines))
+        if args.output:
+            with open(args.output, "w") as f:
+                json.dump(result, f, indent=2)
+        return result
     torch.manual_seed(0)
     shape = dict(PRESETS[args.preset]) if args.preset else dict(DEFAULT_SHAPE)
     config = MimirConfig(**shape, attack_steps=args.attack_steps, num_labels=10)

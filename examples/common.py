@@ -3,6 +3,7 @@ the output-dir guard. The training and evaluation settings themselves are the li
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -28,6 +29,7 @@ from mimir_hf.data import (
     resolve_columns,
     with_pixel_transform,
 )
+from mimir_hf.robustbench import select_subset
 
 logger = logging.getLogger("mimir_hf.examples")
 
@@ -114,6 +116,16 @@ class DataArguments:
     max_train_samples: int | None = field(default=None, metadata={"help": "Keep only this many training images."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Keep only this many evaluation images."})
     cache_dir: str | None = field(default=None, metadata={"help": "Where datasets are cached."})
+    aux_data_file: str | None = field(
+        default=None,
+        metadata={"help": "Auxiliary training data (e.g. the EDM images): an .npz with 'image' (uint8 NxHxWx3) and "
+                  "'label'; every batch draws aux_fraction of its examples from it."},
+    )  # fmt: skip
+    eval_subset: str | None = field(
+        default=None,
+        metadata={"help": "Evaluate on a published subset of the evaluation split: 'robustbench-imagenet-5000' (the "
+                  "RobustBench ImageNet ids, selected by file name, in the list's order)."},
+    )  # fmt: skip
     scan_images: bool = field(
         default=True,
         metadata={"help": "Before training, find unreadable, empty, truncated or oversized images and skip them "
@@ -129,7 +141,7 @@ class DataArguments:
     @property
     def input_paths(self) -> list[str]:
         """The local folders this run reads: an output folder must never be (or contain, or sit inside) one."""
-        return [path for path in (self.train_dir, self.validation_dir, self.cache_dir) if path]
+        return [path for path in (self.train_dir, self.validation_dir, self.cache_dir, self.aux_data_file) if path]
 
     @property
     def uses_default_data(self) -> bool:
@@ -203,13 +215,16 @@ class Data:
     label_column: str | None
     names: list[str] | None
 
-    def transformed(self, image_processor, label_map: dict[int, int] | None = None):
-        """(train, test): the splits yielding `pixel_values` (through `image_processor`) and `labels`."""
-        return tuple(
+    def transformed(self, image_processor, label_map: dict[int, int] | None = None, augmentation=None):
+        """(train, test): the splits yielding `pixel_values` (through `image_processor`) and `labels` (through
+        `label_map`); the training split also through `augmentation` (a built `TrainAugmentation`), if any."""
+        train, test = (
             None if part is None
-            else with_pixel_transform(part, self.image_column, self.label_column, image_processor, label_map)
+            else with_pixel_transform(part, self.image_column, self.label_column, image_processor,
+                                      augmentation if part is self.train else None, label_map)
             for part in (self.train, self.test)
         )  # fmt: skip
+        return train, test
 
 
 def read_data(data_args: DataArguments, seed: int = 0, need_labels: bool = True, need_train: bool = True) -> Data:
@@ -234,6 +249,8 @@ def read_data(data_args: DataArguments, seed: int = 0, need_labels: bool = True,
             parts[split] = None
             continue
         part = dataset[split]
+        if split == "test" and data_args.eval_subset:
+            part = select_subset(part, image_column, label_column, data_args.eval_subset)
         if limit is not None:
             part = part.select(range(min(limit, len(part))))
         if data_args.scan_images and not data_args.uses_default_data:
@@ -242,10 +259,12 @@ def read_data(data_args: DataArguments, seed: int = 0, need_labels: bool = True,
     return Data(parts["train"], parts["test"], image_column, label_column, names)
 
 
-def load_data(data_args: DataArguments, config, seed: int = 0, need_labels: bool = True):
-    """(train, test, class names): `read_data`'s splits through the config's image processor."""
+def load_data(data_args: DataArguments, config, seed: int = 0, augmentation=None, need_labels: bool = True):
+    """(train, test, class names): `read_data`'s splits through the config's image processor; `augmentation`
+    (`AugmentationArguments`) augments the training split only."""
     data = read_data(data_args, seed, need_labels)
-    return (*data.transformed(image_processor_for(config)), data.names)
+    extra = augmentation.build(config.image_size_hw, config.num_channels) if augmentation else None
+    return (*data.transformed(image_processor_for(config), augmentation=extra), data.names)
 
 
 def default_num_channels(data_args: DataArguments) -> int:
@@ -336,8 +355,12 @@ def lock_output_dir(output_dir: str) -> None:
 
 
 def _release_lock(output_dir: str) -> None:
+    """Release the folder (a finished run leaves no lock file behind; a crashed one leaves a stale file that the next
+    run simply locks again)."""
     handle = _held_locks.pop(os.path.realpath(output_dir), None)
     if handle is not None:
+        with contextlib.suppress(OSError):
+            os.remove(handle.name)
         handle.close()
 
 
@@ -446,8 +469,9 @@ def run_identity(*argument_objects) -> dict:
     return merged
 
 
-def start_training_run(script: str, model_args, data_args, training_args, run_args) -> str | None:
-    """Set up logging, guard the output dir (rank 0), seed. Returns a checkpoint to resume from, or None."""
+def start_training_run(script: str, model_args, data_args, training_args, run_args, *more_args) -> str | None:
+    """Set up logging, guard the output dir (rank 0), seed. Returns a checkpoint to resume from, or None.
+    `more_args`: further argument objects that define the run (e.g. `AugmentationArguments`)."""
     setup_training_logging(training_args)
     inputs = (*data_args.input_paths, model_args.model_name_or_path)
     resume = on_main_process(
@@ -479,3 +503,63 @@ def field_names(argument_class) -> set[str]:
 
 def required_fields(argument_class) -> list[str]:
     return [f.name for f in fields(argument_class) if f.default is MISSING and f.default_factory is MISSING]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Paper-scale training: the effective settings of a run, auxiliary data
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def effective_settings(args, augmentation, config=None, aux_data_file: str | None = None) -> dict:
+    """What a training run with training arguments `args` will actually use, after the learning-rate scaling: printed
+    at start, recorded in `mimir_run.json`, compared with the README's recipe table by the tests."""
+    epochs, warmup = args.num_train_epochs, args.warmup_steps
+    settings = {
+        "effective batch": f"{args.effective_batch_size()} (per device {args.per_device_train_batch_size} x "
+        f"accumulation {args.gradient_accumulation_steps} x {args.world_size} processes)",
+        "learning rate": args.scaled_learning_rate(),
+        "learning rate rule": (
+            f"base {args.base_learning_rate:g} x effective batch / {args.base_batch_size}"
+            if args.base_learning_rate is not None
+            else "as given"
+        ),
+        "epochs": epochs if args.max_steps <= 0 else f"max_steps {args.max_steps}",
+        "warm-up": f"{warmup * epochs:g} epochs" if 0 < warmup < 1 else f"{warmup:g} steps",
+        "schedule": f"{getattr(args.lr_scheduler_type, 'value', args.lr_scheduler_type)} "
+        f"{dict(args.lr_scheduler_kwargs or {})}",
+        "optimizer": f"AdamW betas ({args.adam_beta1}, {args.adam_beta2}), weight decay "
+        f"{args.weight_decay}, layer decay {args.layer_decay}",
+        "augmentation": augmentation.describe(),
+        "EMA": f"decay {args.ema_decay}" if args.ema_decay > 0 else "off",
+        "auxiliary data": f"{aux_data_file}, fraction {args.aux_fraction}" if aux_data_file else "none",
+    }
+    if hasattr(args, "adversarial_budget"):
+        ramp = args.adversarial_step_size_ramp_epochs
+        settings["attack"] = f"{args.adversarial_method}, {args.adversarial_budget.describe()}" + (
+            f", step ramped over {ramp} epochs" if ramp else ""
+        )
+        settings["mixup / cutmix"] = (
+            f"{args.mixup_alpha:g} / {args.cutmix_alpha:g}, soft targets" if args.mixes_batches else "off"
+        )
+    elif config is not None:
+        settings["attack"] = f"MAE-loss PGD, {config.attack_budget.describe()}"
+    if config is not None and hasattr(config, "label_smoothing"):
+        settings["label smoothing"] = config.label_smoothing
+    return settings
+
+
+def log_effective_settings(settings: dict) -> None:
+    logger.info("Effective settings:\n" + "\n".join(f"  {name}: {value}" for name, value in settings.items()))
+
+
+def load_aux_data(data_args: DataArguments, config, augmentation=None, num_labels: int | None = None):
+    """The auxiliary training data of `--aux_data_file`, through the same transform as the training split (labels
+    checked against `num_labels` when given); or None."""
+    if not data_args.aux_data_file:
+        return None
+    from mimir_hf.auxiliary_data import AuxiliaryImages
+    from mimir_hf.data import pixel_transform
+
+    extra = augmentation.build(config.image_size_hw, config.num_channels) if augmentation else None
+    transform = pixel_transform("image", "label", image_processor_for(config), extra)
+    return AuxiliaryImages(data_args.aux_data_file, transform, num_labels=num_labels)

@@ -6,9 +6,19 @@ torchattacks is installed), the adaptive PGD-MI and PGD-feature, an eps sweep, a
     python examples/run_evaluation.py --model_name_or_path out/finetune --dataset_name cifar10 \
         --image_column_name img --epsilon 0.0313725 --output_dir out/report
 
+    torchrun --nproc_per_node 8 examples/run_evaluation.py --model_name_or_path out/mimir-swin-b \
+        --validation_dir /data/imagenet/val --eval_subset robustbench-imagenet-5000 --epsilon 0.0156863 \
+        --output_dir out/report --resume_file out/report/progress.jsonl      # RobustBench's 5000 images, 8 GPUs
+
 Arguments: `EvaluationArguments` below, `DataArguments` (examples/common.py) and the library's `RobustnessSettings`.
 Writes `robustness.json`, `robustness.md` and `robust_accuracy_vs_eps.png` in --output_dir and, with
---update_model_card (default), puts the numbers in the model folder's card.
+--update_model_card (default), puts the numbers in the model folder's card. Images go through the image processor
+saved with the model (e.g. resize 256 + centre crop 224 for converted ImageNet models), else the model's default one.
+
+Under `torchrun` / `accelerate launch` every process evaluates its own contiguous shard of the images (gloo on CPUs,
+NCCL on GPUs), the counts are summed, and only rank 0 writes. With `--resume_file`, each process appends its finished
+batches to `<file>` (`<file>.rank<N>` with several processes) and a rerun of the same evaluation (same settings, data
+and number of processes) skips them: a long AutoAttack run survives being killed.
 """
 
 from __future__ import annotations
@@ -22,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch
+import torch.distributed as dist
 from common import (
     DataArguments,
     RunArguments,
@@ -48,6 +59,13 @@ class EvaluationArguments:
         default=True, metadata={"help": "Write the numbers into the model folder's card (when it is writable)."}
     )
     use_cpu: bool = field(default=False, metadata={"help": "Evaluate on the CPU even if a GPU is there."})
+    resume_file: str | None = field(
+        default=None,
+        metadata={"help": "Append every finished batch to this file (<file>.rank<N> per process under torchrun) and "
+                  "skip those batches when the same evaluation runs again (long AutoAttack runs)."},
+    )  # fmt: skip
+    num_workers: int = field(default=0, metadata={"help": "DataLoader workers reading the evaluation images."})
+
     allow_new_head: bool = field(
         default=False,
         metadata={"help": "Evaluate a model whose classification head the checkpoint does not hold (newly "
@@ -58,6 +76,20 @@ class EvaluationArguments:
         metadata={"help": "JSON (a file or inline) mapping the data's class names to the model's, when they differ, "
                   'e.g. \'{"kitty": "cat", "puppy": "dog"}\'.'},
     )  # fmt: skip
+
+
+def start_processes(use_cpu: bool) -> tuple[torch.device, bool]:
+    """(this process's device, whether this call started torch.distributed): under torchrun / accelerate launch
+    (WORLD_SIZE > 1) one process group, NCCL on GPUs and gloo otherwise."""
+    cuda = torch.cuda.is_available() and not use_cpu
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        return (torch.device("cuda", local) if cuda else torch.device("cpu")), False
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if cuda:
+        torch.cuda.set_device(local)
+    dist.init_process_group(backend="nccl" if cuda else "gloo")
+    return (torch.device("cuda", local) if cuda else torch.device("cpu")), True
 
 
 def load_classifier(eval_args: EvaluationArguments, device: str, names: list[str]):
@@ -115,16 +147,29 @@ def label_map_for(names: list[str], config, label_mapping: str | None) -> dict[i
 
 
 def run(eval_args: EvaluationArguments, data_args: DataArguments, settings: RobustnessSettings, run_args: RunArguments):
-    """Evaluate, write the report files (and the model card); returns the `RobustnessReport`."""
+    """Evaluate, write the report files (and the model card) from rank 0; returns the `RobustnessReport`."""
     setup_logging()
-    identity = {**asdict(eval_args), **asdict(data_args), **asdict(settings)}
-    identity.pop("output_dir")
+    device, started = start_processes(eval_args.use_cpu)
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    identity = {**asdict(eval_args), **asdict(data_args), **asdict(settings), "processes": world}
+    for key in ("output_dir", "num_workers"):
+        identity.pop(key)
     inputs = (*data_args.input_paths, eval_args.model_name_or_path)
-    prepare_output_dir(eval_args.output_dir, "run_evaluation", identity, run_args.overwrite_output_dir, inputs)
-    set_seed(settings.eval_seed)
-    update_card = eval_args.update_model_card and _card_is_writable(eval_args.model_name_or_path)
+    try:
+        if rank == 0:
+            prepare_output_dir(eval_args.output_dir, "run_evaluation", identity, run_args.overwrite_output_dir, inputs)
+        if world > 1:
+            dist.barrier()  # the output dir exists (and a replaced one is gone) before any process writes there
+        report = evaluate(eval_args, data_args, settings, device, rank, world)
+    finally:
+        if started:
+            dist.destroy_process_group()
+    return report
 
-    device = "cuda" if torch.cuda.is_available() and not eval_args.use_cpu else "cpu"
+
+def evaluate(eval_args, data_args, settings, device, rank: int, world: int):
+    set_seed(settings.eval_seed)
+    update_card = rank == 0 and eval_args.update_model_card and _card_is_writable(eval_args.model_name_or_path)
     data = read_data(data_args, settings.eval_seed, need_train=False)
     model = load_classifier(eval_args, device, data.names)
     config = model.config
@@ -132,12 +177,17 @@ def run(eval_args: EvaluationArguments, data_args: DataArguments, settings: Robu
     _, eval_dataset = data.transformed(processor, label_map_for(data.names, config, eval_args.label_mapping))
 
     start = time.time()
+    say = (lambda message: logger.info(f"[{time.time() - start:6.1f}s] {message}")) if rank == 0 else None
     report = evaluate_robustness(
-        model, eval_dataset, settings, progress=lambda message: logger.info(f"[{time.time() - start:6.1f}s] {message}")
-    )
+        model, eval_dataset, settings, progress=say, resume_file=eval_args.resume_file,
+        num_workers=eval_args.num_workers,
+    )  # fmt: skip
+    if rank != 0:
+        return report
     report.info.update(
         model=eval_args.model_name_or_path,
-        device=torch.cuda.get_device_name() if device == "cuda" else "cpu",
+        device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        processes=world,
         seconds=round(time.time() - start, 1),
     )
     write_report(report, eval_args.output_dir)

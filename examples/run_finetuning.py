@@ -5,10 +5,15 @@
     python examples/run_finetuning.py --model_name_or_path out/pretrain --dataset_name cifar10 \
         --image_column_name img --adversarial_method trades --output_dir out/finetune --bf16
 
+    python examples/run_finetuning.py recipes/cifar10/finetune_vit_small.yaml --model_name_or_path out/pretrain \
+        --dataset_name uoft-cs/cifar10 --output_dir out/finetune   # a paper row (recipes/); flags override it
+
 Arguments: `ModelArguments` and `DataArguments` (examples/common.py) and the library's
-`MimirAdversarialTrainingArguments` (PGD-AT at 8/255, 10 steps of 2/255 by default). Writes the classifier
-(safetensors + config with id2label), a quick natural / PGD-20 measurement and a model card `README.md`. For the full
-robustness report run `run_evaluation.py` on the output. Runs under `accelerate launch` and `torchrun`.
+`MimirAdversarialTrainingArguments` (PGD-AT at 8/255, 10 steps of 2/255 by default) and `AugmentationArguments`.
+Fine-tunes a MIMIR ViT, or a MIMIR Swin from a converted checkpoint (`--model_name_or_path`). Writes the classifier
+(safetensors + config with id2label), a quick natural / PGD-20 measurement (of the EMA weights too, saved in `ema/`,
+with --ema_decay) and a model card `README.md`. For the full robustness report run `run_evaluation.py` on the output.
+Runs under `accelerate launch` and `torchrun`.
 """
 
 from __future__ import annotations
@@ -25,7 +30,10 @@ from common import (
     RunArguments,
     config_overrides,
     default_num_channels,
+    effective_settings,
+    load_aux_data,
     load_data,
+    log_effective_settings,
     logger,
     mark_complete,
     new_config,
@@ -36,8 +44,9 @@ from common import (
 from torch.utils.data import DataLoader
 from transformers import AutoConfig, default_data_collator
 
-from mimir_hf import MimirForImageClassification
+from mimir_hf import MimirForImageClassification, MimirSwinForImageClassification
 from mimir_hf.attacks import pgd_attack
+from mimir_hf.augmentation import AugmentationArguments
 from mimir_hf.data import image_processor_for
 from mimir_hf.evaluation import Attack, evaluate_batch
 from mimir_hf.model_card import accuracy_results, write_model_card
@@ -47,14 +56,34 @@ from mimir_hf.trainer import MimirAdversarialTrainer, MimirAdversarialTrainingAr
 FINETUNING_DROP_PATH = 0.1  # MIMIR.md: drop path 0.1 in fine-tuning
 
 
-def build_classifier(model_args, num_channels: int, names: list[str]) -> MimirForImageClassification:
+# Of the config overrides, those a Swin checkpoint takes (the others describe a ViT's shape or its pre-training).
+SWIN_OVERRIDES = ("drop_path_rate", "label_smoothing")
+
+
+def build_classifier(model_args, num_channels: int, names: list[str], config=None):
+    """A MIMIR ViT classifier (new, or from a MIMIR / MAE checkpoint), or a MIMIR Swin one from a Swin checkpoint."""
     labels = dict(num_labels=len(names), id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
     overrides = {"drop_path_rate": FINETUNING_DROP_PATH, **config_overrides(model_args), **labels}
+    if getattr(config, "model_type", None) == "mimir_swin":
+        unused = sorted(set(config_overrides(model_args)) - set(SWIN_OVERRIDES))
+        if unused:
+            raise ValueError(f"{model_args.model_name_or_path} is a Swin checkpoint; {unused} apply to ViTs only.")
+        overrides = {k: v for k, v in overrides.items() if k in SWIN_OVERRIDES or k in labels}
+        return MimirSwinForImageClassification.from_pretrained(model_args.model_name_or_path, **overrides)
     if model_args.model_name_or_path:
         return MimirForImageClassification.from_pretrained(
             model_args.model_name_or_path, ignore_mismatched_sizes=model_args.ignore_mismatched_sizes, **overrides
         )
     return MimirForImageClassification(new_config(model_args, num_channels, **overrides))
+
+
+def encoder_description(config) -> str:
+    if config.model_type == "mimir_swin":
+        return f"Swin {config.embed_dim} wide, depths {list(config.depths)}, window {config.window_size}"
+    return (
+        f"ViT {config.hidden_size} wide, {config.num_hidden_layers} layers, patch {config.patch_size}, "
+        f"{config.classifier_pooling} pooling"
+    )
 
 
 def quick_robustness(model, dataset, epsilon: float, batch_size: int = 256) -> dict:
@@ -75,38 +104,53 @@ def quick_robustness(model, dataset, epsilon: float, batch_size: int = 256) -> d
 
 
 def run(
-    model_args, data_args: DataArguments, training_args: MimirAdversarialTrainingArguments, run_args: RunArguments
+    model_args,
+    data_args: DataArguments,
+    training_args: MimirAdversarialTrainingArguments,
+    run_args: RunArguments,
+    augmentation: AugmentationArguments | None = None,
 ) -> dict:
     """Fine-tune, save the classifier, its image processor and the model card; returns metrics (accuracies in %)."""
-    resume = start_training_run("run_finetuning", model_args, data_args, training_args, run_args)
+    augmentation = augmentation or AugmentationArguments()
+    resume = start_training_run("run_finetuning", model_args, data_args, training_args, run_args, augmentation)
     if model_args.model_name_or_path:  # the checkpoint decides the input shape
         config = AutoConfig.from_pretrained(model_args.model_name_or_path)
     else:
         config = new_config(model_args, default_num_channels(data_args))
-    train_dataset, eval_dataset, names = load_data(data_args, config, training_args.seed)
-    model = build_classifier(model_args, config.num_channels, names)
+    train_dataset, eval_dataset, names = load_data(data_args, config, training_args.seed, augmentation)
+    aux_dataset = load_aux_data(data_args, config, augmentation, num_labels=len(names))
+    model = build_classifier(model_args, config.num_channels, names, config)
     logger.info(
         f"Adversarial fine-tuning ({training_args.adversarial_method}, {training_args.adversarial_budget.describe()}) "
         f"of {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters on {len(train_dataset)} images, "
         f"{len(names)} classes"
     )
-    trainer = MimirAdversarialTrainer(model=model, args=training_args, train_dataset=train_dataset)
+    settings = effective_settings(training_args, augmentation, model.config, data_args.aux_data_file)
+    log_effective_settings(settings)
+    trainer = MimirAdversarialTrainer(
+        model=model, args=training_args, train_dataset=train_dataset, aux_dataset=aux_dataset
+    )
     result = train(trainer, resume)
     trainer.save_model()
     config = model.config
+    ema_dir = trainer.save_ema_model() if trainer.ema is not None else None
     if trainer.is_world_process_zero():
-        image_processor_for(config).save_pretrained(training_args.output_dir)
+        for folder in filter(None, (training_args.output_dir, ema_dir)):
+            image_processor_for(config).save_pretrained(folder)
     metrics = dict(result.metrics)
     if trainer.is_world_process_zero():
         metrics.update(quick_robustness(model, eval_dataset, training_args.adversarial_epsilon))
+        if trainer.ema is not None:
+            with trainer.ema.applied(model):
+                ema = quick_robustness(model, eval_dataset, training_args.adversarial_epsilon)
+            metrics.update({f"ema_{name}": value for name, value in ema.items()})
         trainer.log_metrics("finetune", metrics)
         trainer.save_metrics("all", metrics)
         height, width = config.image_size_hw
         training = {
             "initialisation": model_args.model_name_or_path or "random (no pre-training)",
             "data": f"{data_args.display_name}, {len(train_dataset)} training images at {height}x{width}",
-            "encoder": f"ViT {config.hidden_size} wide, {config.num_hidden_layers} layers, patch {config.patch_size}, "
-            f"{config.classifier_pooling} pooling",
+            "encoder": encoder_description(config),
             "adversarial training": (
                 f"{training_args.adversarial_method}, {training_args.adversarial_budget.describe()}"
             ),
@@ -114,6 +158,19 @@ def run(
             f"{training_args.num_train_epochs:g} epochs, label smoothing {config.label_smoothing}, "
             f"seed {training_args.seed}",
         }
+        if augmentation.enabled or training_args.mixes_batches:
+            training["augmentation"] = settings["augmentation"] + (
+                f", mixup {training_args.mixup_alpha:g} / cutmix {training_args.cutmix_alpha:g} (soft targets)"
+                if training_args.mixes_batches
+                else ""
+            )
+        if trainer.ema is not None:
+            training["EMA"] = (
+                f"decay {training_args.ema_decay} (weights in ema/: natural {metrics['ema_natural_accuracy']:.2f}%, "
+                f"PGD-20 {metrics['ema_pgd20_accuracy']:.2f}%)"
+            )
+        if aux_dataset is not None:
+            training["auxiliary data"] = f"{len(aux_dataset)} images, {training_args.aux_fraction:g} of each batch"
         eps = training_args.adversarial_epsilon * 255
         results = (
             f"On the {len(eval_dataset)} evaluation images: natural accuracy {metrics['natural_accuracy']:.2f}%, "
@@ -129,14 +186,17 @@ def run(
             training_args.output_dir, "finetuned", data_args.display_name, training, results, eval_results,
             model_id=training_args.hub_model_id,
         )  # fmt: skip
-        mark_complete(training_args.output_dir, metrics=metrics, card_training=training)
+        mark_complete(training_args.output_dir, metrics=metrics, card_training=training, effective_settings=settings)
     if training_args.push_to_hub:
         trainer.push_to_hub(commit_message="MIMIR adversarial fine-tuning")
     return metrics
 
 
 def main(argv: list[str] | None = None) -> dict:
-    return run(*parse((ModelArguments, DataArguments, MimirAdversarialTrainingArguments, RunArguments), argv))
+    argument_classes = (
+        ModelArguments, DataArguments, MimirAdversarialTrainingArguments, RunArguments, AugmentationArguments
+    )  # fmt: skip
+    return run(*parse(argument_classes, argv))
 
 
 if __name__ == "__main__":

@@ -5,9 +5,13 @@
     python examples/run_pretraining.py --dataset_name cifar10 --model_preset vit-small-patch2-32 \
         --image_column_name img --output_dir out/pretrain --num_train_epochs 800 --bf16
 
-Arguments: `ModelArguments` and `DataArguments` (examples/common.py) and the library's `MimirPreTrainingArguments`.
-Writes the model (safetensors + config), `reconstructions.png` and a model card `README.md` in --output_dir.
-Runs unchanged under `accelerate launch` and `torchrun`.
+    python examples/run_pretraining.py recipes/cifar10/pretrain_vit_small.yaml --dataset_name uoft-cs/cifar10 \
+        --output_dir out/pretrain          # a paper row (recipes/): its values are the defaults, flags override
+
+Arguments: `ModelArguments` and `DataArguments` (examples/common.py) and the library's `MimirPreTrainingArguments` and
+`AugmentationArguments`. Writes the model (safetensors + config), `reconstructions.png` and a model card `README.md`
+in --output_dir (and the EMA weights in `ema/` with --ema_decay). Runs unchanged under `accelerate launch` and
+`torchrun`.
 """
 
 from __future__ import annotations
@@ -25,7 +29,10 @@ from common import (
     RunArguments,
     config_overrides,
     default_num_channels,
+    effective_settings,
+    load_aux_data,
     load_data,
+    log_effective_settings,
     logger,
     mark_complete,
     new_config,
@@ -36,6 +43,7 @@ from common import (
 
 from mimir_hf import MimirForPreTraining
 from mimir_hf.attacks import eval_mode, mae_attack
+from mimir_hf.augmentation import AugmentationArguments
 from mimir_hf.data import image_processor_for, tensors
 from mimir_hf.model_card import write_model_card
 from mimir_hf.trainer import MimirPreTrainingArguments, MimirPreTrainingTrainer
@@ -101,29 +109,44 @@ def plot_reconstructions(model, images: torch.Tensor, path: str, seed: int = 0) 
     figure.savefig(path, dpi=120)
 
 
-def run(model_args, data_args: DataArguments, training_args: MimirPreTrainingArguments, run_args: RunArguments) -> dict:
+def run(
+    model_args,
+    data_args: DataArguments,
+    training_args: MimirPreTrainingArguments,
+    run_args: RunArguments,
+    augmentation: AugmentationArguments | None = None,
+) -> dict:
     """Pre-train, save the model, its image processor, `reconstructions.png` and the model card; returns metrics."""
-    resume = start_training_run("run_pretraining", model_args, data_args, training_args, run_args)
+    augmentation = augmentation or AugmentationArguments()
+    resume = start_training_run("run_pretraining", model_args, data_args, training_args, run_args, augmentation)
     model = build_model(model_args, default_num_channels(data_args))
     config = model.config
-    train_dataset, eval_dataset, _ = load_data(data_args, config, training_args.seed, need_labels=False)
+    train_dataset, eval_dataset, _ = load_data(data_args, config, training_args.seed, augmentation, need_labels=False)
+    aux_dataset = load_aux_data(data_args, config, augmentation)
     logger.info(
         f"MIMIR pre-training: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
         f"{len(train_dataset)} training images, attack {config.attack_budget.describe()}, MI: {config.mi_estimator} "
         f"(weight {config.mi_weight:g})"
     )
+    settings = effective_settings(training_args, augmentation, config, data_args.aux_data_file)
+    log_effective_settings(settings)
 
     trainer = MimirPreTrainingTrainer(
         model=model,
         args=training_args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset if training_args.do_eval else None,
+        aux_dataset=aux_dataset,
     )
     result = train(trainer, resume)
     metrics = dict(result.metrics)
     if training_args.do_eval:
         metrics.update(trainer.evaluate())
     trainer.save_model()
+    if trainer.ema is not None:
+        ema_dir = trainer.save_ema_model()
+        if trainer.is_world_process_zero():
+            image_processor_for(config).save_pretrained(ema_dir)
     if trainer.is_world_process_zero():
         image_processor_for(config).save_pretrained(training_args.output_dir)
     trainer.log_metrics("train", metrics)
@@ -140,10 +163,17 @@ def run(model_args, data_args: DataArguments, training_args: MimirPreTrainingArg
             "decoder": f"{config.decoder_hidden_size} wide, {config.decoder_num_hidden_layers} layers",
             "mask ratio": config.mask_ratio,
             "pre-training attack": f"PGD maximising the MAE loss, {config.attack_budget.describe()}",
-            "MI penalty": f"{config.mi_estimator}, weight {config.mi_weight:g}, sigma {config.mi_sigma:g}",
+            "MI penalty": f"{config.mi_estimator}, weight {config.mi_weight:g}, "
+            + ("kernel widths from each batch" if config.mi_estimator == "renyi" else f"sigma {config.mi_sigma:g}"),
             "optimisation": f"AdamW lr {training_args.learning_rate:g}, {training_args.num_train_epochs:g} epochs, "
             f"batch {training_args.per_device_train_batch_size} per device, seed {training_args.seed}",
         }
+        if augmentation.enabled:
+            training["augmentation"] = augmentation.describe()
+        if trainer.ema is not None:
+            training["EMA"] = f"decay {training_args.ema_decay} (weights in ema/)"
+        if aux_dataset is not None:
+            training["auxiliary data"] = f"{len(aux_dataset)} images, {training_args.aux_fraction:g} of each batch"
         final = {k: v for k, v in trainer.state.log_history[-1].items() if isinstance(v, (int, float))}
         results = (
             f"Final training loss {metrics.get('train_loss', math.nan):.4f}; last logged reconstruction loss "
@@ -153,14 +183,16 @@ def run(model_args, data_args: DataArguments, training_args: MimirPreTrainingArg
             training_args.output_dir, "pretrained", data_args.display_name, training, results,
             model_id=training_args.hub_model_id,
         )  # fmt: skip
-        mark_complete(training_args.output_dir, metrics=metrics)
+        mark_complete(training_args.output_dir, metrics=metrics, effective_settings=settings)
     if training_args.push_to_hub:
         trainer.push_to_hub(commit_message="MIMIR pre-training")
     return metrics
 
 
 def main(argv: list[str] | None = None) -> dict:
-    return run(*parse((ModelArguments, DataArguments, MimirPreTrainingArguments, RunArguments), argv))
+    return run(
+        *parse((ModelArguments, DataArguments, MimirPreTrainingArguments, RunArguments, AugmentationArguments), argv)
+    )
 
 
 if __name__ == "__main__":

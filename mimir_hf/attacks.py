@@ -1,4 +1,5 @@
-"""One projected-gradient L-inf attack engine, and the objectives it maximises (MAE loss, CE, CW margin, KL, ...).
+"""One projected-gradient L-inf attack engine, and the objectives it maximises (MAE loss, CE, soft-target CE, CW
+margin, KL, ...).
 
 Every attack in mimir_hf -- MIMIR's pre-training perturbation, PGD and FGSM for adversarial training and evaluation,
 CW-inf, the TRADES inner maximum, the adaptive PGD-MI and PGD-feature -- is `projected_gradient_ascent` with a
@@ -46,6 +47,12 @@ def project(images: torch.Tensor, clean: torch.Tensor, epsilon: float) -> torch.
     return torch.min(torch.max(images, clean - epsilon), clean + epsilon).clamp_(0.0, 1.0)
 
 
+def random_start(images: torch.Tensor, epsilon: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A uniform point of the L-inf eps-ball around `images`, clipped to [0, 1]: where PGD starts."""
+    noise = torch.rand(images.shape, generator=generator, device=images.device, dtype=images.dtype)
+    return (images.detach() + (2 * noise - 1) * epsilon).clamp_(0.0, 1.0)
+
+
 def projected_gradient_ascent(
     objective: Objective,
     images: torch.Tensor,
@@ -77,11 +84,7 @@ def projected_gradient_ascent(
     clean = check_pixel_range(images.detach() if isinstance(images, torch.Tensor) else images, "images")
     if budget.epsilon == 0:  # the eps-ball is the clean image itself
         return clean.clone()
-    if budget.random_start:
-        noise = torch.rand(clean.shape, generator=generator, device=clean.device, dtype=clean.dtype)
-        adversarial = (clean + (2 * noise - 1) * budget.epsilon).clamp_(0.0, 1.0)
-    else:
-        adversarial = clean.clone()
+    adversarial = random_start(clean, budget.epsilon, generator) if budget.random_start else clean.clone()
     active = torch.arange(len(clean), device=clean.device)
     with eval_mode(model), torch.enable_grad():
         for _ in range(budget.steps):
@@ -143,6 +146,25 @@ def class_labels(model: nn.Module, labels: torch.Tensor, images: torch.Tensor) -
     return labels.to(device=images.device, dtype=torch.long)
 
 
+def soft_targets(model: nn.Module, targets: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """`targets` checked as soft targets for `images` (one probability row per image, over the model's `num_labels`
+    when it has one: e.g. mixup / cutmix targets) and returned as float32 on the images' device."""
+    if not isinstance(targets, torch.Tensor) or targets.dim() != 2 or not targets.dtype.is_floating_point:
+        kind = isinstance(targets, torch.Tensor)
+        what = f"dtype {targets.dtype}, shape {tuple(targets.shape)}" if kind else type(targets).__name__
+        raise ValueError(f"soft targets must be a 2-D float tensor [batch, classes], got {what}.")
+    num_labels = getattr(getattr(model, "config", None), "num_labels", targets.shape[1])
+    if targets.shape != (images.shape[0], num_labels):
+        raise ValueError(
+            f"soft targets must have shape (images, classes) = {(images.shape[0], num_labels)}, got "
+            f"{tuple(targets.shape)}."
+        )
+    targets = targets.to(device=images.device, dtype=torch.float32)
+    if (targets < 0).any() or not torch.allclose(targets.sum(1), torch.ones_like(targets[:, 0]), atol=1e-4):
+        raise ValueError("soft targets must be probabilities: non-negative rows that sum to 1.")
+    return targets
+
+
 def cross_entropy_objective(model: nn.Module, labels: torch.Tensor) -> Objective:
     """Summed cross-entropy of the true labels: the PGD / FGSM objective. Keeps the last logits (`.logits`) for
     early stopping; `index` selects the labels of a subset of the batch."""
@@ -152,6 +174,15 @@ def cross_entropy_objective(model: nn.Module, labels: torch.Tensor) -> Objective
         return F.cross_entropy(objective.logits, labels if index is None else labels[index], reduction="sum")
 
     return objective
+
+
+def soft_target_objective(model: nn.Module, targets: torch.Tensor, label_smoothing: float = 0.0) -> Objective:
+    """Summed soft-target cross-entropy, -sum_k t_k log p_k(x') with t smoothed by `label_smoothing`: the attack on
+    mixup / cutmix batches (the authors' ARES fine-tuning attacks timm's SoftTargetCrossEntropy on the mixed,
+    label-smoothed targets)."""
+    return lambda images: F.cross_entropy(
+        logits_of(model, images), targets, label_smoothing=label_smoothing, reduction="sum"
+    )
 
 
 def margin_objective(model: nn.Module, labels: torch.Tensor) -> Objective:
@@ -242,6 +273,20 @@ def pgd_attack(
     )  # fmt: skip
 
 
+def soft_target_attack(
+    model: nn.Module,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    budget: AttackBudget,
+    label_smoothing: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """L-inf PGD on the soft-target cross-entropy of `targets` `[B, classes]` (mixup / cutmix training batches)."""
+    targets = soft_targets(model, targets, images)
+    objective = soft_target_objective(model, targets, label_smoothing)
+    return projected_gradient_ascent(objective, images, budget, model=model, generator=generator)
+
+
 def fgsm_attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, epsilon: float) -> torch.Tensor:
     """FGSM: one signed-gradient step of size eps from the clean image."""
     budget = AttackBudget(epsilon=epsilon, step_size=max(epsilon, 1e-12), steps=1, random_start=False)
@@ -286,6 +331,10 @@ __all__ = [
     "pgd_attack",
     "project",
     "projected_gradient_ascent",
+    "random_start",
+    "soft_target_attack",
+    "soft_target_objective",
+    "soft_targets",
     "trades_attack",
     "trades_objective",
 ]

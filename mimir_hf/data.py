@@ -16,6 +16,7 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, load_dat
 from PIL import Image as PILImage
 from transformers import default_data_collator
 
+from .augmentation import TrainAugmentation
 from .image_processing_mimir import MimirImageProcessor
 
 DIGITS_SEED = 0
@@ -211,25 +212,46 @@ def drop_unreadable_images(dataset: Dataset, image_column: str, split: str = "tr
     return dataset.select(keep)
 
 
-def with_pixel_transform(
-    dataset: Dataset,
+def pixel_transform(
     image_column: str,
     label_column: str | None,
     image_processor: MimirImageProcessor,
+    augmentation: TrainAugmentation | None = None,
     label_map: dict[int, int] | None = None,
-) -> Dataset:
-    """The dataset with a lazy transform yielding `pixel_values` (from `image_processor`) and `labels` (through
-    `label_map`, dataset class -> model class, when given)."""
+):
+    """The batch transform of `with_pixel_transform`: {image_column, label_column} -> {"pixel_values", "labels"}, with
+    the training `augmentation` (if any) around the image processor and the labels through `label_map` (data class ->
+    model class, when given). Also used for auxiliary data, so that real and synthetic images go through the same
+    transform."""
 
     def transform(batch):
-        pixel_values = image_processor(images=batch[image_column], return_tensors="pt")["pixel_values"]
-        out = {"pixel_values": list(pixel_values)}
+        images = batch[image_column]
+        if augmentation is not None:
+            images = [augmentation.augment_image(image) for image in images]
+        pixel_values = list(image_processor(images=images, return_tensors="pt")["pixel_values"])
+        if augmentation is not None:
+            pixel_values = [augmentation.augment_tensor(image) for image in pixel_values]
+        out = {"pixel_values": pixel_values}
         if label_column is not None:
             labels = batch[label_column]
             out["labels"] = [label_map[label] for label in labels] if label_map is not None else labels
         return out
 
-    return dataset.with_transform(transform)
+    return transform
+
+
+def with_pixel_transform(
+    dataset: Dataset,
+    image_column: str,
+    label_column: str | None,
+    image_processor: MimirImageProcessor,
+    augmentation: TrainAugmentation | None = None,
+    label_map: dict[int, int] | None = None,
+) -> Dataset:
+    """The dataset with a lazy transform yielding `pixel_values` (from `image_processor`) and `labels` (through
+    `label_map`, when given); a training split may add a per-example `augmentation`
+    (`mimir_hf.augmentation.AugmentationArguments.build`)."""
+    return dataset.with_transform(pixel_transform(image_column, label_column, image_processor, augmentation, label_map))
 
 
 def image_processor_for(config, crop_pct: float | None = None) -> MimirImageProcessor:
@@ -270,6 +292,7 @@ __all__ = [
     "label_names",
     "load_digits_dataset",
     "load_image_dataset",
+    "pixel_transform",
     "resolve_columns",
     "tensors",
     "with_pixel_transform",

@@ -6,10 +6,10 @@ attack of `attack_registry` on the images the model classifies correctly (an ima
 broken under every attack, AutoAttack's convention), keeps one bit per image and attack, and reports the per-image
 worst case over all of them as the robust accuracy. Each batch's attacks draw from a generator seeded by
 (`eval_seed`, batch index), so results do not depend on batch order, resumption or the number of processes. Under
-`torchrun` / `accelerate launch` each process evaluates its own contiguous shard and the counts are summed. With a
-`resume_file`, finished batches are appended to it and skipped when the same evaluation runs again. The Carlini et al.
-(2019) checks come out as pass/fail rows; `write_report` writes `robustness.json`, `robustness.md` and
-`robust_accuracy_vs_eps.png`.
+`torchrun` / `accelerate launch` each process evaluates its own contiguous shard of whole batches (the same batches
+as one process would make) and the counts are summed. With a `resume_file`, finished batches are appended to it and
+skipped when the same evaluation runs again. The Carlini et al. (2019) checks come out as pass/fail rows;
+`write_report` writes `robustness.json`, `robustness.md` and `robust_accuracy_vs_eps.png`.
 """
 
 from __future__ import annotations
@@ -416,24 +416,28 @@ def _sum_over_processes(values: list[int]) -> list[int]:
     return tensor.tolist()
 
 
-def _shard(dataset: Dataset) -> tuple[Dataset, int]:
-    """This process's contiguous share of `dataset` (no padding, no duplicates) and its first global index."""
+def _shard(dataset: Dataset, batch_size: int) -> tuple[Dataset, int]:
+    """This process's contiguous share of `dataset` (no padding, no duplicates) and its first global batch index.
+
+    Shards are made of whole batches of the unsharded evaluation (the batches are split among the processes), so every
+    batch holds the same images, and draws from the same generator, whatever the number of processes."""
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return dataset, 0
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
-    start, stop = rank * len(dataset) // world, (rank + 1) * len(dataset) // world
-    return Subset(dataset, range(start, stop)), start
+    batches = -(-len(dataset) // batch_size)
+    first, last = rank * batches // world, (rank + 1) * batches // world
+    return Subset(dataset, range(first * batch_size, min(last * batch_size, len(dataset)))), first
 
 
 def _batches(data, settings: RobustnessSettings, num_workers: int) -> tuple[Iterable, int]:
-    """(batches of {"pixel_values", "labels"}, global index of the first image) from tensors, a Dataset or a
+    """(batches of {"pixel_values", "labels"}, global index of the first batch) from tensors, a Dataset or a
     DataLoader (a DataLoader is taken as it is: no sharding)."""
     if isinstance(data, DataLoader):
         return data, 0
     if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], torch.Tensor):
         images, labels = data
         data = [{"pixel_values": image, "labels": label} for image, label in zip(images, labels, strict=True)]
-    dataset, offset = _shard(data)
+    dataset, offset = _shard(data, settings.eval_batch_size)
     loader = DataLoader(
         dataset, batch_size=settings.eval_batch_size, shuffle=False, collate_fn=default_data_collator,
         num_workers=num_workers, generator=torch.Generator(),  # its own: iterating must not draw from the global RNG
@@ -453,18 +457,22 @@ class _ResumeFile:
         self.path = f"{path}.rank{rank}" if torch.distributed.is_initialized() else path
         key = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
         if os.path.isfile(self.path):
-            lines = []
+            lines, complete = [], True
             with open(self.path) as f:
                 for line in f:
                     try:
                         lines.append(json.loads(line))
                     except json.JSONDecodeError:  # the last line of a run killed while writing it
+                        complete = False
                         break
             if not lines or lines[0].get("settings") != key:
                 raise ValueError(
                     f"{self.path} holds results of another evaluation (other settings or data); move it away or "
                     "choose another resume file."
                 )
+            if not complete:  # drop the partial line, so that the next batch starts a line of its own
+                with open(self.path, "w") as f:
+                    f.writelines(json.dumps(line) + "\n" for line in lines)
             self.done = {line["batch"]: line for line in lines[1:]}
         else:
             with open(self.path, "w") as f:
@@ -507,8 +515,12 @@ def evaluate_robustness(
     device = next(model.parameters()).device
     attacks = attack_registry(model, settings)
     sweep = sweep_attacks(settings)
-    loader, offset = _batches(data, settings, num_workers)
-    identity = {"settings": asdict(settings), "model": type(model).__name__, "offset": offset}
+    loader, first_batch = _batches(data, settings, num_workers)
+    first_image = first_batch * settings.eval_batch_size
+    # A resumed evaluation must see the same shard: same settings, first batch and number of images.
+    shard = getattr(loader, "dataset", None)
+    shard_size = len(shard) if hasattr(shard, "__len__") else None
+    identity = {"settings": asdict(settings), "model": type(model).__name__, "batch": first_batch, "images": shard_size}
     resume = _ResumeFile(resume_file, identity)
 
     names = ["natural"] + [a.name for a in attacks] + [a.name for a in sweep]
@@ -527,9 +539,9 @@ def evaluate_robustness(
         if cached is None:
             batch_seconds: dict[str, float] = {}
             batch_cost: dict[str, dict[str, int]] = {}
-            generator = _batch_generator(device, settings.eval_seed, offset + index)
+            generator = _batch_generator(device, settings.eval_seed, first_batch + index)
             results = evaluate_batch(
-                model, attacks + sweep, x, y, generator, offset + num_samples, batch_seconds, batch_cost
+                model, attacks + sweep, x, y, generator, first_image + num_samples, batch_seconds, batch_cost
             )
             resume.add(index, results, batch_seconds, batch_cost)
         else:

@@ -2,28 +2,37 @@
 
 The loop, gradient accumulation, mixed precision, checkpointing, distributed training and logging stay Trainer's.
 `MimirPreTrainingTrainer` runs MIMIR pre-training (MAE-objective attack -> reconstruction + MI loss);
-`MimirAdversarialTrainer` runs adversarial fine-tuning (PGD-AT, TRADES, MART, or clean). Both build AdamW with
-layer-wise lr decay and no weight decay on biases, norms, tokens and position embeddings.
+`MimirAdversarialTrainer` runs adversarial fine-tuning (PGD-AT, TRADES, MART, or clean; optionally on mixup / cutmix
+batches with soft targets). Both build AdamW with layer-wise lr decay and no weight decay on biases, norms, tokens and
+position embeddings, and both take a base learning rate scaled by the effective batch (`base_learning_rate`), an EMA
+of the weights (`ema_decay`) and auxiliary training data mixed into every batch (`aux_dataset=`, `aux_fraction`).
 """
 
 from __future__ import annotations
 
 import errno
+import math
 import os
+import random
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader
 from transformers import Trainer, TrainingArguments
 from transformers.modeling_outputs import ImageClassifierOutput
-from transformers.trainer_utils import TrainOutput
+from transformers.trainer_utils import TrainOutput, seed_worker
 from transformers.utils import logging
 
-from .attacks import logits_of, mae_attack, pgd_attack, trades_attack
+from .attacks import logits_of, mae_attack, pgd_attack, random_start, soft_target_attack, trades_attack
+from .augmentation import mix_batch
+from .auxiliary_data import AUX_FRACTION, MixedBatchSampler, RealAndAuxiliary
 from .checkpoints import check_resume_checkpoint, disk_full_error, last_complete_checkpoint, read_marker, write_marker
+from .ema import EMACallback
 from .threat_model import ADVERSARIAL_TRAINING_ATTACK, AttackBudget, check_budget, check_pixel_range
 
 logger = logging.get_logger(__name__)
@@ -55,6 +64,24 @@ class _MimirArguments(TrainingArguments):
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Keep dataset columns (lazy image transforms read the image column)."}
     )
+    base_learning_rate: float | None = field(
+        default=None,
+        metadata={
+            "help": "Base learning rate (the papers' blr): when set, learning_rate = base_learning_rate x effective "
+            "batch / base_batch_size, the effective batch being per-device batch x accumulation x processes."
+        },
+    )
+    base_batch_size: int = field(
+        default=256, metadata={"help": "Batch size at which learning_rate = base_learning_rate (MAE: 256; ARES: 512)."}
+    )
+    ema_decay: float = field(
+        default=0.0,
+        metadata={"help": "Keep an EMA of the weights with this decay, e.g. 0.9998 (0: none); saved as <output>/ema."},
+    )
+    aux_fraction: float = field(
+        default=AUX_FRACTION,
+        metadata={"help": "Fraction of every batch drawn from the trainer's aux_dataset, when it has one."},
+    )
 
     def __post_init__(self):
         if not _accelerator_available():  # pinning needs an accelerator; without one torch warns on every loader
@@ -67,6 +94,26 @@ class _MimirArguments(TrainingArguments):
         for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        if self.base_learning_rate is not None and not self.base_learning_rate > 0:
+            raise ValueError(f"base_learning_rate must be > 0, got {self.base_learning_rate}.")
+        if self.base_batch_size < 1:
+            raise ValueError(f"base_batch_size must be >= 1, got {self.base_batch_size}.")
+        if not (self.ema_decay == 0 or 0 < self.ema_decay < 1):
+            raise ValueError(f"ema_decay must be 0 (no EMA) or in (0, 1), got {self.ema_decay}.")
+        if not 0 <= self.aux_fraction < 1:
+            raise ValueError(f"aux_fraction must be in [0, 1), got {self.aux_fraction}.")
+
+    def effective_batch_size(self, world_size: int | None = None) -> int:
+        """Per-device batch x gradient accumulation x processes (`world_size`, default this run's)."""
+        processes = self.world_size if world_size is None else world_size
+        return self.per_device_train_batch_size * self.gradient_accumulation_steps * processes
+
+    def scaled_learning_rate(self, world_size: int | None = None) -> float:
+        """The learning rate the run uses: base_learning_rate x effective batch / base_batch_size when
+        `base_learning_rate` is set, `learning_rate` otherwise."""
+        if self.base_learning_rate is None:
+            return self.learning_rate
+        return self.base_learning_rate * self.effective_batch_size(world_size) / self.base_batch_size
 
 
 @dataclass
@@ -109,6 +156,14 @@ class AdversarialRecipe:
     adversarial_random_start: bool = field(
         default=ADVERSARIAL_TRAINING_ATTACK.random_start, metadata={"help": "Random start of training attacks."}
     )
+    adversarial_step_size_ramp_epochs: int = field(
+        default=0,
+        metadata={
+            "help": "Ramp the training attack's step size by min(epoch, N) / N over the first N epochs (0-based "
+            "epochs, so epoch 0 only adds the random start), as the authors' ARES fine-tuning does with N = 5; 0: "
+            "no ramp."
+        },
+    )
     trades_beta: float = field(default=6.0, metadata={"help": "Weight of TRADES' KL term."})
     mart_beta: float = field(default=6.0, metadata={"help": "Weight of MART's misclassification-aware KL term."})
 
@@ -123,12 +178,23 @@ class AdversarialRecipe:
         check_budget(
             self.adversarial_epsilon, self.adversarial_step_size, self.adversarial_steps, prefix="adversarial_"
         )
+        if self.adversarial_step_size_ramp_epochs < 0:
+            raise ValueError(
+                f"adversarial_step_size_ramp_epochs must be >= 0, got {self.adversarial_step_size_ramp_epochs}."
+            )
 
     @property
     def adversarial_budget(self) -> AttackBudget:
         return AttackBudget(
             self.adversarial_epsilon, self.adversarial_step_size, self.adversarial_steps, self.adversarial_random_start
         )
+
+    def adversarial_step_size_at(self, epoch: float) -> float:
+        """The training attack's step size during (0-based, possibly fractional) `epoch`, after the ramp."""
+        ramp = self.adversarial_step_size_ramp_epochs
+        if ramp == 0:
+            return self.adversarial_step_size
+        return self.adversarial_step_size * min(math.floor(epoch), ramp) / ramp
 
 
 @dataclass
@@ -142,10 +208,28 @@ class MimirAdversarialTrainingArguments(_MimirArguments, AdversarialRecipe):
     warmup_steps: float = field(
         default=0.1, metadata={"help": "Warm-up steps, or a fraction of training if < 1 (MIMIR CIFAR: 5 of 50 epochs)."}
     )
+    mixup_alpha: float = field(
+        default=0.0, metadata={"help": "Mixup of training batches, lambda ~ Beta(alpha, alpha) (ARES: 0.8; 0: off)."}
+    )
+    cutmix_alpha: float = field(
+        default=0.0,
+        metadata={"help": "CutMix of training batches (ARES: 1.0; 0: off); with mixup too, half the batches each."},
+    )
 
     def __post_init__(self):
         _MimirArguments.__post_init__(self)
         self.check_recipe()
+        if self.mixup_alpha < 0 or self.cutmix_alpha < 0:
+            raise ValueError(f"mixup_alpha and cutmix_alpha must be >= 0, got {self.mixup_alpha}, {self.cutmix_alpha}.")
+        if self.mixes_batches and self.adversarial_method not in ("pgd", "none"):
+            raise ValueError(
+                f"mixup / cutmix train with soft targets, which adversarial_method={self.adversarial_method!r} does "
+                "not define; use 'pgd' (PGD on the soft-target cross-entropy, as the authors' ARES runs) or 'none'."
+            )
+
+    @property
+    def mixes_batches(self) -> bool:
+        return self.mixup_alpha > 0 or self.cutmix_alpha > 0
 
 
 def layer_id(name: str, num_layers: int, prefix: str = "vit") -> int:
@@ -191,7 +275,9 @@ class _MimirTrainerBase(Trainer):
 
     arguments_class: type[_MimirArguments] = _MimirArguments
 
-    def __init__(self, model=None, args=None, *positional, **kwargs):
+    def __init__(self, model=None, args=None, *positional, aux_dataset=None, **kwargs):
+        """Trainer's arguments, plus `aux_dataset`: auxiliary training examples (e.g. `AuxiliaryImages`, the EDM
+        data) of which every training batch takes `int(batch * args.aux_fraction)`, drawn with replacement."""
         if args is None:
             args = self.arguments_class(output_dir="trainer_output")
         if not isinstance(args, self.arguments_class):
@@ -200,7 +286,13 @@ class _MimirTrainerBase(Trainer):
             raise TypeError(
                 f"{type(self).__name__} takes {self.arguments_class.__name__}, got {type(args).__name__}{ignored}."
             )
+        if args.base_learning_rate is not None:  # lr = blr x effective batch / base batch, before any optimizer
+            args.learning_rate = args.scaled_learning_rate()
         super().__init__(model, args, *positional, **kwargs)
+        self.aux_dataset = aux_dataset
+        self.ema_callback = EMACallback(args.ema_decay) if args.ema_decay > 0 else None
+        if self.ema_callback is not None:
+            self.add_callback(self.ema_callback)
         # compute_loss returns batch means: Trainer must scale them for gradient accumulation itself.
         self.model_accepts_loss_kwargs = False
         self._metrics: dict[str, dict[str, list[torch.Tensor]]] = {
@@ -217,6 +309,48 @@ class _MimirTrainerBase(Trainer):
                 f"fp16=True has no effect on {self.accelerator.device.type!r}: Accelerate runs fp16 mixed precision on "
                 "GPUs only, so this run trains in fp32. For mixed precision on a CPU, use bf16=True."
             )
+
+    @property
+    def ema(self):
+        """The `WeightEMA` of the weights (None without `ema_decay`, or before training starts)."""
+        return None if self.ema_callback is None else self.ema_callback.ema
+
+    def save_ema_model(self, output_dir: str | None = None) -> str:
+        """Save the EMA weights as a complete model folder (default `<output_dir>/ema`); returns the folder."""
+        if self.ema is None:
+            raise ValueError("No EMA to save: train with ema_decay > 0 first.")
+        output_dir = output_dir or os.path.join(self.args.output_dir, "ema")
+        with self.ema.applied(self.accelerator.unwrap_model(self.model)):
+            self.save_model(output_dir)
+        return output_dir
+
+    def get_train_dataloader(self) -> DataLoader:
+        """Trainer's loader, or with `aux_dataset`: batches of real + auxiliary examples from a `MixedBatchSampler`,
+        which already gives each process its own share (Accelerate's sharding of it is turned off)."""
+        if self.aux_dataset is None:
+            return super().get_train_dataloader()
+        if self.train_dataset is None:
+            raise ValueError("Trainer: training requires a train_dataset.")
+        args = self.args
+        sampler = MixedBatchSampler(
+            len(self.train_dataset), len(self.aux_dataset), self._train_batch_size, args.aux_fraction,
+            seed=args.seed, rank=args.process_index, world_size=args.world_size,
+        )  # fmt: skip
+        loader = DataLoader(
+            RealAndAuxiliary(self.train_dataset, self.aux_dataset),
+            batch_sampler=sampler,
+            collate_fn=self.data_collator,
+            num_workers=args.dataloader_num_workers,
+            pin_memory=args.dataloader_pin_memory,
+            persistent_workers=args.dataloader_persistent_workers and args.dataloader_num_workers > 0,
+            prefetch_factor=args.dataloader_prefetch_factor if args.dataloader_num_workers > 0 else None,
+            worker_init_fn=partial(seed_worker, num_workers=args.dataloader_num_workers, rank=args.process_index),
+        )
+        loader = self.accelerator.prepare(loader)
+        shard = getattr(loader, "batch_sampler", None)
+        if shard is not None and getattr(shard, "batch_sampler", None) is sampler:  # Accelerate's per-process split
+            shard.num_processes, shard.process_index = 1, 0
+        return loader
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if not self._first_batch_checked:  # the data boundary: [0, 1] pixels (the attacks check every batch)
@@ -293,6 +427,8 @@ class _MimirTrainerBase(Trainer):
                 raise ValueError(f"No complete checkpoint to resume from in {self.args.output_dir}.")
         if isinstance(resume_from_checkpoint, str):
             check_resume_checkpoint(resume_from_checkpoint, self.accelerator.unwrap_model(self.model))
+        if self.ema_callback is not None:  # the EMA of a resumed run comes back from its checkpoint
+            self.ema_callback.resume_from = resume_from_checkpoint or None
         previous = read_marker(resume_from_checkpoint) if isinstance(resume_from_checkpoint, str) else None
         self._previous_loss_sum = previous.get("loss_sum", 0.0) if previous else 0.0
         initial_step = previous.get("global_step", 0) if previous else 0
@@ -314,6 +450,8 @@ class _MimirTrainerBase(Trainer):
             parameters = sum(p.numel() * p.element_size() for p in self.model.parameters())
             raise disk_full_error(folder, 3 * parameters) from None  # weights + two AdamW moments
         self.accelerator.wait_for_everyone()  # every process's RNG state is written
+        if self.args.should_save and os.path.isdir(folder) and self.ema_callback is not None:
+            self.ema_callback.save_into(folder)
         if self.args.should_save and os.path.isdir(folder):
             loss_so_far = self._previous_loss_sum + self._total_loss_scalar + self._tr_loss.item()
             write_marker(folder, {"global_step": self.state.global_step, "loss_sum": loss_so_far})
@@ -407,14 +545,39 @@ class MimirAdversarialTrainer(_MimirTrainerBase):
 
     arguments_class = MimirAdversarialTrainingArguments
 
+    def __init__(self, *positional, **kwargs):
+        super().__init__(*positional, **kwargs)
+        self._mixing_calls = (-1, 0)  # (global step, micro-batches mixed in it)
+
+    def _mixing_rng(self) -> random.Random:
+        """The mixup / cutmix draws of this micro-batch: seeded by (seed, process, global step, micro-batch), so each
+        process mixes its own batch and a resumed run mixes as the uninterrupted one did."""
+        step, calls = self._mixing_calls
+        calls = calls + 1 if step == self.state.global_step else 0
+        self._mixing_calls = (self.state.global_step, calls)
+        key = ((self.args.seed * 1_000_003 + self.args.process_index) * 1_000_003 + self.state.global_step) * 1_009
+        return random.Random(key + calls)
+
     @property
     def label_smoothing(self) -> float:
         config = getattr(self.accelerator.unwrap_model(self.model), "config", None)
         return getattr(config, "label_smoothing", self.args.label_smoothing_factor)
 
-    def _attack(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        budget = self.args.adversarial_budget
-        if self.args.adversarial_method == "trades":
+    def _attack(
+        self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, training: bool = True
+    ) -> torch.Tensor:
+        """The training attack: on soft targets (2-D float `labels`) the soft-target cross-entropy, else the recipe's.
+        In training the step size follows the ramp (`adversarial_step_size_ramp_epochs`); a ramp at 0 leaves only the
+        random start, as in the authors' ARES epoch 0."""
+        args, budget = self.args, self.args.adversarial_budget
+        if training and args.adversarial_step_size_ramp_epochs > 0:
+            step_size = args.adversarial_step_size_at(self.state.epoch or 0.0)
+            if step_size == 0:
+                return random_start(images, budget.epsilon) if budget.random_start else images.detach().clone()
+            budget = AttackBudget(budget.epsilon, step_size, budget.steps, budget.random_start)
+        if labels.dim() == 2:
+            return soft_target_attack(model, images, labels, budget, self.label_smoothing)
+        if args.adversarial_method == "trades":
             return trades_attack(model, images, budget)
         return pgd_attack(model, images, labels, budget)
 
@@ -422,6 +585,10 @@ class MimirAdversarialTrainer(_MimirTrainerBase):
         images, labels = inputs["pixel_values"], inputs["labels"]
         args, batch_size = self.args, images.shape[0]
         method = args.adversarial_method
+        if model.training and args.mixes_batches:
+            # Mixup / cutmix: soft targets [B, classes]; the attack and the loss both use the soft-target CE.
+            classes = self.accelerator.unwrap_model(model).config.num_labels
+            images, labels = mix_batch(images, labels, classes, args.mixup_alpha, args.cutmix_alpha, self._mixing_rng())
 
         if method == "none":
             logits = logits_of(model, images)
@@ -429,7 +596,7 @@ class MimirAdversarialTrainer(_MimirTrainerBase):
             self._store(model, natural_accuracy=_percent_correct(logits, labels))
             return loss, ImageClassifierOutput(loss=loss, logits=logits)
 
-        adversarial = self._attack(self.accelerator.unwrap_model(model), images, labels)
+        adversarial = self._attack(self.accelerator.unwrap_model(model), images, labels, training=model.training)
         if method == "pgd":
             clean_logits, adversarial_logits = None, logits_of(model, adversarial)
             loss = F.cross_entropy(adversarial_logits, labels, label_smoothing=self.label_smoothing)
@@ -459,6 +626,9 @@ class MimirAdversarialTrainer(_MimirTrainerBase):
 
 
 def _percent_correct(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """% of argmax predictions equal to the labels (for soft targets: to each row's largest target)."""
+    if labels.dim() == 2:
+        labels = labels.argmax(1)
     return 100.0 * (logits.argmax(1) == labels).float().mean()
 
 

@@ -39,3 +39,19 @@ def test_tiny_benchmark_reports_every_case_with_ratios_and_memory(tmp_path):
     parameter_mib = sum(p.numel() * p.element_size() for p in classifier.parameters()) / 2**20
     assert memory["c) clean classifier step"] >= 4 * parameter_mib and memory["d) PGD-3 AT step"] >= 4 * parameter_mib
     assert 0 < result["mi_share_of_b"] < 1 and (result["floor_b"], result["floor_d"]) == (2, 4)
+
+
+def test_the_report_s_peak_memory_stays_flat_with_ten_times_the_images():
+    """Streaming evaluation: over 10x more images the report holds no more live tensor memory (weights included)."""
+    from mimir_hf.evaluation import RobustnessSettings
+
+    settings = RobustnessSettings(
+        pgd_steps=[1], cw_steps=1, adaptive_steps=1, eps_sweep=[1.0], autoattack=False, eval_batch_size=4
+    )
+    shape = dict(image_size=8, patch_size=2, hidden_size=32, num_hidden_layers=1, num_attention_heads=2)
+    result = benchmark.evaluation_memory(images=[4, 40], shape=shape, settings=settings)
+    small, large = result["peak_bytes"]
+    assert result["images"] == [4, 40] and large <= 1.02 * small, result
+    model = benchmark.MimirForImageClassification(benchmark.MimirConfig(**shape, num_labels=10))
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    assert small > weights  # the counter sees the weights and the batches' tensors

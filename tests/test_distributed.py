@@ -17,6 +17,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def why(result) -> str:
+    """What a failed torchrun printed first: the first traceback (the rank that died first), then the tail."""
+    text = result.stdout + result.stderr
+    start = text.find("Traceback")
+    head = text[max(start - 200, 0) : start + 3000] if start >= 0 else ""
+    return f"{head}\n...\n{text[-2000:]}"
+
+
 def torchrun(args, env=None, timeout=300):
     command = [
         sys.executable,
@@ -40,7 +48,7 @@ def test_two_ranks_agree_on_the_weights_and_only_rank_0_writes(tmp_path):
         [os.path.join(ROOT, "tests", "distributed_worker.py"), str(tmp_path / "out")],
         env={"CHECKSUM_DIR": str(checksums)},
     )
-    assert result.returncode == 0, result.stderr[-4000:]
+    assert result.returncode == 0, why(result)
     ranks = [json.load(open(checksums / f"rank{r}.json")) for r in (0, 1)]
     assert ranks[0]["world_size"] == ranks[1]["world_size"] == 2
     assert ranks[0]["checksum"] == ranks[1]["checksum"] and ranks[0]["norm"] == ranks[1]["norm"]
@@ -62,7 +70,7 @@ def test_a_nonfinite_loss_on_one_rank_is_skipped_or_stops_on_every_rank(tmp_path
         timeout=240,
         env={"CHECKSUM_DIR": str(checksums), "NAN_ON_RANK1_AT_STEPS": nan_steps, "MAX_NONFINITE": max_nonfinite},
     )
-    assert result.returncode == 0, result.stderr[-4000:]
+    assert result.returncode == 0, why(result)
     ranks = [json.load(open(checksums / f"rank{r}.json")) for r in (0, 1)]
     assert ranks[0]["checksum"] == ranks[1]["checksum"] and ranks[0]["snapshots"] == ranks[1]["snapshots"]
     snapshots = ranks[0]["snapshots"]
@@ -115,8 +123,81 @@ def test_example_scripts_run_under_torchrun(tmp_path, script):
         ]
         + (["--adversarial_steps", "1"] if script == "run_finetuning.py" else [])
     )
-    assert result.returncode == 0, result.stderr[-4000:]
+    assert result.returncode == 0, why(result)
     assert json.load(open(out / "mimir_run.json"))["status"] == "complete"
     assert (out / "model.safetensors").is_file() and (out / "README.md").is_file()
     # 8 images per device on 2 processes: Trainer's global batch is 16
     assert "Total train batch size (w. parallel, distributed & accumulation) = 16" in result.stdout + result.stderr
+
+
+def tiny_cifar_folders(root, train=16, evaluation=8, classes=4):
+    """CIFAR-shaped image folders (32x32 RGB, one sub-folder per class) and a small auxiliary .npz."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.RandomState(0)
+    for split, count in (("train", train), ("val", evaluation)):
+        for i in range(count):
+            folder = root / split / f"class{i % classes}"
+            folder.mkdir(parents=True, exist_ok=True)
+            shade = 40 + 50 * (i % classes)  # classes differ in brightness, so the model can learn something
+            pixels = np.clip(shade + rng.randint(-20, 20, (32, 32, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(folder / f"{i}.png")
+    images = rng.randint(0, 256, (20, 32, 32, 3), dtype=np.uint8)
+    np.savez(root / "aux.npz", image=images, label=np.arange(20) % classes)
+    return str(root / "train"), str(root / "val"), str(root / "aux.npz")
+
+
+def test_cifar_shaped_run_with_augmentation_ema_aux_data_and_the_report_under_torchrun(tmp_path):
+    """The issue's CI check: augmentation + EMA + auxiliary data in a 2-process fine-tuning run, then the robustness
+    report of its EMA weights under 2 processes (each its shard, rank 0 writes, resumable), equal to 1 process's."""
+    train_dir, val_dir, aux = tiny_cifar_folders(tmp_path)
+    out = tmp_path / "finetune"
+    tiny = ["--image_size", "32", "--patch_size", "8", "--hidden_size", "32", "--num_hidden_layers", "1"]
+    tiny += ["--num_attention_heads", "2", "--intermediate_size", "64"]
+    quiet = ["--disable_tqdm", "true", "--report_to", "none", "--use_cpu", "true"]
+    result = torchrun(
+        [os.path.join(ROOT, "examples", "run_finetuning.py"), "--train_dir", train_dir, "--validation_dir", val_dir]
+        + ["--augmentation", "crop-flip", "--random_erasing", "0.25", "--mixup_alpha", "0.8", "--cutmix_alpha", "1.0"]
+        + ["--ema_decay", "0.9", "--aux_data_file", aux, "--aux_fraction", "0.5", "--base_learning_rate", "0.05"]
+        + ["--num_train_epochs", "2", "--per_device_train_batch_size", "4", "--adversarial_steps", "2"]
+        + ["--save_strategy", "no", "--ddp_backend", "gloo", "--log_level", "info", "--output_dir", str(out)]
+        + tiny
+        + quiet
+    )
+    assert result.returncode == 0, why(result)
+    record = json.load(open(out / "mimir_run.json"))
+    assert record["status"] == "complete"
+    settings = record["effective_settings"]
+    assert settings["effective batch"].startswith("8 (per device 4 x accumulation 1 x 2 processes)")
+    assert settings["learning rate"] == 0.05 * 8 / 256
+    assert settings["augmentation"] == "pad-4 random crop + horizontal flip, random erasing 0.25"
+    assert "ema_pgd20_accuracy" in record["metrics"] and (out / "ema" / "model.safetensors").is_file()
+    # 16 real images, 4 per device and process, 2 processes: 2 batches per epoch (half of each auxiliary), 2 epochs
+    assert record["metrics"]["epoch"] == 2 and "Total optimization steps = 4" in result.stdout + result.stderr
+
+    report_args = [os.path.join(ROOT, "examples", "run_evaluation.py"), "--model_name_or_path", str(out / "ema")]
+    report_args += ["--validation_dir", val_dir, "--pgd_steps", "2", "4", "--cw_steps", "2", "--adaptive_steps", "2"]
+    report_args += ["--eps_sweep", "0", "0.0313725", "1", "--autoattack", "false", "--eval_batch_size", "3"]
+    report_args += ["--use_cpu", "true"]
+    resume = tmp_path / "progress.jsonl"
+    two = torchrun(report_args + ["--output_dir", str(tmp_path / "report2"), "--resume_file", str(resume)])
+    assert two.returncode == 0, why(two)
+    first = json.load(open(tmp_path / "report2" / "robustness.json"))
+    assert first["num_samples"] == 8 and first["info"]["processes"] == 2
+    lines = [open(f"{resume}.rank{rank}").read().splitlines() for rank in (0, 1)]
+    assert [len(rank) - 1 for rank in lines] == [1, 2]  # 3 batches of 3, 3, 2 images: 1 to rank 0, 2 to rank 1
+    assert sorted(os.listdir(tmp_path / "report2")) == [
+        "mimir_run.json", "robust_accuracy_vs_eps.png", "robustness.json", "robustness.md",
+    ]  # fmt: skip
+
+    again = torchrun(report_args + ["--output_dir", str(tmp_path / "report2"), "--resume_file", str(resume)])
+    assert again.returncode == 0, why(again)
+    assert json.load(open(tmp_path / "report2" / "robustness.json"))["accuracy"] == first["accuracy"]
+    assert [len(open(f"{resume}.rank{rank}").read().splitlines()) for rank in (0, 1)] == [2, 3]  # nothing re-run
+
+    sys.path.insert(0, os.path.join(ROOT, "examples"))
+    import run_evaluation
+
+    single = run_evaluation.main(report_args[1:] + ["--output_dir", str(tmp_path / "report1")])
+    assert single.accuracy == first["accuracy"] and single.robust_accuracy == first["robust_accuracy"]

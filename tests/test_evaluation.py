@@ -209,3 +209,25 @@ def test_report_records_each_attacks_cost_and_reuses_an_identical_sweep_point(mo
     )
     assert report.cost["pgd_mi"]["backward_passes_per_image"] == 3  # the whole batch, every step
     assert report.cost["fgsm"]["backward_passes_per_image"] <= 1 and report.cost["pgd6"]["seconds_per_image"] > 0
+
+
+def test_resume_file_skips_finished_batches_and_refuses_another_evaluation(model, images, labels, tmp_path):
+    import mimir_hf.evaluation as evaluation
+
+    path = str(tmp_path / "progress.jsonl")
+    first = evaluate_robustness(model, (images, labels), QUICK, resume_file=path)
+    assert len(open(path).read().splitlines()) == 1 + 2  # the settings line, then one line per batch of 4 and 2
+    with open(path, "a") as f:
+        f.write('{"batch": 9, "resul')  # a run killed while writing its last line
+    calls = []
+    original = evaluation.evaluate_batch
+    evaluation.evaluate_batch = lambda *args, **kwargs: calls.append(1) or original(*args, **kwargs)
+    try:
+        again = evaluate_robustness(model, (images, labels), QUICK, resume_file=path)
+    finally:
+        evaluation.evaluate_batch = original
+    assert calls == [] and again.accuracy == first.accuracy and again.robust_accuracy == first.robust_accuracy
+    assert len(open(path).read().splitlines()) == 3  # the partial line is gone
+    other = RobustnessSettings(**{**QUICK.__dict__, "epsilon": 4 / 255})
+    with pytest.raises(ValueError, match="holds results of another evaluation"):
+        evaluate_robustness(model, (images, labels), other, resume_file=path)

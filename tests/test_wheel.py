@@ -36,6 +36,8 @@ SCRIPT = textwrap.dedent(
     path = write_model_card("run", "pretrained", "random", {"steps": 2}, "A smoke test.")
     card = open(path).read()
     assert "mimir_hf" in card and "arXiv:2312.04960" in card
+    from mimir_hf.robustbench import subset_ids
+    assert len(subset_ids("robustbench-imagenet-5000")) == 5000  # read from the installed package, sha256 checked
     print("WHEEL OK", sorted(os.listdir("run")))
     """
 )
@@ -52,6 +54,7 @@ def test_wheel_installs_into_a_fresh_venv_and_runs_outside_the_source_tree(tmp_p
     (wheel,) = (tmp_path / "dist").glob("mimir_hf-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "mimir_hf/templates/finetuned.md" in names and "mimir_hf/models/vit/modeling_mimir.py" in names
+    assert "mimir_hf/data_files/imagenet_test_image_ids.txt" in names  # RobustBench's ids, package data
 
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)

@@ -111,12 +111,13 @@ class MimirConfig(PretrainedConfig):
         attack_random_start (`bool`, defaults to `True`):
             Start the pre-training attack from a uniform point of the eps-ball.
         mi_estimator (`str`, defaults to `"hsic"`):
-            Estimator of the I(X'; Z) penalty: `"hsic"` (normalised HSIC), `"renyi"` (matrix Renyi alpha-entropy MI)
-            or `"none"` (plain adversarial MAE).
+            Estimator of the MI penalty: `"hsic"` (normalised HSIC(Z, X') with kernel width `mi_sigma`, what every
+            reference script uses), `"renyi"` (the authors' matrix Renyi alpha-entropy MI I(X; Z) on the clean images,
+            kernel widths set from each batch as in their `MI/DIB_MI.py`) or `"none"` (plain adversarial MAE).
         mi_weight (`float`, defaults to 1e-5):
             Weight lambda of the MI penalty in `loss = reconstruction_loss + lambda * mi_loss`.
         mi_sigma (`float`, defaults to 5.0):
-            Width of the Gaussian kernels of the MI estimators.
+            Width of the Gaussian kernels of the HSIC estimator (the Renyi estimator sets its own from each batch).
         mi_alpha (`float`, defaults to 1.01):
             Order alpha of the Renyi entropy (only for `mi_estimator="renyi"`).
 

@@ -306,11 +306,13 @@ class MimirForPreTraining(MimirPreTrainedModel):
         mi_loss = None
         loss = reconstruction_loss
         if compute_mi_loss:
-            # HSIC(Z, X'): the information-bottleneck penalty on I(X'; Z).
+            # The information-bottleneck penalty, as the authors' pretrain.py computes it: HSIC(Z, X') on the
+            # adversarial input, or the Renyi MI I(X; Z) on the clean images.
+            estimator = self.config.mi_estimator if self.config.mi_estimator != "none" else "hsic"
             mi_loss = mutual_information(
-                self.config.mi_estimator if self.config.mi_estimator != "none" else "hsic",
+                estimator,
                 latent,
-                encoder_input,
+                pixel_values if estimator == "renyi" else encoder_input,
                 sigma=self.config.mi_sigma,
                 alpha=self.config.mi_alpha,
             )

@@ -1,0 +1,177 @@
+"""Auxiliary (synthetic) training data mixed into every batch: the paper's +1M-5M EDM images for CIFAR-10.
+
+An `.npz` file holds `image` (uint8, N x H x W x 3, or N x H x W for grey images) and `label` (N class indices: the
+generator's classes, used as hard labels). `AuxiliaryImages` feeds them through the same batch transform as the real
+data (`mimir_hf.data.pixel_transform`: augmentation and image processor), and `MixedBatchSampler` builds each batch
+of one process from `int(batch * aux_fraction)` auxiliary examples drawn with replacement and the rest from a
+shuffled pass over the real data, as the authors' `SemiSupervisedSampler` does. The trainers take the dataset as
+`aux_dataset=` and the fraction as `aux_fraction` (default 0.7).
+
+What an epoch is: as in the authors' code, ceil(real examples / (per-device batch x processes)) batches per process, so
+an epoch takes as many optimizer steps as without auxiliary data (and reaches only ~30% of the real images at
+fraction 0.7; the next epoch starts a new permutation). Unlike the authors' sampler, which shuffles independently in
+each process, the processes share one permutation of the real data per epoch and each reads its own slice of it, so
+no real image appears twice across processes within an epoch.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset, Sampler
+
+AUX_FRACTION = 0.7  # the authors' unsup_fraction
+
+
+def load_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """(`image` uint8 [N, H, W(, C)], `label` int64 [N]) of an auxiliary-data `.npz`, checked."""
+    if not os.path.isfile(path):
+        raise ValueError(f"--aux_data_file {path!r} is not a file; expected an .npz with 'image' and 'label' arrays.")
+    with np.load(path) as data:
+        missing = sorted({"image", "label"} - set(data.files))
+        if missing:
+            raise ValueError(f"{path} has no {missing} array (arrays: {data.files}); expected 'image' and 'label'.")
+        images, labels = data["image"], data["label"]
+    if images.dtype != np.uint8 or images.ndim not in (3, 4) or (images.ndim == 4 and images.shape[-1] not in (1, 3)):
+        raise ValueError(
+            f"{path}: 'image' must be uint8 N x H x W x 3 (or N x H x W), got {images.dtype} {tuple(images.shape)}."
+        )
+    if labels.ndim != 1 or len(labels) != len(images) or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(
+            f"{path}: 'label' must hold one integer class per image ({len(images)}), got {labels.dtype} "
+            f"{tuple(labels.shape)}."
+        )
+    if len(images) == 0:
+        raise ValueError(f"{path} holds no images.")
+    return images, labels.astype(np.int64)
+
+
+class AuxiliaryImages(Dataset):
+    """Images and labels from an `.npz`, through `transform` (a batch transform over {"image", "label"} columns, e.g.
+    `mimir_hf.data.pixel_transform("image", "label", image_processor, augmentation)`): examples are
+    {"pixel_values", "labels"}, like the real data's."""
+
+    def __init__(self, path: str, transform: Callable[[dict], dict], num_labels: int | None = None):
+        self.path = path
+        self.images, self.labels = load_npz(path)
+        self.transform = transform
+        if num_labels is not None and (self.labels.min() < 0 or self.labels.max() >= num_labels):
+            raise ValueError(
+                f"{path}: labels must be in [0, {num_labels}) (the real data's classes), got "
+                f"{int(self.labels.min())}..{int(self.labels.max())}."
+            )
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitems__(self, indices: list[int]) -> list[dict]:
+        batch = {
+            "image": [Image.fromarray(_as_pil_array(self.images[i])) for i in indices],
+            "label": [int(self.labels[i]) for i in indices],
+        }
+        out = self.transform(batch)
+        return [{key: values[row] for key, values in out.items()} for row in range(len(indices))]
+
+    def __getitem__(self, index: int) -> dict:
+        return self.__getitems__([index])[0]
+
+
+class RealAndAuxiliary(Dataset):
+    """One index space over two datasets: i < len(real) is real example i, the rest auxiliary example i - len(real).
+    Fetches each part of a batch with one call, so batch transforms stay batched."""
+
+    def __init__(self, real: Dataset, auxiliary: Dataset):
+        self.real, self.auxiliary = real, auxiliary
+        self.num_real = len(real)
+
+    def __len__(self) -> int:
+        return self.num_real + len(self.auxiliary)
+
+    def __getitems__(self, indices: list[int]) -> list[dict]:
+        real = [i for i in indices if i < self.num_real]
+        auxiliary = [i - self.num_real for i in indices if i >= self.num_real]
+        fetched_real, fetched_auxiliary = iter(_fetch(self.real, real)), iter(_fetch(self.auxiliary, auxiliary))
+        batch = [next(fetched_real) if i < self.num_real else next(fetched_auxiliary) for i in indices]
+        # One label type for the collator (a torch-formatted dataset gives 0-d tensors, a transform plain ints).
+        return [{**example, "labels": int(example["labels"])} if "labels" in example else example for example in batch]
+
+    def __getitem__(self, index: int) -> dict:
+        return self.__getitems__([index])[0]
+
+
+def _as_pil_array(image: np.ndarray) -> np.ndarray:
+    return image[..., 0] if image.ndim == 3 and image.shape[-1] == 1 else image
+
+
+def _fetch(dataset: Dataset, indices: list[int]) -> list:
+    if not indices:
+        return []
+    if hasattr(dataset, "__getitems__"):
+        return list(dataset.__getitems__(indices))
+    return [dataset[i] for i in indices]
+
+
+class MixedBatchSampler(Sampler[list[int]]):
+    """Batches of `RealAndAuxiliary` indices for one process: `batch_size - int(batch_size * aux_fraction)` real ones
+    from this process's slice of a per-epoch permutation shared by all processes, and `int(batch_size * aux_fraction)`
+    auxiliary ones drawn with replacement by this process's own generator, shuffled together.
+
+    `len()` is ceil(num_real / (batch_size x world_size)) batches: the epoch length is set by the real data (see the
+    module docstring). `set_epoch` (called by Trainer) makes each epoch draw anew; the same seed gives the same
+    batches.
+    """
+
+    def __init__(
+        self,
+        num_real: int,
+        num_auxiliary: int,
+        batch_size: int,
+        aux_fraction: float = AUX_FRACTION,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        if not 0 <= aux_fraction < 1:
+            raise ValueError(f"aux_fraction must be in [0, 1), got {aux_fraction}.")
+        if num_real < world_size or num_auxiliary < 1 or batch_size < 1:
+            raise ValueError(
+                f"Mixed batches need real data for every process ({num_real} images, {world_size} processes), "
+                f"auxiliary data ({num_auxiliary}) and a batch size >= 1 ({batch_size})."
+            )
+        self.num_real, self.num_auxiliary = num_real, num_auxiliary
+        self.num_aux_per_batch = int(batch_size * aux_fraction)
+        self.num_real_per_batch = batch_size - self.num_aux_per_batch
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.num_batches = math.ceil(num_real / (batch_size * world_size))
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def _real_indices(self) -> Iterator[int]:
+        """This process's slice of one shared permutation per pass; a new pass when the slice runs out."""
+        shared = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        while True:
+            permutation = torch.randperm(self.num_real, generator=shared)
+            yield from permutation[self.rank :: self.world_size].tolist()
+
+    def __iter__(self) -> Iterator[list[int]]:
+        own = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 1_009 + 1 + self.rank)
+        real = self._real_indices()
+        for _ in range(self.num_batches):
+            batch = [next(real) for _ in range(self.num_real_per_batch)]
+            draws = torch.randint(self.num_auxiliary, (self.num_aux_per_batch,), generator=own)
+            batch += (draws + self.num_real).tolist()
+            order = torch.randperm(len(batch), generator=own).tolist()
+            yield [batch[i] for i in order]
+
+
+__all__ = ["AUX_FRACTION", "AuxiliaryImages", "MixedBatchSampler", "RealAndAuxiliary", "load_npz"]

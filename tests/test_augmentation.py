@@ -1,0 +1,207 @@
+"""Train-time augmentation: each operation, the transform around the image processor, mixup / cutmix soft targets and
+the soft-target attack, and the adversarial trainer on mixed batches."""
+
+import random
+
+import numpy as np
+import pytest
+import torch
+from datasets import ClassLabel, Dataset, Features, Image
+from PIL import Image as PILImage
+
+from mimir_hf import AttackBudget, MimirForImageClassification
+from mimir_hf.attacks import soft_target_attack
+from mimir_hf.augmentation import (
+    RAND_AUGMENT_OPERATIONS,
+    AugmentationArguments,
+    mix_batch,
+    padded_random_crop,
+    rand_augment,
+    random_erase,
+    random_resized_crop,
+)
+from mimir_hf.data import image_processor_for, tensors, with_pixel_transform
+from mimir_hf.trainer import MimirAdversarialTrainer
+
+from .conftest import tiny_config
+from .test_trainer import arguments, dataset
+
+
+def picture(width=60, height=40, mode="RGB", seed=0):
+    pixels = np.random.RandomState(seed).randint(0, 256, (height, width, 3), dtype=np.uint8)
+    return PILImage.fromarray(pixels).convert(mode)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_every_rand_augment_operation_keeps_size_and_mode_at_every_level(mode):
+    rng = random.Random(0)
+    image = picture(mode=mode)
+    for name, operation in RAND_AUGMENT_OPERATIONS.items():
+        for level in (0.0, 0.5, 1.0):
+            out = operation(image, level, rng)
+            assert out.size == image.size and out.mode == image.mode, (name, level)
+    assert len(RAND_AUGMENT_OPERATIONS) == 15  # timm's rand-*-inc1 set
+    # level 0 of an "increasing" operation leaves the image as it is
+    for name in ("color", "contrast", "brightness", "sharpness", "solarize", "solarize_add", "rotate", "shear_x"):
+        assert np.array_equal(np.asarray(RAND_AUGMENT_OPERATIONS[name](image, 0.0, rng)), np.asarray(image)), name
+
+
+def test_rand_augment_draws_two_operations_with_probability_one_half():
+    image = picture()
+    rng = random.Random(1)
+    changed = sum(
+        not np.array_equal(np.asarray(rand_augment(image, 9, 0.5, 2, rng)), np.asarray(image)) for _ in range(400)
+    )
+    # Unchanged only when neither operation fires (1/4), or rarely when one is a no-op on this image.
+    assert 0.65 < changed / 400 < 0.85
+
+
+def test_random_resized_crop_statistics_and_output_size():
+    rng = random.Random(0)
+    image = picture(120, 80)
+    out = random_resized_crop(image, (32, 48), 0.2, rng)
+    assert out.size == (48, 32)
+    # scale 1 on a square image: the whole image (ratio 1 is the only one that fits), resized to itself
+    square = picture(64, 64)
+    scale_one = [random_resized_crop(square, (64, 64), 1.0, random.Random(seed)) for seed in range(5)]
+    assert any(np.array_equal(np.asarray(crop), np.asarray(square)) for crop in scale_one)
+
+
+def test_padded_crop_and_erasing_keep_shape_and_range():
+    rng, generator = random.Random(0), torch.Generator().manual_seed(0)
+    x = torch.rand(3, 32, 32) * 0.5 + 0.25
+    shifted = [padded_random_crop(x, 4, rng) for _ in range(50)]
+    assert all(s.shape == x.shape for s in shifted)
+    assert any((s == 0).any() for s in shifted)  # some crops reach into the zero padding
+    erased = random_erase(x, rng, generator)
+    assert erased.shape == x.shape and 0 <= erased.min() and erased.max() <= 1
+    changed = (erased != x).any(0)
+    assert 0.02 * 1024 * 0.5 <= changed.sum() <= 1024 / 3 + 64  # one rectangle of 2%-33% of the image
+    assert torch.equal(x, x.clone())  # the input is not modified in place
+
+
+def test_augmentation_arguments_check_their_values():
+    with pytest.raises(ValueError, match="augmentation must be one of"):
+        AugmentationArguments(augmentation="autoaugment")
+    with pytest.raises(ValueError, match="randaugment_magnitude must be in"):
+        AugmentationArguments(randaugment_magnitude=12)
+    with pytest.raises(ValueError, match="random_erasing must be a probability"):
+        AugmentationArguments(random_erasing=2)
+    assert AugmentationArguments().build((32, 32), 3) is None and AugmentationArguments().describe() == "none"
+    described = AugmentationArguments(
+        augmentation="resized-crop-flip", resized_crop_scale=0.08, randaugment_magnitude=9, random_erasing=0.25
+    ).describe()
+    assert described == (
+        "random-resized crop (scale 0.08-1, bicubic) + horizontal flip, RandAugment m9 mstd0.5 x2, random erasing 0.25"
+    )
+
+
+def image_dataset(n=8, size=24):
+    features = Features({"image": Image(), "label": ClassLabel(names=["a", "b", "c", "d"])})
+    images = [picture(size, size, seed=i) for i in range(n)]
+    return Dataset.from_dict({"image": images, "label": [i % 4 for i in range(n)]}, features=features)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        AugmentationArguments(augmentation="crop-flip", random_erasing=0.5),
+        AugmentationArguments(augmentation="resized-crop-flip", randaugment_magnitude=9, random_erasing=0.25),
+    ],
+)
+def test_training_transform_augments_every_epoch_and_evaluation_never(settings):
+    config = tiny_config()
+    processor = image_processor_for(config)
+    data = image_dataset()
+    plain, _ = tensors(with_pixel_transform(data, "image", "label", processor))
+    augmented = with_pixel_transform(data, "image", "label", processor, settings.build(config.image_size_hw, 3))
+    first, labels = tensors(augmented)
+    second, _ = tensors(augmented)
+    assert first.shape == plain.shape == (8, 3, 16, 16) and labels.tolist() == [0, 1, 2, 3] * 2
+    assert 0 <= first.min() and first.max() <= 1
+    assert not torch.equal(first, second) and not torch.equal(first, plain)  # fresh draws at every access
+    again, _ = tensors(with_pixel_transform(data, "image", "label", processor))
+    assert torch.equal(again, plain)  # no augmentation: deterministic
+
+
+@pytest.mark.parametrize("mixup, cutmix", [(0.8, 0.0), (0.0, 1.0), (0.8, 1.0)])
+def test_mix_batch_soft_targets_match_the_mixed_images(mixup, cutmix):
+    images = torch.stack([torch.full((3, 16, 16), float(i) / 8) for i in range(8)])
+    labels = torch.arange(8) % 4
+    rng = random.Random(0)
+    for _ in range(20):
+        mixed, targets = mix_batch(images, labels, 4, mixup, cutmix, rng)
+        assert mixed.shape == images.shape and targets.shape == (8, 4)
+        assert torch.allclose(targets.sum(1), torch.ones(8))
+        # The weight of the image's own class is the fraction of it left in the mix (mixup: the blend factor;
+        # cutmix: the area outside the pasted box), recovered here from the constant-valued images.
+        own = (mixed[0] - images[-1]) / (images[0] - images[-1])
+        lam = own.mean().item()
+        assert targets[0, 0].item() == pytest.approx(lam, abs=1e-5)
+        assert targets[0, labels[-1]].item() == pytest.approx(1 - lam, abs=1e-5)
+    with pytest.raises(ValueError, match="mixup_alpha > 0 or cutmix_alpha > 0"):
+        mix_batch(images, labels, 4, 0.0, 0.0, rng)
+
+
+def test_soft_target_attack_raises_the_soft_loss_and_checks_its_targets(images):
+    model = MimirForImageClassification(tiny_config())
+    model.classifier.weight.data.normal_(std=0.5)
+    targets = torch.softmax(torch.randn(6, 4, generator=torch.Generator().manual_seed(0)), dim=1)
+    budget = AttackBudget(8 / 255, 2 / 255, 5)
+    adversarial = soft_target_attack(model, images, targets, budget, label_smoothing=0.1)
+    assert (adversarial - images).abs().max() <= 8 / 255 + 1e-6
+
+    def loss(x):
+        with torch.no_grad():
+            return torch.nn.functional.cross_entropy(model(x).logits, targets, label_smoothing=0.1).item()
+
+    assert loss(adversarial) > loss(images)
+    with pytest.raises(ValueError, match="shape \\(images, classes\\)"):
+        soft_target_attack(model, images, targets[:, :3], budget)
+    with pytest.raises(ValueError, match="rows that sum to 1"):
+        soft_target_attack(model, images, targets * 2, budget)
+
+
+def test_adversarial_trainer_on_mixed_batches_attacks_the_soft_targets(tmp_path, monkeypatch):
+    import mimir_hf.trainer as trainer_module
+
+    seen = []
+    original = trainer_module.soft_target_attack
+
+    def spy(model, images, targets, budget, label_smoothing=0.0, generator=None):
+        seen.append((targets.shape, budget.step_size, label_smoothing))
+        return original(model, images, targets, budget, label_smoothing, generator)
+
+    monkeypatch.setattr(trainer_module, "soft_target_attack", spy)
+    args = arguments(tmp_path, num_train_epochs=2, mixup_alpha=0.8, cutmix_alpha=1.0, logging_steps=1)
+    trainer = MimirAdversarialTrainer(
+        model=MimirForImageClassification(tiny_config()), args=args, train_dataset=dataset()
+    )
+    trainer.train()
+    assert len(seen) == 2 and all(shape == (8, 4) and smoothing == 0.1 for shape, _, smoothing in seen)
+    logged = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert all(np.isfinite(entry["loss"]) and "adversarial_accuracy" in entry for entry in logged)
+    with pytest.raises(ValueError, match="soft targets, which adversarial_method='trades'"):
+        arguments(tmp_path, mixup_alpha=0.8, adversarial_method="trades")
+
+
+def test_step_size_ramp_follows_the_epoch(tmp_path, monkeypatch):
+    """ARES: step x min(epoch, 5) / 5 with 0-based epochs, so epoch 0 only adds the random start."""
+    import mimir_hf.trainer as trainer_module
+
+    args = arguments(tmp_path, num_train_epochs=3, adversarial_step_size_ramp_epochs=2)
+    assert [args.adversarial_step_size_at(e) for e in (0.0, 0.9, 1.0, 1.5, 2.0, 7.0)] == pytest.approx(
+        [0, 0, 2 / 255, 2 / 255, 4 / 255, 4 / 255]
+    )
+    steps = []
+    original = trainer_module.pgd_attack
+    monkeypatch.setattr(
+        trainer_module,
+        "pgd_attack",
+        lambda m, x, y, budget: steps.append(budget.step_size) or original(m, x, y, budget),
+    )
+    trainer = MimirAdversarialTrainer(
+        model=MimirForImageClassification(tiny_config()), args=args, train_dataset=dataset()
+    )
+    trainer.train()
+    assert steps == pytest.approx([2 / 255, 4 / 255])  # epoch 0: random start only, no PGD call

@@ -1,0 +1,220 @@
+"""The paper recipes (recipes/<data>/*.yaml): each loads, its effective settings equal the README's table (which cites
+the authors' scripts), and `--max_steps 2` runs its code path end to end on tiny data with a tiny model."""
+
+import glob
+import logging
+import os
+import re
+import sys
+
+import numpy as np
+import pytest
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
+from PIL import Image as PILImage
+
+from mimir_hf import MimirForPreTraining, MimirSwinConfig, MimirSwinForImageClassification
+from mimir_hf.augmentation import AugmentationArguments
+from mimir_hf.trainer import MimirAdversarialTrainingArguments, MimirPreTrainingArguments
+
+from .conftest import tiny_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "examples"))
+
+import common  # noqa: E402
+import run_finetuning  # noqa: E402
+import run_pretraining  # noqa: E402
+
+RECIPES = sorted(
+    os.path.relpath(path, ROOT) for path in glob.glob(os.path.join(ROOT, "recipes", "*", "*.yaml"))
+)  # every paper recipe (recipes/demo.yaml is the demo, tested by test_examples.py)
+
+
+def readme_table() -> dict[str, dict]:
+    """The README's "Paper recipes" table, one dict per recipe file."""
+    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    section = text.split("## Paper recipes")[1].split("\n## ")[0]
+    lines = [line for line in section.splitlines() if line.startswith("| ")]
+    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    rows, previous = {}, ""
+    for line in lines[2:]:
+        cells = dict(zip(header, (cell.strip() for cell in line.strip("|").split("|")), strict=True))
+        match = re.fullmatch(r"`(recipes/[\w/.]+\.yaml)`", cells["recipe"])
+        if match:
+            extras = cells["augmentation and the rest"]
+            if extras.startswith("same"):  # "same ..." = the row above's, then what follows (later values win)
+                extras = previous + extras[len("same") :]
+            cells["augmentation and the rest"] = previous = extras
+            rows[match.group(1)] = cells
+        else:
+            assert cells["recipe"] == "NOT FOUND", cells  # rows without a published script say so
+    return rows
+
+
+def fraction(cell: str) -> float:
+    numerator, _, denominator = cell.partition("/")
+    return float(numerator) / float(denominator or 1)
+
+
+def load(recipe: str):
+    """The parsed arguments of a recipe, as its script parses them."""
+    if os.path.basename(recipe).startswith("pretrain_"):
+        classes = (common.ModelArguments, common.DataArguments, MimirPreTrainingArguments, common.RunArguments)
+    else:
+        classes = (common.ModelArguments, common.DataArguments, MimirAdversarialTrainingArguments, common.RunArguments)
+    return common.parse((*classes, AugmentationArguments), [os.path.join(ROOT, recipe)])
+
+
+def test_the_table_lists_every_recipe_and_the_scripts_not_found():
+    rows = readme_table()
+    assert sorted(rows) == RECIPES and len(RECIPES) == 16
+    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    assert "2/255, 74.60 / 54.56" in text and "CaiT-XXS24 / CaiT-S36" in text  # eps-2 and CaiT rows: NOT FOUND
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_recipe_effective_settings_match_the_readme_table(recipe):
+    row = readme_table()[recipe]
+    model_args, data_args, args, _, augmentation = load(recipe)
+    per_gpu, gpus = re.match(r"(\d+) x (\d+|\?)", row["batch"]).groups()
+    assert args.per_device_train_batch_size == int(per_gpu)
+    lr = float(row["lr"].split()[0])
+    if gpus == "?":  # the GPU count is not in the authors' files: the table gives lr per GPU
+        assert "x GPUs" in row["lr"] and args.scaled_learning_rate(world_size=1) == pytest.approx(lr)
+    else:
+        assert args.scaled_learning_rate(world_size=int(gpus)) == pytest.approx(lr)
+    assert args.num_train_epochs == int(row["epochs"])
+    assert args.warmup_steps * args.num_train_epochs == pytest.approx(int(row["warm-up"]))
+    if isinstance(args, MimirAdversarialTrainingArguments):
+        budget, ramp = args.adversarial_budget, args.adversarial_step_size_ramp_epochs
+        assert args.adversarial_method == "pgd" and budget.random_start
+    else:
+        budget, ramp = common.new_config(model_args, 3).attack_budget, 0
+    assert budget.epsilon * 255 == pytest.approx(fraction(row["eps"]), rel=1e-6)
+    assert budget.step_size * 255 == pytest.approx(fraction(row["step"]), rel=1e-6)
+    assert budget.steps == int(row["steps"]) and ramp == int(row["ramp"])
+
+    extras = row["augmentation and the rest"]
+    expected = (
+        "crop-flip" if "pad-4 crop + flip" in extras else "resized-crop-flip" if "resized crop" in extras else None
+    )
+    assert augmentation.augmentation == expected, extras
+    if "resized crop 0.08" in extras:
+        assert augmentation.resized_crop_scale == 0.08
+    elif augmentation.augmentation == "resized-crop-flip":
+        assert augmentation.resized_crop_scale == 0.2
+    if "RandAugment m9 mstd0.5" in extras:
+        assert (augmentation.randaugment_magnitude, augmentation.randaugment_magnitude_std) == (9, 0.5)
+        assert augmentation.random_erasing == 0.25 and (args.mixup_alpha, args.cutmix_alpha) == (0.8, 1.0)
+        assert args.ema_decay == 0.9998 and args.base_batch_size == 512 and args.layer_decay == 1.0
+        assert model_args.drop_path_rate == 0.0 and model_args.label_smoothing == 0.1
+    else:
+        assert augmentation.randaugment_magnitude is None and augmentation.random_erasing == 0
+        assert args.ema_decay == 0 and args.base_batch_size == 256
+    assert (data_args.aux_data_file is not None) == ("EDM" in extras or "EDM" in row["paper row (natural / robust)"])
+    if data_args.aux_data_file:
+        assert args.aux_fraction == 0.7
+    if isinstance(args, MimirAdversarialTrainingArguments):
+        min_lr = re.findall(r"min lr ([\d.e-]+\d)", extras)[-1]  # the last one: "same, min lr 1e-6" overrides
+        assert args.lr_scheduler_type == "cosine_with_min_lr" and args.lr_scheduler_kwargs["min_lr"] == float(min_lr)
+    if "layer decay 0.65" in extras:
+        assert args.layer_decay == 0.65 and model_args.drop_path_rate == 0.1 and model_args.label_smoothing == 0.1
+    if isinstance(args, MimirPreTrainingArguments):
+        assert args.adam_beta2 == 0.95 and args.weight_decay == 0.05 and args.lr_scheduler_type == "cosine"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# --max_steps 2 on tiny data
+# ----------------------------------------------------------------------------------------------------------------
+
+TINY_VIT = [
+    "--image_size", "16", "--patch_size", "4", "--hidden_size", "32", "--num_hidden_layers", "1",
+    "--num_attention_heads", "2", "--intermediate_size", "64", "--decoder_hidden_size", "16",
+    "--decoder_num_hidden_layers", "1", "--decoder_num_attention_heads", "2", "--decoder_intermediate_size", "32",
+]  # fmt: skip
+QUIET = ["--disable_tqdm", "true", "--report_to", "none", "--use_cpu", "true", "--save_strategy", "no"]
+
+
+def fake_image_dataset(dataset_name=None, dataset_config_name=None, train_dir=None, validation_dir=None, **kwargs):
+    """Stands in for CIFAR-10 (32 px, column `img`) or ImageNet (non-square photos, column `image`)."""
+    cifar = dataset_name is not None and "cifar" in dataset_name
+    column = "img" if cifar else "image"
+    size = (32, 32) if cifar else (48, 40)
+    rng = np.random.RandomState(0)
+    features = Features({column: Image(), "label": ClassLabel(names=[f"c{i}" for i in range(10)])})
+
+    def split(n):
+        images = [PILImage.fromarray(rng.randint(0, 256, (*size, 3), dtype=np.uint8)) for _ in range(n)]
+        return Dataset.from_dict({column: images, "label": [i % 10 for i in range(n)]}, features=features)
+
+    return DatasetDict(train=split(16), test=split(4))
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """A tiny MIMIR ViT pre-training folder, a tiny Swin classifier folder (a converted GreenMIM checkpoint stands
+    here), and a tiny auxiliary .npz."""
+    folder = tmp_path_factory.mktemp("checkpoints")
+    MimirForPreTraining(tiny_config(num_labels=10)).save_pretrained(folder / "vit")
+    swin = MimirSwinConfig(
+        image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[2, 2], window_size=4, num_labels=10
+    )
+    MimirSwinForImageClassification(swin).save_pretrained(folder / "swin")
+    rng = np.random.RandomState(1)
+    np.savez(folder / "aux.npz", image=rng.randint(0, 256, (12, 32, 32, 3), dtype=np.uint8), label=np.arange(12) % 10)
+    return {"vit": str(folder / "vit"), "swin": str(folder / "swin"), "aux": str(folder / "aux.npz")}
+
+
+def code_paths() -> dict[str, list[str]]:
+    """One recipe per code path: recipes that differ only in the model's size (`model_preset`, and the folders
+    named after it) run the same code once the test shrinks the model, so one of them stands for all."""
+    groups: dict[str, list[str]] = {}
+    for recipe in RECIPES:
+        values = common.load_recipe(os.path.join(ROOT, recipe))
+        for name in ("model_preset", "model_name_or_path", "output_dir"):
+            values.pop(name, None)
+        key = os.path.dirname(recipe) + os.path.basename(recipe).split("_")[0] + repr(sorted(values.items()))
+        groups.setdefault(key, []).append(recipe)
+    return {members[0]: members for members in groups.values()}
+
+
+CODE_PATHS = code_paths()
+
+
+def test_every_recipe_has_its_code_path_run():
+    assert sorted(r for members in CODE_PATHS.values() for r in members) == RECIPES
+    assert len(CODE_PATHS) == 8  # CIFAR-10 / +EDM / ImageNet pre-training; CIFAR-10 / +EDM / ImageNet ViT / Swin-B / -L
+
+
+@pytest.mark.parametrize("recipe", sorted(CODE_PATHS))
+def test_recipe_code_path_runs_two_steps_on_tiny_data(recipe, checkpoints, tmp_path, monkeypatch, caplog):
+    """`--max_steps 2` with the recipe's values, a tiny model of its family and tiny data (for the recipes in
+    `CODE_PATHS[recipe]`, which differ from it only in the model's size)."""
+    monkeypatch.setattr(common, "load_image_dataset", fake_image_dataset)
+    _, data_args, args, _, _ = load(recipe)
+    argv = [os.path.join(ROOT, recipe), "--max_steps", "2", "--per_device_train_batch_size", "4"]
+    argv += ["--max_eval_samples", "4", "--output_dir", str(tmp_path / "out"), *QUIET]
+    if data_args.aux_data_file:
+        argv += ["--aux_data_file", checkpoints["aux"]]
+    pretraining = os.path.basename(recipe).startswith("pretrain_")
+    if pretraining:
+        argv += TINY_VIT
+    else:
+        argv += ["--model_name_or_path", checkpoints["swin" if "swin" in recipe else "vit"]]
+    caplog.set_level(logging.INFO, logger="mimir_hf.examples")
+    metrics = (run_pretraining if pretraining else run_finetuning).main(argv)
+
+    record = __import__("json").load(open(tmp_path / "out" / "mimir_run.json"))
+    assert record["status"] == "complete"
+    settings = record["effective_settings"]
+    assert settings["learning rate"] == pytest.approx(
+        args.scaled_learning_rate(world_size=1) * 4 / args.per_device_train_batch_size
+    )
+    assert "Effective settings" in caplog.text and f"learning rate: {settings['learning rate']}" in caplog.text
+    assert settings["epochs"] == "max_steps 2"
+    if data_args.aux_data_file:
+        assert checkpoints["aux"] in settings["auxiliary data"]
+    if args.ema_decay > 0:
+        assert os.path.isfile(tmp_path / "out" / "ema" / "model.safetensors") and "ema_pgd20_accuracy" in metrics
+    if not pretraining:
+        assert 0 <= metrics["pgd20_accuracy"] <= metrics["natural_accuracy"] <= 100
