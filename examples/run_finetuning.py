@@ -109,8 +109,12 @@ def run(
     training_args: MimirAdversarialTrainingArguments,
     run_args: RunArguments,
     augmentation: AugmentationArguments | None = None,
+    evaluate: bool = True,
 ) -> dict:
-    """Fine-tune, save the classifier, its image processor and the model card; returns metrics (accuracies in %)."""
+    """Fine-tune, save the classifier, its image processor and the model card; returns metrics (accuracies in %).
+
+    `evaluate=False` skips the quick natural / PGD-20 check, for a caller that runs the full report next
+    (run_evaluation.py writes its results into the card), as run_mimir.py does."""
     augmentation = augmentation or AugmentationArguments()
     resume = start_training_run("run_finetuning", model_args, data_args, training_args, run_args, augmentation)
     if model_args.model_name_or_path:  # the checkpoint decides the input shape
@@ -139,7 +143,8 @@ def run(
             image_processor_for(config).save_pretrained(folder)
     metrics = dict(result.metrics)
     if trainer.is_world_process_zero():
-        metrics.update(quick_robustness(model, eval_dataset, training_args.adversarial_epsilon))
+        if evaluate:
+            metrics.update(quick_robustness(model, eval_dataset, training_args.adversarial_epsilon))
         if trainer.ema is not None:
             with trainer.ema.applied(model):
                 ema = quick_robustness(model, eval_dataset, training_args.adversarial_epsilon)
@@ -172,19 +177,19 @@ def run(
         if aux_dataset is not None:
             training["auxiliary data"] = f"{len(aux_dataset)} images, {training_args.aux_fraction:g} of each batch"
         eps = training_args.adversarial_epsilon * 255
-        results = (
-            f"On the {len(eval_dataset)} evaluation images: natural accuracy {metrics['natural_accuracy']:.2f}%, "
-            f"PGD-20 (eps {eps:g}/255, step eps/4, random start) {metrics['pgd20_accuracy']:.2f}%. "
-            "A quick check only: see robustness.md from run_evaluation.py for the full battery."
-        )
-        eval_results = accuracy_results(
-            [("natural accuracy", metrics["natural_accuracy"]),
-             (f"PGD-20 accuracy, Linf eps={eps:g}/255", metrics["pgd20_accuracy"])],
-            data_args.display_name,
-        )  # fmt: skip
+        if evaluate:
+            results = (
+                f"On the {len(eval_dataset)} evaluation images: natural accuracy {metrics['natural_accuracy']:.2f}%, "
+                f"PGD-20 (eps {eps:g}/255, step eps/4, random start) {metrics['pgd20_accuracy']:.2f}%. "
+                "A quick check only: see robustness.md from run_evaluation.py for the full battery."
+            )
+            entries = [("natural accuracy", metrics["natural_accuracy"]),
+                       (f"PGD-20 accuracy, Linf eps={eps:g}/255", metrics["pgd20_accuracy"])]  # fmt: skip
+        else:
+            results, entries = "Not evaluated yet: run run_evaluation.py on this folder for the robustness report.", []
         write_model_card(
-            training_args.output_dir, "finetuned", data_args.display_name, training, results, eval_results,
-            model_id=training_args.hub_model_id,
+            training_args.output_dir, "finetuned", data_args.display_name, training, results,
+            accuracy_results(entries, data_args.display_name) or None, model_id=training_args.hub_model_id,
         )  # fmt: skip
         mark_complete(training_args.output_dir, metrics=metrics, card_training=training, effective_settings=settings)
     if training_args.push_to_hub:

@@ -87,8 +87,11 @@ def stage_arguments(run: MimirRunArguments, output_dir: str, seed: int, recipe: 
     return pretrain, finetune
 
 
-def run_recipe(run, model_args, data_args, recipe, output_dir: str, seed: int, pretrain: bool, overrides: dict) -> dict:
-    """Pre-train (optionally) and fine-tune one recipe; returns the fine-tuning metrics and the stage times."""
+def run_recipe(
+    run, model_args, data_args, recipe, output_dir: str, seed: int, pretrain: bool, overrides: dict, evaluate=True
+) -> dict:
+    """Pre-train (optionally) and fine-tune one recipe; returns the fine-tuning metrics and the stage times
+    (`evaluate`: with fine-tuning's quick natural / PGD-20 check, which the single run leaves to its report)."""
     model_args = dataclasses.replace(model_args, **overrides)
     pretrain_args, finetune_args = stage_arguments(run, output_dir, seed, recipe)
     again = RunArguments(overwrite_output_dir=True)
@@ -101,7 +104,7 @@ def run_recipe(run, model_args, data_args, recipe, output_dir: str, seed: int, p
         finetune_model = model_args
     times["pretraining_seconds"] = round(time.time() - start, 1)
     start = time.time()
-    metrics = run_finetuning.run(finetune_model, data_args, finetune_args, again)
+    metrics = run_finetuning.run(finetune_model, data_args, finetune_args, again, evaluate=evaluate)
     times["finetuning_seconds"] = round(time.time() - start, 1)
     return {**metrics, **times}
 
@@ -167,7 +170,9 @@ def run(run_args: MimirRunArguments, model_args, data_args, recipe: AdversarialR
     if run_args.compare:
         result = {"comparison": compare(run_args, model_args, data_args, recipe)}
     else:
-        metrics = run_recipe(run_args, model_args, data_args, recipe, run_args.output_dir, run_args.seed, True, {})
+        metrics = run_recipe(
+            run_args, model_args, data_args, recipe, run_args.output_dir, run_args.seed, True, {}, evaluate=False
+        )
         report_dir = os.path.join(run_args.output_dir, "report")
         evaluation = run_evaluation.EvaluationArguments(
             model_name_or_path=os.path.join(run_args.output_dir, "finetune"), output_dir=report_dir,

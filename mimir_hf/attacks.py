@@ -42,6 +42,20 @@ def eval_mode(model: nn.Module | None) -> Iterator[None]:
             module.training = training
 
 
+@contextmanager
+def frozen_parameters(model: nn.Module) -> Iterator[None]:
+    """No parameter of `model` requires a gradient inside the block (an evaluation's attacks differentiate the
+    input only, and autograd then keeps no activation for weight gradients); each gets its flag back on exit."""
+    flags = [(parameter, parameter.requires_grad) for parameter in model.parameters()]
+    try:
+        for parameter, _ in flags:
+            parameter.requires_grad_(False)
+        yield
+    finally:
+        for parameter, requires_grad in flags:
+            parameter.requires_grad_(requires_grad)
+
+
 def project(images: torch.Tensor, clean: torch.Tensor, epsilon: float) -> torch.Tensor:
     """Nearest point of the L-inf eps-ball around `clean` intersected with [0, 1]."""
     return torch.min(torch.max(images, clean - epsilon), clean + epsilon).clamp_(0.0, 1.0)

@@ -30,6 +30,7 @@ from .attacks import (
     eval_mode,
     feature_objective,
     fgsm_attack,
+    frozen_parameters,
     logits_of,
     mi_objective,
     misclassified,
@@ -268,6 +269,11 @@ def evaluate_batch(
     the images its forward passes (and backward passes) carried.
     """
     check_pixel_range(images, "images")
+    with frozen_parameters(model):  # the attacks differentiate the images only
+        return _evaluate_batch(model, attacks, images, labels, generator, first_index, seconds, cost)
+
+
+def _evaluate_batch(model, attacks, images, labels, generator, first_index, seconds, cost) -> dict[str, torch.Tensor]:
     natural = _predicts(model, images, labels)
     results = {"natural": natural.cpu()}
     counter = _PassCounter(model) if cost is not None else None

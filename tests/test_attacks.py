@@ -8,6 +8,7 @@ from mimir_hf import AttackBudget, MimirForImageClassification, MimirForPreTrain
 from mimir_hf.attacks import (
     eval_mode,
     fgsm_attack,
+    frozen_parameters,
     mae_attack,
     mi_objective,
     pgd_attack,
@@ -119,6 +120,22 @@ def test_eval_mode_restores_on_error(classifier):
             assert not classifier.training
             raise RuntimeError("boom")
     assert classifier.training
+
+
+def test_frozen_parameters_gives_input_gradients_only_and_restores_each_flag(classifier, images, labels):
+    first = next(classifier.parameters())
+    first.requires_grad_(False)  # a mixed state must come back exactly
+    before = {name: p.requires_grad for name, p in classifier.named_parameters()}
+    reference = pgd_attack(classifier, images, labels, budget(2), generator=torch.Generator().manual_seed(0))
+    with pytest.raises(RuntimeError, match="boom"):
+        with frozen_parameters(classifier):
+            assert not any(p.requires_grad for p in classifier.parameters())
+            # the same attack, without any weight gradient kept: the same images
+            frozen = pgd_attack(classifier, images, labels, budget(2), generator=torch.Generator().manual_seed(0))
+            assert torch.equal(frozen, reference)
+            assert all(p.grad is None for p in classifier.parameters())
+            raise RuntimeError("boom")
+    assert {name: p.requires_grad for name, p in classifier.named_parameters()} == before
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

@@ -138,6 +138,11 @@ def test_run_mimir_end_to_end_tiny(tmp_path):
     assert os.path.isfile(os.path.join(out, "finetune", "model.safetensors"))
     assert json.load(open(os.path.join(out, "mimir_run.json")))["status"] == "complete"
     assert result["robust_accuracy"] <= result["natural_accuracy"]
+    # natural and PGD-20 accuracy are measured once, by the report, which writes them into the model card
+    assert "pgd20_accuracy" not in result["finetune"]
+    metadata, _ = card_metadata(os.path.join(out, "finetune"))
+    names = {m["name"] for m in metadata["model-index"][0]["results"][0]["metrics"]}
+    assert any(name.startswith("robust accuracy, worst case") for name in names)
 
 
 def test_output_dir_holding_another_run_is_refused(pretrained, tmp_path):
