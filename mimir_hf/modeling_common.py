@@ -314,8 +314,10 @@ def mimir_pretraining_output(
     compute_mi_loss: bool | None = None,
     hidden_states: tuple[torch.Tensor, ...] | None = None,
 ) -> MimirForPreTrainingOutput:
-    """MIMIR's loss from an MAE forward pass: reconstruction of the clean `pixel_values` (masked patches only) plus
-    `config.mi_weight` * I(X'; Z), Z = `latent` (the encoder's tokens) and X' = `encoder_input`.
+    """MIMIR's loss from an MAE forward pass, for every family: reconstruction of the clean `pixel_values` (masked
+    patches only, in float32) plus `config.mi_weight` * the information-bottleneck penalty on Z = `latent` (the
+    encoder's tokens), as the authors' pretrain.py computes it: HSIC(Z, X') on the adversarial input X' =
+    `encoder_input`, or the Renyi MI I(X; Z) on the clean images.
 
     `compute_mi_loss` defaults to `config.mi_estimator != "none"`.
     """
@@ -325,9 +327,9 @@ def mimir_pretraining_output(
         compute_mi_loss = config.mi_estimator != "none"
     mi_loss, loss = None, reconstruction_loss
     if compute_mi_loss:
-        # HSIC(Z, X'): the information-bottleneck penalty on I(X'; Z).
         estimator = config.mi_estimator if config.mi_estimator != "none" else "hsic"
-        mi_loss = mutual_information(estimator, latent, encoder_input, sigma=config.mi_sigma, alpha=config.mi_alpha)
+        inputs = pixel_values if estimator == "renyi" else encoder_input
+        mi_loss = mutual_information(estimator, latent, inputs, sigma=config.mi_sigma, alpha=config.mi_alpha)
         loss = reconstruction_loss + config.mi_weight * mi_loss
     return MimirForPreTrainingOutput(
         loss=loss,

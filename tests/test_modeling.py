@@ -13,7 +13,7 @@ from transformers.testing_utils import CaptureLogger
 import mimir_hf  # noqa: F401  (registers the Auto classes)
 from mimir_hf import MimirConfig, MimirForImageClassification, MimirForPreTraining, MimirModel
 from mimir_hf.modeling_common import logger as modeling_logger
-from mimir_hf.mutual_information import hsic
+from mimir_hf.mutual_information import hsic, mutual_information
 
 from .conftest import tiny_config
 
@@ -278,3 +278,33 @@ def test_from_pretrained_refuses_other_architectures_corrupt_files_and_half_load
     save_file(state, tmp_path / "partial" / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(ValueError, match="vit.layers.1.mlp.fc2.weight.*half-loaded"):
         MimirForImageClassification.from_pretrained(tmp_path / "partial")
+
+
+@pytest.mark.parametrize("family", ["vit", "cait", "convit"])
+@pytest.mark.parametrize("estimator", ["hsic", "renyi"])
+def test_every_family_takes_the_mi_term_on_the_authors_inputs(family, estimator):
+    """HSIC(Z, X') on the adversarial view the encoder read, the Renyi MI I(X; Z) on the clean images (the authors'
+    pretrain.py): one loss for every family."""
+    from mimir_hf import MimirCaitConfig, MimirCaitForPreTraining, MimirConvitConfig, MimirConvitForPreTraining
+
+    shape = dict(image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                 decoder_hidden_size=16, decoder_num_attention_heads=4, decoder_intermediate_size=32, num_labels=4,
+                 mi_estimator=estimator, mi_weight=0.1)  # fmt: skip
+    model = {
+        "vit": lambda: MimirForPreTraining(tiny_config(mi_estimator=estimator, mi_weight=0.1)),
+        "cait": lambda: MimirCaitForPreTraining(MimirCaitConfig(**shape)),
+        "convit": lambda: MimirConvitForPreTraining(MimirConvitConfig(**shape, local_up_to_layer=1)),
+    }[family]().eval()
+    generator = torch.Generator().manual_seed(0)
+    # near-identical clean images, scattered adversarial ones: their Gram matrices, hence the two MI choices, differ
+    clean = (0.5 + 0.02 * torch.randn(6, 3, 16, 16, generator=generator)).clamp(0, 1)
+    adversarial = torch.rand(6, 3, 16, 16, generator=generator)
+    out = model(clean, adversarial_pixel_values=adversarial, noise=torch.rand(6, 16, generator=generator))
+    inputs = clean if estimator == "renyi" else adversarial
+    config = model.config
+    expected = mutual_information(estimator, out.latent, inputs, sigma=config.mi_sigma, alpha=config.mi_alpha)
+    torch.testing.assert_close(out.mi_loss, expected)
+    other = mutual_information(estimator, out.latent, adversarial if estimator == "renyi" else clean,
+                               sigma=config.mi_sigma, alpha=config.mi_alpha)  # fmt: skip
+    assert not torch.allclose(out.mi_loss, other)  # the two choices are told apart
+    torch.testing.assert_close(out.loss, out.reconstruction_loss + 0.1 * out.mi_loss)

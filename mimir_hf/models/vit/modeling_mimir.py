@@ -34,13 +34,11 @@ from ...modeling_common import (
     check_num_labels,
     check_pixel_values,
     classification_loss,
-    masked_reconstruction_loss,
+    mimir_pretraining_output,
     patchify,
-    reconstruction_target,
     sincos_position_embedding,
     unpatchify,
 )
-from ...mutual_information import mutual_information
 from .configuration_mimir import MimirConfig
 
 # ViTMAE's on-disk key layout -> module names (applied when loading only; regexes, in order).
@@ -294,37 +292,16 @@ class MimirForPreTraining(MimirPreTrainedModel):
                 f"{tuple(pixel_values.shape)}."
             )
         outputs = self.vit(encoder_input, noise=noise, output_hidden_states=output_hidden_states)
-        latent, mask = outputs.last_hidden_state, outputs.mask
-        logits = self.decoder(latent, outputs.ids_restore).logits
-
-        # Reconstruction of the clean image from the adversarial view, on masked patches only, in float32.
-        target = reconstruction_target(pixel_values, self.config.patch_size, self.config.norm_pix_loss)
-        reconstruction_loss = masked_reconstruction_loss(logits, target, mask)
-
-        if compute_mi_loss is None:
-            compute_mi_loss = self.config.mi_estimator != "none"
-        mi_loss = None
-        loss = reconstruction_loss
-        if compute_mi_loss:
-            # The information-bottleneck penalty, as the authors' pretrain.py computes it: HSIC(Z, X') on the
-            # adversarial input, or the Renyi MI I(X; Z) on the clean images.
-            estimator = self.config.mi_estimator if self.config.mi_estimator != "none" else "hsic"
-            mi_loss = mutual_information(
-                estimator,
-                latent,
-                pixel_values if estimator == "renyi" else encoder_input,
-                sigma=self.config.mi_sigma,
-                alpha=self.config.mi_alpha,
-            )
-            loss = reconstruction_loss + self.config.mi_weight * mi_loss
-        return MimirForPreTrainingOutput(
-            loss=loss,
-            reconstruction_loss=reconstruction_loss,
-            mi_loss=mi_loss,
-            logits=logits,
-            mask=mask,
-            ids_restore=outputs.ids_restore,
-            latent=latent,
+        logits = self.decoder(outputs.last_hidden_state, outputs.ids_restore).logits
+        return mimir_pretraining_output(
+            self.config,
+            pixel_values,
+            encoder_input,
+            outputs.last_hidden_state,
+            logits,
+            outputs.mask,
+            outputs.ids_restore,
+            compute_mi_loss=compute_mi_loss,
             hidden_states=outputs.hidden_states,
         )
 
