@@ -349,6 +349,9 @@ def test_pretraining_trainer_lowers_the_loss(tmp_path):
 
 
 def test_adversarial_trainer_lowers_the_robust_loss(tmp_path):
+    # A seeded model: over seeds 0-3, 30 epochs lower the robust loss to 0.64-0.74 of its start here; 15 epochs
+    # gave 0.71-0.84 (seed 1 above 0.8, and 0.82 on another machine).
+    torch.manual_seed(0)
     model = MimirConvitForImageClassification(tiny_config())
     images, labels = fixed_batch()
 
@@ -360,7 +363,7 @@ def test_adversarial_trainer_lowers_the_robust_loss(tmp_path):
             return F.cross_entropy(model.eval()(adversarial).logits, labels)
 
     before = robust_loss()
-    args = arguments(tmp_path, num_train_epochs=15)  # lr 3e-3
+    args = arguments(tmp_path, num_train_epochs=30)  # lr 3e-3
     MimirAdversarialTrainer(model=model, args=args, train_dataset=dataset()).train()
     assert robust_loss() < 0.8 * before
 
