@@ -71,6 +71,11 @@ class RobustnessSettings:
     autoattack_max_samples: int = field(
         default=-1, metadata={"help": "AutoAttack on the first N images only: -1 = all, 0 = none."}
     )
+    autoattack_iterations: int = field(
+        default=10,
+        metadata={"help": "Iterations of AutoAttack's APGD-CE, APGD-T and FAB-T: 10 is torchattacks' standard version, "
+                  "100 Croce & Hein's reference package (about 10x their cost; Square always makes 5000 queries)."},
+    )  # fmt: skip
     eval_batch_size: int = field(default=256, metadata={"help": "Images per evaluation batch (per process)."})
     eval_seed: int = field(default=0, metadata={"help": "Seed of the attacks' random starts."})
     tolerance: float = field(
@@ -90,6 +95,11 @@ class RobustnessSettings:
             )
         if self.eval_batch_size < 1:
             raise ValueError(f"eval_batch_size must be >= 1, got {self.eval_batch_size}.")
+        if self.autoattack_iterations < 1:
+            raise ValueError(
+                f"autoattack_iterations must be >= 1 (10: torchattacks, 100: the reference), got "
+                f"{self.autoattack_iterations}."
+            )
 
     def budget(self, steps: int, epsilon: float | None = None) -> AttackBudget:
         """The PGD budget with `steps` steps (at `epsilon`, default the settings' eps; step eps/4 for other eps)."""
@@ -139,14 +149,30 @@ def _uniform_noise(epsilon: float) -> AttackFunction:
 
 
 class _AutoAttack:
-    """AutoAttack "standard" through torchattacks, without touching the global RNG (torchattacks reseeds it)."""
+    """AutoAttack "standard" from torchattacks' attacks: APGD-CE, APGD-T and FAB-T (targeted over the other classes)
+    with `iterations` iterations, then Square with 5000 queries, each on the images the previous ones left correct.
+    At 10 iterations it is exactly `torchattacks.AutoAttack(version="standard")`; at 100, the reference package's
+    iteration counts. The global RNG is left untouched (torchattacks reseeds it)."""
 
-    def __init__(self, epsilon: float, seed: int):
+    def __init__(self, epsilon: float, seed: int, iterations: int = 10):
         import torchattacks
 
-        self.torchattacks, self.epsilon, self.seed = torchattacks, epsilon, seed
+        self.torchattacks, self.epsilon, self.seed, self.iterations = torchattacks, epsilon, seed, iterations
         self.description = (
-            f"torchattacks {torchattacks.__version__} AutoAttack standard (APGD-CE, APGD-T, FAB-T, Square)"
+            f"torchattacks {torchattacks.__version__} AutoAttack standard (APGD-CE, APGD-T, FAB-T with {iterations} "
+            "iterations, Square with 5000 queries)"
+        )
+
+    def build(self, model: nn.Module, num_classes: int):
+        """The torchattacks ensemble on `model` (which returns logits)."""
+        ta, common = self.torchattacks, dict(eps=self.epsilon, norm="Linf", seed=self.seed, n_restarts=1)
+        return ta.MultiAttack(
+            [
+                ta.APGD(model, loss="ce", steps=self.iterations, **common),
+                ta.APGDT(model, n_classes=num_classes, steps=self.iterations, **common),
+                ta.FAB(model, multi_targeted=True, n_classes=num_classes, steps=self.iterations, **common),
+                ta.Square(model, n_queries=5000, **common),
+            ]
         )
 
     def __call__(self, model, x, y, generator):
@@ -158,10 +184,7 @@ class _AutoAttack:
             def forward(self, images):
                 return logits_of(self.inner, images)
 
-        attack = self.torchattacks.AutoAttack(
-            Logits(model).eval(), norm="Linf", eps=self.epsilon, version="standard",
-            n_classes=model.config.num_labels, seed=self.seed,
-        )  # fmt: skip
+        attack = self.build(Logits(model).eval(), model.config.num_labels)
         devices = [x.device.index] if x.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices), eval_mode(model):
             return attack(x, y)
@@ -216,7 +239,7 @@ def attack_registry(model: nn.Module, settings: RobustnessSettings) -> list[Atta
             Attack(
                 "autoattack",
                 "AutoAttack standard",
-                _AutoAttack(eps, settings.eval_seed),
+                _AutoAttack(eps, settings.eval_seed, settings.autoattack_iterations),
                 max_samples=settings.autoattack_max_samples,
             )
         )
