@@ -188,6 +188,16 @@ def load_recipe(path: str) -> dict:
     return values
 
 
+def end_processes() -> None:
+    """Tear down the process group (torchrun / accelerate launch) before the interpreter does: left to interpreter
+    shutdown, gloo's worker threads can abort a finished process with SIGABRT (pytorch/pytorch#179291), failing a
+    run that completed. A no-op in a single process."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def setup_logging(log_level: int = logging.INFO, library_level: int = logging.WARNING) -> None:
     """Our messages at `log_level`; datasets' and transformers' at `library_level`."""
     logging.basicConfig(

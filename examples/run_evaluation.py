@@ -36,6 +36,7 @@ import torch.distributed as dist
 from common import (
     DataArguments,
     RunArguments,
+    end_processes,
     logger,
     mark_complete,
     parse,
@@ -238,4 +239,7 @@ def main(argv: list[str] | None = None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    finally:
+        end_processes()

@@ -31,6 +31,7 @@ from common import (
     config_overrides,
     default_num_channels,
     effective_settings,
+    end_processes,
     load_aux_data,
     load_data,
     log_effective_settings,
@@ -205,4 +206,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    finally:
+        end_processes()

@@ -36,6 +36,7 @@ from common import (
     DataArguments,
     ModelArguments,
     RunArguments,
+    end_processes,
     logger,
     mark_complete,
     parse,
@@ -208,4 +209,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    finally:
+        end_processes()

@@ -76,3 +76,7 @@ record = {
 }
 with open(os.path.join(checksum_dir, f"rank{args.process_index}.json"), "w") as f:
     json.dump(record, f)
+# Tear the process group down before interpreter shutdown does (gloo can abort an exiting process otherwise:
+# pytorch/pytorch#179291), as the example scripts do.
+if torch.distributed.is_initialized():
+    torch.distributed.destroy_process_group()
