@@ -61,7 +61,7 @@ class MimirConfigMixin:
         """The checks every MIMIR family shares (call from `validate_architecture`): input shape and normalisation,
         widths that the heads divide, rates, the MAE settings, the pre-training attack and the MI term."""
         height, width = self.image_size_hw
-        if self.patch_size < 1 or height % self.patch_size or width % self.patch_size:
+        if height < 1 or width < 1 or self.patch_size < 1 or height % self.patch_size or width % self.patch_size:
             raise ValueError(
                 f"image_size {self.image_size} must be divisible by patch_size {self.patch_size} (both positive)."
             )
@@ -73,6 +73,12 @@ class MimirConfigMixin:
                 )
         if not 0 <= self.mask_ratio < 1:
             raise ValueError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}.")
+        if not 0 < self.num_visible_patches < self.num_patches:
+            raise ValueError(
+                f"mask_ratio {self.mask_ratio} leaves {self.num_visible_patches} of {self.num_patches} patches "
+                "visible; MIMIR's pre-training needs at least one visible and at least one masked patch (the paper: "
+                "0.75)."
+            )
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}.")
         if not 0 <= self.drop_path_rate < 1:

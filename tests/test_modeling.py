@@ -109,8 +109,8 @@ def test_save_load_round_trip_gives_equal_outputs(tmp_path, config, images, labe
     model = MimirForPreTraining(config).eval()
     model.save_pretrained(tmp_path / "pt")
     assert sorted(os.listdir(tmp_path / "pt")) == [
-        "config.json", "configuration_mimir.py", "image_processing_mimir.py", "model.safetensors",
-        "modeling_common.py", "modeling_mimir.py", "mutual_information.py", "threat_model.py",
+        "config.json", "configuration_common.py", "configuration_mimir.py", "image_processing_mimir.py",
+        "model.safetensors", "modeling_common.py", "modeling_mimir.py", "mutual_information.py", "threat_model.py",
     ]  # fmt: skip
     reloaded = MimirForPreTraining.from_pretrained(tmp_path / "pt").eval()
     for name in ("loss", "logits", "latent"):
@@ -308,3 +308,16 @@ def test_every_family_takes_the_mi_term_on_the_authors_inputs(family, estimator)
                                sigma=config.mi_sigma, alpha=config.mi_alpha)  # fmt: skip
     assert not torch.allclose(out.mi_loss, other)  # the two choices are told apart
     torch.testing.assert_close(out.loss, out.reconstruction_loss + 0.1 * out.mi_loss)
+
+
+@pytest.mark.parametrize("family", ["vit", "cait", "convit"])
+def test_every_family_refuses_a_mask_ratio_that_leaves_no_patch_visible(family):
+    """One check for every family (the shared config mixin): 16 patches at 0.95 leave 0 visible."""
+    from mimir_hf import MimirCaitConfig, MimirConvitConfig
+
+    config_class = {"vit": MimirConfig, "cait": MimirCaitConfig, "convit": MimirConvitConfig}[family]
+    shape = dict(image_size=16, patch_size=4, hidden_size=32, num_attention_heads=4, decoder_hidden_size=16,
+                 decoder_num_attention_heads=4)  # fmt: skip
+    with pytest.raises(StrictDataclassError, match="leaves 0 of 16 patches visible"):
+        config_class(**shape, mask_ratio=0.95)
+    assert config_class(**shape, mask_ratio=0.75).num_visible_patches == 4

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import math
-
 from huggingface_hub.dataclasses import strict
 from transformers import PretrainedConfig
 
+from ...configuration_common import MimirConfigMixin
 from ...mutual_information import DEFAULT_MI_ALPHA, DEFAULT_MI_SIGMA, DEFAULT_MI_WEIGHT
-from ...threat_model import PRETRAINING_ATTACK, AttackBudget, check_budget
+from ...threat_model import PRETRAINING_ATTACK
 
-MI_ESTIMATORS = ("hsic", "renyi", "none")
 CLASSIFIER_POOLINGS = ("mean", "cls")
 
 # Encoder shapes of the paper (width, depth, heads); the MLP is 4x wide.
@@ -37,7 +35,7 @@ PRESETS = {
 
 
 @strict
-class MimirConfig(PretrainedConfig):
+class MimirConfig(MimirConfigMixin, PretrainedConfig):
     r"""
     Configuration of the MIMIR models (`MimirForPreTraining`, `MimirForImageClassification`).
 
@@ -165,88 +163,18 @@ class MimirConfig(PretrainedConfig):
     mi_sigma: float | int = DEFAULT_MI_SIGMA
     mi_alpha: float | int = DEFAULT_MI_ALPHA
 
+    presets = PRESETS
+
     def validate_architecture(self):
         """Checks run by `@strict` at construction: each names the field, the value and what is expected."""
-        height, width = self.image_size_hw
-        if height < 1 or width < 1 or self.patch_size < 1 or height % self.patch_size or width % self.patch_size:
-            raise ValueError(
-                f"image_size {self.image_size} must be divisible by patch_size {self.patch_size} (both positive)."
-            )
         for name in ("num_channels", "num_hidden_layers", "intermediate_size", "decoder_num_hidden_layers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
-        for prefix in ("", "decoder_"):
-            size, heads = getattr(self, f"{prefix}hidden_size"), getattr(self, f"{prefix}num_attention_heads")
-            if heads < 1 or size % heads:
-                raise ValueError(
-                    f"{prefix}hidden_size ({size}) must be divisible by {prefix}num_attention_heads ({heads})."
-                )
-        if not 0 <= self.mask_ratio < 1:
-            raise ValueError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}.")
-        visible = int(self.num_patches * (1 - self.mask_ratio))  # ViTMAE's len_keep
-        if not 0 < visible < self.num_patches:
-            raise ValueError(
-                f"mask_ratio {self.mask_ratio} leaves {visible} of {self.num_patches} patches visible; MIMIR's "
-                "pre-training needs at least one visible and at least one masked patch (the paper: 0.75)."
-            )
+        self.check_common_fields()
         if self.classifier_pooling not in CLASSIFIER_POOLINGS:
             raise ValueError(
                 f"classifier_pooling must be one of {CLASSIFIER_POOLINGS}, got {self.classifier_pooling!r}."
             )
-        if self.mi_estimator not in MI_ESTIMATORS:
-            raise ValueError(f"mi_estimator must be one of {MI_ESTIMATORS}, got {self.mi_estimator!r}.")
-        if not 0 <= self.label_smoothing < 1:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}.")
-        if not 0 <= self.drop_path_rate < 1:
-            raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}.")
-        if self.mi_weight < 0 or self.mi_sigma <= 0:
-            raise ValueError(f"mi_weight must be >= 0 and mi_sigma > 0, got {self.mi_weight} and {self.mi_sigma}.")
-        if self.mi_alpha <= 0 or self.mi_alpha == 1:
-            raise ValueError(f"mi_alpha must be > 0 and != 1, got {self.mi_alpha}.")
-        check_budget(self.attack_epsilon, self.attack_step_size, self.attack_steps, prefix="attack_")
-        if (self.image_mean is None) != (self.image_std is None):
-            raise ValueError("image_mean and image_std must be set together (or both left None).")
-        if self.image_mean is not None:
-            if len(self.image_mean) != self.num_channels or len(self.image_std) != self.num_channels:
-                raise ValueError(
-                    f"image_mean and image_std need one value per channel ({self.num_channels}), "
-                    f"got {len(self.image_mean)} and {len(self.image_std)}."
-                )
-            if min(self.image_std) <= 0:
-                raise ValueError(f"image_std must be positive, got {list(self.image_std)}.")
-
-    @property
-    def attack_budget(self) -> AttackBudget:
-        """The pre-training attack (`attack_epsilon`, `attack_step_size`, `attack_steps`, `attack_random_start`)."""
-        return AttackBudget(self.attack_epsilon, self.attack_step_size, self.attack_steps, self.attack_random_start)
-
-    @property
-    def image_size_hw(self) -> tuple[int, int]:
-        """`image_size` as (height, width)."""
-        if isinstance(self.image_size, int):
-            return (self.image_size, self.image_size)
-        height, width = self.image_size
-        return (int(height), int(width))
-
-    @property
-    def grid_size(self) -> tuple[int, int]:
-        """Patch grid (rows, columns)."""
-        height, width = self.image_size_hw
-        return (height // self.patch_size, width // self.patch_size)
-
-    @property
-    def num_patches(self) -> int:
-        return math.prod(self.grid_size)
-
-    @classmethod
-    def from_preset(cls, name: str, **kwargs) -> MimirConfig:
-        """A config for one of the paper's shapes, e.g. `"vit-small-patch2-32"` or `"vit-base-patch16-224"`.
-
-        Keyword arguments override the preset's fields (and set any other field).
-        """
-        if name not in PRESETS:
-            raise ValueError(f"Unknown MIMIR preset {name!r}. Available presets: {', '.join(sorted(PRESETS))}.")
-        return cls(**{**PRESETS[name], **kwargs})
 
 
 __all__ = ["MimirConfig", "PRESETS"]
