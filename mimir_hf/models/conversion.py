@@ -136,6 +136,46 @@ def pretraining_method_fields(args: dict | None, notes: list) -> dict:
     return fields
 
 
+def task_and_input_fields(
+    state: dict[str, torch.Tensor],
+    args: dict | None,
+    notes: list,
+    fields: dict,
+    overrides: dict,
+    decoder_heads_key: str,
+    default_num_labels: int,
+    unknown_size: str,
+) -> dict:
+    """Complete a timm-layout family's config `fields` the way every such converter reads them: the decoder's shape
+    and the MIMIR method (a pre-training file: `decoder_embed.weight` present; heads from `decoder_heads_key`), or
+    drop path and the class count (a classifier file), the input normalisation, then the caller's `overrides`.
+    Refuses a file whose image size is still unknown (`unknown_size` says why), and notes an `args.input_size` that
+    the weights contradict."""
+    if "decoder_embed.weight" in state:
+        fields.update(
+            decoder_hidden_size=state["decoder_embed.weight"].shape[0],
+            decoder_num_hidden_layers=count_indexed(state, "decoder_blocks"),
+            decoder_num_attention_heads=state[decoder_heads_key].shape[0],
+            decoder_intermediate_size=state["decoder_blocks.0.mlp.fc1.weight"].shape[0],
+            norm_pix_loss=bool(arg(args, "norm_pix_loss", True)),
+        )
+        fields.update(pretraining_method_fields(args, notes))
+    else:
+        fields["drop_path_rate"] = float(arg(args, "drop_path", 0.0))
+        if "head.weight" in state:
+            fields["num_labels"] = state["head.weight"].shape[0]
+        else:
+            fields["num_labels"] = int(arg(args, "nb_classes", default_num_labels))
+    fields.update(normalisation_fields(args, notes))
+    fields.update(overrides)
+    if fields["image_size"] is None:
+        raise ValueError(unknown_size)
+    input_size = arg(args, "input_size")
+    if input_size is not None and int(input_size) != fields["image_size"] and "image_size" not in overrides:
+        notes.append(f"args.input_size is {input_size} but pos_embed fits {fields['image_size']}: using the weights'.")
+    return fields
+
+
 __all__ = [
     "Conversion",
     "arg",
@@ -143,5 +183,6 @@ __all__ = [
     "fit_to_model",
     "normalisation_fields",
     "pretraining_method_fields",
+    "task_and_input_fields",
     "split_fused_qkv",
 ]

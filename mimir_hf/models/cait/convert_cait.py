@@ -22,9 +22,8 @@ from ..conversion import (
     arg,
     count_indexed,
     fit_to_model,
-    normalisation_fields,
-    pretraining_method_fields,
     split_fused_qkv,
+    task_and_input_fields,
 )
 from .configuration_mimir_cait import PRESETS, MimirCaitConfig
 from .modeling_mimir_cait import MimirCaitForImageClassification, MimirCaitForPreTraining
@@ -139,28 +138,16 @@ def infer_cait_config(
         qkv_bias="blocks.0.attn.qkv.bias" in state,
     )
     fields["layer_scale_init"] = _layer_scale_init(fields, args, notes)
-    if "decoder_embed.weight" in state:
-        fields.update(
-            decoder_hidden_size=state["decoder_embed.weight"].shape[0],
-            decoder_num_hidden_layers=count_indexed(state, "decoder_blocks"),
-            decoder_num_attention_heads=state["decoder_blocks.0.attn.proj_l.weight"].shape[0],
-            decoder_intermediate_size=state["decoder_blocks.0.mlp.fc1.weight"].shape[0],
-            norm_pix_loss=bool(arg(args, "norm_pix_loss", True)),
-        )
-        fields.update(pretraining_method_fields(args, notes))
-    else:
-        fields["drop_path_rate"] = float(arg(args, "drop_path", 0.0))
-        if "head.weight" in state:
-            fields["num_labels"] = state["head.weight"].shape[0]
-        else:
-            fields["num_labels"] = int(arg(args, "nb_classes", _DEFAULT_NUM_LABELS))
-    fields.update(normalisation_fields(args, notes))
-    fields.update(overrides)
-    if fields["image_size"] is None:
-        raise ValueError(f"pos_embed has {num_patches} patches, not a square grid: pass image_size=(height, width).")
-    input_size = arg(args, "input_size")
-    if input_size is not None and int(input_size) != fields["image_size"] and "image_size" not in overrides:
-        notes.append(f"args.input_size is {input_size} but pos_embed fits {fields['image_size']}: using the weights'.")
+    fields = task_and_input_fields(
+        state,
+        args,
+        notes,
+        fields,
+        overrides,
+        "decoder_blocks.0.attn.proj_l.weight",
+        _DEFAULT_NUM_LABELS,
+        f"pos_embed has {num_patches} patches, not a square grid: pass image_size=(height, width).",
+    )
     return MimirCaitConfig(**fields), notes
 
 

@@ -22,8 +22,7 @@ from ..conversion import (
     arg,
     count_indexed,
     fit_to_model,
-    normalisation_fields,
-    pretraining_method_fields,
+    task_and_input_fields,
 )
 from .configuration_mimir_convit import MimirConvitConfig
 from .modeling_mimir_convit import MimirConvitForImageClassification, MimirConvitForPreTraining
@@ -142,30 +141,20 @@ def infer_convit_config(
         side = int(round(num_patches**0.5))
         image_size = side * patch_size if side * side == num_patches else None
     fields["image_size"] = image_size
-    if "decoder_embed.weight" in state:
-        if _gpsa_layers(state, "decoder_blocks") != count_indexed(state, "decoder_blocks"):
-            raise ValueError("The ConViT decoder has non-GPSA blocks (use_convit_dec=False), which mimir_hf lacks.")
-        fields.update(
-            decoder_hidden_size=state["decoder_embed.weight"].shape[0],
-            decoder_num_hidden_layers=count_indexed(state, "decoder_blocks"),
-            decoder_num_attention_heads=state["decoder_blocks.0.attn.pos_proj.weight"].shape[0],
-            decoder_intermediate_size=state["decoder_blocks.0.mlp.fc1.weight"].shape[0],
-            norm_pix_loss=bool(arg(args, "norm_pix_loss", True)),
-        )
-        fields.update(pretraining_method_fields(args, notes))
-    else:
-        fields["drop_path_rate"] = float(arg(args, "drop_path", 0.0))
-        if "head.weight" in state:
-            fields["num_labels"] = state["head.weight"].shape[0]
-        else:
-            fields["num_labels"] = int(arg(args, "nb_classes", _DEFAULT_NUM_LABELS))
-    fields.update(normalisation_fields(args, notes))
-    fields.update(overrides)
-    if fields["image_size"] is None:
-        raise ValueError("The image size cannot be read (no square pos_embed, no args.input_size): pass image_size.")
-    input_size = arg(args, "input_size")
-    if input_size is not None and int(input_size) != fields["image_size"] and "image_size" not in overrides:
-        notes.append(f"args.input_size is {input_size} but pos_embed fits {fields['image_size']}: using the weights'.")
+    if "decoder_embed.weight" in state and _gpsa_layers(state, "decoder_blocks") != count_indexed(
+        state, "decoder_blocks"
+    ):
+        raise ValueError("The ConViT decoder has non-GPSA blocks (use_convit_dec=False), which mimir_hf lacks.")
+    fields = task_and_input_fields(
+        state,
+        args,
+        notes,
+        fields,
+        overrides,
+        "decoder_blocks.0.attn.pos_proj.weight",
+        _DEFAULT_NUM_LABELS,
+        "The image size cannot be read (no square pos_embed, no args.input_size): pass image_size.",
+    )
     return MimirConvitConfig(**fields), notes
 
 
