@@ -303,6 +303,31 @@ def resize_patch_positions(positions: torch.Tensor, grid_size: tuple[int, int], 
     return table.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], -1)
 
 
+class MimirPreTrainingMixin:
+    """Mixed into every family's `...ForPreTraining` (before its `PreTrainedModel` base): MAE's patch layout at the
+    config's shape, and the choice of what the encoder reads."""
+
+    def patchify(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """`[B, C, H, W]` -> `[B, num_patches, patch_size**2 * C]` (MAE's layout)."""
+        return patchify(pixel_values, self.config.patch_size)
+
+    def unpatchify(self, patches: torch.Tensor) -> torch.Tensor:
+        """Inverse of `patchify` at the config's image size."""
+        return unpatchify(patches, self.config.grid_size, self.config.patch_size, self.config.num_channels)
+
+    @staticmethod
+    def encoder_input(pixel_values: torch.Tensor, adversarial_pixel_values: torch.Tensor | None) -> torch.Tensor:
+        """What the encoder reads: X' when given (it must have the clean images' shape), else the clean X."""
+        if adversarial_pixel_values is None:
+            return pixel_values
+        if adversarial_pixel_values.shape != pixel_values.shape:
+            raise ValueError(
+                f"adversarial_pixel_values {tuple(adversarial_pixel_values.shape)} must have the shape of pixel_values "
+                f"{tuple(pixel_values.shape)}."
+            )
+        return adversarial_pixel_values
+
+
 def mimir_pretraining_output(
     config,
     pixel_values: torch.Tensor,
@@ -479,6 +504,7 @@ __all__ = [
     "MimirEncoderOutput",
     "MimirForPreTrainingOutput",
     "MimirLoadingMixin",
+    "MimirPreTrainingMixin",
     "PixelNormalisation",
     "check_labels",
     "classification_loss",

@@ -29,16 +29,15 @@ from ...modeling_common import (
     MimirEncoderOutput,
     MimirForPreTrainingOutput,
     MimirLoadingMixin,
+    MimirPreTrainingMixin,
     PixelNormalisation,
     check_num_labels,
     check_pixel_values,
     classification_loss,
     mimir_pretraining_output,
-    patchify,
     random_masking,
     resize_patch_positions,
     sincos_position_embedding,
-    unpatchify,
     unshuffle_with_mask_tokens,
 )
 from .configuration_mimir_cait import MimirCaitConfig
@@ -422,7 +421,7 @@ class MimirCaitForImageClassification(MimirCaitPreTrainedModel):
         return ImageClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
 
 
-class MimirCaitForPreTraining(MimirCaitPreTrainedModel):
+class MimirCaitForPreTraining(MimirPreTrainingMixin, MimirCaitPreTrainedModel):
     """MIMIR pre-training of CaiT: the authors' CaiT masked autoencoder, whose encoder reads adversarial images X' and
     whose decoder reconstructs the clean X.
 
@@ -442,14 +441,6 @@ class MimirCaitForPreTraining(MimirCaitPreTrainedModel):
         self.decoder = MimirCaitDecoder(config)
         self.post_init()
 
-    def patchify(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """`[B, C, H, W]` -> `[B, num_patches, patch_size**2 * C]` (MAE's layout)."""
-        return patchify(pixel_values, self.config.patch_size)
-
-    def unpatchify(self, patches: torch.Tensor) -> torch.Tensor:
-        """Inverse of `patchify` at the config's image size."""
-        return unpatchify(patches, self.config.grid_size, self.config.patch_size, self.config.num_channels)
-
     def forward(
         self,
         pixel_values: torch.Tensor,
@@ -468,12 +459,7 @@ class MimirCaitForPreTraining(MimirCaitPreTrainedModel):
         compute_mi_loss (`bool`, *optional*):
             Whether to compute the I(X'; Z) term; defaults to `config.mi_estimator != "none"`.
         """
-        encoder_input = pixel_values if adversarial_pixel_values is None else adversarial_pixel_values
-        if encoder_input.shape != pixel_values.shape:
-            raise ValueError(
-                f"adversarial_pixel_values {tuple(encoder_input.shape)} must have the shape of pixel_values "
-                f"{tuple(pixel_values.shape)}."
-            )
+        encoder_input = self.encoder_input(pixel_values, adversarial_pixel_values)
         outputs = self.cait(encoder_input, noise=noise, apply_masking=True, output_hidden_states=output_hidden_states)
         logits = self.decoder(outputs.last_hidden_state, outputs.ids_restore)
         return mimir_pretraining_output(

@@ -30,14 +30,13 @@ from ...modeling_common import (
     DropPath,
     MimirForPreTrainingOutput,
     MimirLoadingMixin,
+    MimirPreTrainingMixin,
     PixelNormalisation,
     check_num_labels,
     check_pixel_values,
     classification_loss,
     mimir_pretraining_output,
-    patchify,
     sincos_position_embedding,
-    unpatchify,
 )
 from .configuration_mimir import MimirConfig
 
@@ -244,7 +243,7 @@ class MimirModel(MimirPreTrainedModel):
         )
 
 
-class MimirForPreTraining(MimirPreTrainedModel):
+class MimirForPreTraining(MimirPreTrainingMixin, MimirPreTrainedModel):
     """MIMIR pre-training: an MAE whose encoder reads adversarial images X' and whose decoder reconstructs clean X.
 
     `loss = reconstruction_loss + config.mi_weight * I(X'; Z)`, with Z the encoder tokens (CLS + visible patches).
@@ -258,14 +257,6 @@ class MimirForPreTraining(MimirPreTrainedModel):
         self.vit = MimirModel(config)
         self.decoder = MimirDecoder(config)
         self.post_init()
-
-    def patchify(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """`[B, C, H, W]` -> `[B, num_patches, patch_size**2 * C]` (MAE's layout)."""
-        return patchify(pixel_values, self.config.patch_size)
-
-    def unpatchify(self, patches: torch.Tensor) -> torch.Tensor:
-        """Inverse of `patchify` at the config's image size."""
-        return unpatchify(patches, self.config.grid_size, self.config.patch_size, self.config.num_channels)
 
     def forward(
         self,
@@ -285,12 +276,7 @@ class MimirForPreTraining(MimirPreTrainedModel):
         compute_mi_loss (`bool`, *optional*):
             Whether to compute the I(X'; Z) term; defaults to `config.mi_estimator != "none"`.
         """
-        encoder_input = pixel_values if adversarial_pixel_values is None else adversarial_pixel_values
-        if encoder_input.shape != pixel_values.shape:
-            raise ValueError(
-                f"adversarial_pixel_values {tuple(encoder_input.shape)} must have the shape of pixel_values "
-                f"{tuple(pixel_values.shape)}."
-            )
+        encoder_input = self.encoder_input(pixel_values, adversarial_pixel_values)
         outputs = self.vit(encoder_input, noise=noise, output_hidden_states=output_hidden_states)
         logits = self.decoder(outputs.last_hidden_state, outputs.ids_restore).logits
         return mimir_pretraining_output(
