@@ -76,10 +76,11 @@ ModelArguments = make_dataclass(
 )  # fmt: skip
 
 # The small shape used when no preset or checkpoint is given: sized for the 8x8 digits upsampled to 16x16, so
-# pre-training, fine-tuning and the full report run in minutes on 2 CPU cores.
+# pre-training, fine-tuning and the full report run in minutes on 2 CPU cores. Patch 4: 16 patches of 2x2 digit pixels
+# (patch 2 gave 64 patches, 3.6x the compute per image, and a weaker model in the same time; docs/benchmarks.md).
 DEMO_SHAPE = dict(
     image_size=16,
-    patch_size=2,
+    patch_size=4,
     hidden_size=64,
     num_hidden_layers=4,
     num_attention_heads=4,
