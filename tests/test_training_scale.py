@@ -2,6 +2,7 @@
 
 import json
 import os
+import pickle
 
 import numpy as np
 import pytest
@@ -107,6 +108,40 @@ def test_npz_checks_name_what_is_wrong(tmp_path):
     path = write_npz(tmp_path / "ok.npz", classes=7)
     with pytest.raises(ValueError, match="labels must be in \\[0, 4\\)"):
         AuxiliaryImages(path, pixel_transform("image", "label", image_processor_for(tiny_config())), num_labels=4)
+
+
+def _pixels_as_arrays(batch: dict) -> dict:
+    return {"pixel_values": [np.asarray(image) for image in batch["image"]], "labels": batch["label"]}
+
+
+def test_uncompressed_aux_images_are_memory_mapped_not_copied(tmp_path, caplog):
+    """The 5M EDM images are 15 GB: an np.savez file is mapped (shared between processes, pickled as its path), a
+    compressed one is read into memory with a warning, and both give the same pixels."""
+    rng = np.random.RandomState(0)
+    pixels = rng.randint(0, 256, (64, 16, 16, 3), dtype=np.uint8)
+    transform = pixel_transform("image", "label", image_processor_for(tiny_config()))
+    for order in ("C", "F"):  # np.save writes Fortran-ordered arrays as such
+        np.savez(tmp_path / f"stored_{order}.npz", image=np.asarray(pixels, order=order), label=np.arange(64) % 4)
+        images, labels = load_npz(str(tmp_path / f"stored_{order}.npz"))
+        assert isinstance(images, np.memmap) and not images.flags.writeable
+        np.testing.assert_array_equal(images, pixels)
+        np.testing.assert_array_equal(labels, np.arange(64) % 4)
+    stored = AuxiliaryImages(str(tmp_path / "stored_C.npz"), transform)
+    picklable = AuxiliaryImages(str(tmp_path / "stored_C.npz"), _pixels_as_arrays)  # (a closure does not pickle)
+    assert len(pickle.dumps(picklable)) < pixels.nbytes / 10  # the path travels, not the 48 KiB of pixels
+    unpickled = pickle.loads(pickle.dumps(picklable))
+    assert isinstance(unpickled.images, np.memmap)
+    np.testing.assert_array_equal(unpickled[5]["pixel_values"], pixels[5])
+
+    np.savez_compressed(tmp_path / "compressed.npz", image=pixels, label=np.arange(64) % 4)
+    with caplog.at_level("WARNING", logger="mimir_hf.auxiliary_data"):
+        compressed = AuxiliaryImages(str(tmp_path / "compressed.npz"), transform)
+    assert not isinstance(compressed.images, np.memmap) and "read into memory" in caplog.text
+    torch.testing.assert_close(compressed[5]["pixel_values"], stored[5]["pixel_values"])
+
+    (tmp_path / "not_a_zip.npz").write_bytes(b"not an archive")
+    with pytest.raises(ValueError, match="is not an .npz archive"):
+        load_npz(str(tmp_path / "not_a_zip.npz"))
 
 
 def test_aux_images_go_through_the_real_data_transform(tmp_path):
