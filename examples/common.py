@@ -18,7 +18,18 @@ import transformers
 import yaml
 from transformers import HfArgumentParser
 
-from mimir_hf import PRESETS, MimirConfig
+from mimir_hf import (
+    MimirCaitConfig,
+    MimirCaitForImageClassification,
+    MimirCaitForPreTraining,
+    MimirConfig,
+    MimirConvitConfig,
+    MimirConvitForImageClassification,
+    MimirConvitForPreTraining,
+    MimirForImageClassification,
+    MimirForPreTraining,
+    MimirSwinForImageClassification,
+)
 from mimir_hf.checkpoints import last_complete_checkpoint
 from mimir_hf.data import (
     check_labels_fit,
@@ -29,27 +40,51 @@ from mimir_hf.data import (
     resolve_columns,
     with_pixel_transform,
 )
+from mimir_hf.models import cait, convit, vit
 from mimir_hf.robustbench import select_subset
 
 logger = logging.getLogger("mimir_hf.examples")
 
-# MimirConfig fields a script may override for a new model (or on top of a checkpoint's config). Their names, types
-# and defaults are MimirConfig's own: `--help` prints the library default of each.
+# Config fields a script may override for a new model (or on top of a checkpoint's config): MimirConfig's, then the
+# CaiT and ConViT ones. Their names, types and defaults are the configs' own: `--help` prints the library default of
+# each. A field the model's family lacks is refused by name (`config_overrides`).
 CONFIG_OVERRIDES = (
     "image_size", "patch_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
     "decoder_hidden_size", "decoder_num_hidden_layers", "decoder_num_attention_heads", "decoder_intermediate_size",
     "mask_ratio", "norm_pix_loss", "classifier_pooling", "drop_path_rate", "label_smoothing",
     "attack_epsilon", "attack_step_size", "attack_steps", "attack_random_start",
     "mi_estimator", "mi_weight", "mi_sigma",
+    "num_class_attention_layers", "layer_scale_init", "local_up_to_layer", "locality_strength",
 )  # fmt: skip
 _OVERRIDE_TYPES = {"image_size": int, "classifier_pooling": str, "mi_estimator": str}
+_FAMILY_CONFIGS = (MimirConfig, MimirCaitConfig, MimirConvitConfig)
 
 
 def _override_field(name: str):
-    default = MimirConfig.__dataclass_fields__[name].default
+    config_class = next(c for c in _FAMILY_CONFIGS if name in c.__dataclass_fields__)
+    default = config_class.__dataclass_fields__[name].default
     kind = _OVERRIDE_TYPES.get(name, type(default))
     shown = f"{default:.6g}" if isinstance(default, float) else repr(default)
-    return (name, kind | None, field(default=None, metadata={"help": f"MimirConfig.{name} (library default {shown})."}))
+    help_text = f"{config_class.__name__}.{name} (library default {shown})."
+    return (name, kind | None, field(default=None, metadata={"help": help_text}))
+
+
+# The families a script builds a new model in, by preset name (Swin is fine-tuned from converted checkpoints only: it
+# has no MIMIR pre-training model here), and each family's model classes by `model_type`. A checkpoint of another type
+# (a ViT MAE) loads into the ViT classes, which convert it.
+NEW_MODEL_PRESETS = {
+    name: (config_class, shape)
+    for config_class, presets in ((MimirConfig, vit.PRESETS), (MimirCaitConfig, cait.PRESETS),
+                                  (MimirConvitConfig, convit.PRESETS))
+    for name, shape in presets.items()
+}  # fmt: skip
+PRETRAINING_CLASSES = {
+    "mimir": MimirForPreTraining, "mimir_cait": MimirCaitForPreTraining, "mimir_convit": MimirConvitForPreTraining,
+}  # fmt: skip
+CLASSIFIER_CLASSES = {
+    "mimir": MimirForImageClassification, "mimir_cait": MimirCaitForImageClassification,
+    "mimir_convit": MimirConvitForImageClassification, "mimir_swin": MimirSwinForImageClassification,
+}  # fmt: skip
 
 
 @dataclass
@@ -58,7 +93,11 @@ class _ModelChoice:
         default=None, metadata={"help": "A MIMIR (or MAE) checkpoint folder or Hub id; none: a new model."}
     )
     model_preset: str | None = field(
-        default=None, metadata={"help": f"Shape of a new model: one of {sorted(PRESETS)}; none: the digits recipe."}
+        default=None,
+        metadata={
+            "help": f"Family and shape of a new model: one of {sorted(NEW_MODEL_PRESETS)}; none: the digits "
+            "recipe (a ViT)."
+        },  # fmt: skip
     )
     ignore_mismatched_sizes: bool = field(
         default=False,
@@ -92,16 +131,46 @@ DEMO_SHAPE = dict(
 )
 
 
-def config_overrides(model_args) -> dict:
-    return {name: getattr(model_args, name) for name in CONFIG_OVERRIDES if getattr(model_args, name) is not None}
+def config_overrides(model_args, config_class: type | None = None) -> dict:
+    """The config fields given on the command line; with `config_class`, refused by name if that family lacks one."""
+    overrides = {name: getattr(model_args, name) for name in CONFIG_OVERRIDES if getattr(model_args, name) is not None}
+    if config_class is not None:
+        unknown = sorted(name for name in overrides if name not in config_class.__dataclass_fields__)
+        if unknown:
+            raise ValueError(
+                f"{', '.join('--' + name for name in unknown)} {'do' if len(unknown) > 1 else 'does'} not apply to "
+                f"{config_class.__name__} models ({config_class.model_type}); leave "
+                f"{'them' if len(unknown) > 1 else 'it'} out."
+            )
+    return overrides
 
 
-def new_config(model_args, num_channels: int, **kwargs) -> MimirConfig:
-    """A config for a new model: the preset (or the digits shape), then the explicit overrides."""
-    if model_args.model_preset and model_args.model_preset not in PRESETS:
-        raise ValueError(f"--model_preset {model_args.model_preset!r} is unknown; choose one of {sorted(PRESETS)}.")
-    base = dict(PRESETS[model_args.model_preset]) if model_args.model_preset else dict(DEMO_SHAPE)
-    return MimirConfig(**{**base, "num_channels": num_channels, **config_overrides(model_args), **kwargs})
+def new_config(model_args, num_channels: int, **kwargs) -> MimirConfig | MimirCaitConfig | MimirConvitConfig:
+    """A config for a new model: the preset's family and shape (or the digits ViT), then the explicit overrides."""
+    preset = model_args.model_preset
+    if preset and preset not in NEW_MODEL_PRESETS:
+        raise ValueError(f"--model_preset {preset!r} is unknown; choose one of {sorted(NEW_MODEL_PRESETS)}.")
+    config_class, base = NEW_MODEL_PRESETS[preset] if preset else (MimirConfig, DEMO_SHAPE)
+    overrides = config_overrides(model_args, config_class)
+    return config_class(**{**base, "num_channels": num_channels, **overrides, **kwargs})
+
+
+def encoder_description(config, classifier: bool = False) -> str:
+    """The encoder in a few words, for the model cards (`classifier`: with the ViT's pooling)."""
+    if config.model_type == "mimir_swin":
+        return f"Swin {config.embed_dim} wide, depths {list(config.depths)}, window {config.window_size}"
+    if config.model_type == "mimir_cait":
+        return (
+            f"CaiT {config.hidden_size} wide, {config.num_hidden_layers} talking-heads layers + "
+            f"{config.num_class_attention_layers} class-attention layers, patch {config.patch_size}"
+        )
+    if config.model_type == "mimir_convit":
+        return (
+            f"ConViT {config.hidden_size} wide, {config.num_hidden_layers} layers (GPSA in the first "
+            f"{config.local_up_to_layer}), patch {config.patch_size}"
+        )
+    description = f"ViT {config.hidden_size} wide, {config.num_hidden_layers} layers, patch {config.patch_size}"
+    return description + (f", {config.classifier_pooling} pooling" if classifier else "")
 
 
 @dataclass

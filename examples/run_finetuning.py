@@ -25,12 +25,14 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch
 from common import (
+    CLASSIFIER_CLASSES,
     DataArguments,
     ModelArguments,
     RunArguments,
     config_overrides,
     default_num_channels,
     effective_settings,
+    encoder_description,
     end_processes,
     load_aux_data,
     load_data,
@@ -62,28 +64,28 @@ SWIN_OVERRIDES = ("drop_path_rate", "label_smoothing")
 
 
 def build_classifier(model_args, num_channels: int, names: list[str], config=None):
-    """A MIMIR ViT classifier (new, or from a MIMIR / MAE checkpoint), or a MIMIR Swin one from a Swin checkpoint."""
+    """A MIMIR classifier of the checkpoint's family (ViT, CaiT, ConViT, Swin; a ViT MAE checkpoint: a MIMIR ViT), or
+    a new one of the preset's family."""
     labels = dict(num_labels=len(names), id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
-    overrides = {"drop_path_rate": FINETUNING_DROP_PATH, **config_overrides(model_args), **labels}
-    if getattr(config, "model_type", None) == "mimir_swin":
+    if not model_args.model_name_or_path:
+        drop_path = {} if model_args.drop_path_rate is not None else {"drop_path_rate": FINETUNING_DROP_PATH}
+        config = new_config(model_args, num_channels, **drop_path, **labels)
+        return CLASSIFIER_CLASSES[config.model_type](config)
+    model_class = CLASSIFIER_CLASSES.get(getattr(config, "model_type", None), MimirForImageClassification)
+    if model_class is MimirSwinForImageClassification:
         unused = sorted(set(config_overrides(model_args)) - set(SWIN_OVERRIDES))
         if unused:
             raise ValueError(f"{model_args.model_name_or_path} is a Swin checkpoint; {unused} apply to ViTs only.")
-        overrides = {k: v for k, v in overrides.items() if k in SWIN_OVERRIDES or k in labels}
-        return MimirSwinForImageClassification.from_pretrained(model_args.model_name_or_path, **overrides)
-    if model_args.model_name_or_path:
-        return MimirForImageClassification.from_pretrained(
-            model_args.model_name_or_path, ignore_mismatched_sizes=model_args.ignore_mismatched_sizes, **overrides
+        overrides = {k: v for k, v in config_overrides(model_args).items() if k in SWIN_OVERRIDES}
+        return model_class.from_pretrained(
+            model_args.model_name_or_path, **{"drop_path_rate": FINETUNING_DROP_PATH, **overrides, **labels}
         )
-    return MimirForImageClassification(new_config(model_args, num_channels, **overrides))
-
-
-def encoder_description(config) -> str:
-    if config.model_type == "mimir_swin":
-        return f"Swin {config.embed_dim} wide, depths {list(config.depths)}, window {config.window_size}"
-    return (
-        f"ViT {config.hidden_size} wide, {config.num_hidden_layers} layers, patch {config.patch_size}, "
-        f"{config.classifier_pooling} pooling"
+    overrides = {"drop_path_rate": FINETUNING_DROP_PATH, **config_overrides(model_args, model_class.config_class)}
+    return model_class.from_pretrained(
+        model_args.model_name_or_path,
+        ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
+        **overrides,
+        **labels,
     )
 
 
@@ -156,7 +158,7 @@ def run(
         training = {
             "initialisation": model_args.model_name_or_path or "random (no pre-training)",
             "data": f"{data_args.display_name}, {len(train_dataset)} training images at {height}x{width}",
-            "encoder": encoder_description(config),
+            "encoder": encoder_description(config, classifier=True),
             "adversarial training": (
                 f"{training_args.adversarial_method}, {training_args.adversarial_budget.describe()}"
             ),

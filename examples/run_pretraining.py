@@ -24,12 +24,14 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch
 from common import (
+    PRETRAINING_CLASSES,
     DataArguments,
     ModelArguments,
     RunArguments,
     config_overrides,
     default_num_channels,
     effective_settings,
+    encoder_description,
     end_processes,
     load_aux_data,
     load_data,
@@ -41,6 +43,7 @@ from common import (
     start_training_run,
     train,
 )
+from transformers import PretrainedConfig
 
 from mimir_hf import MimirForPreTraining
 from mimir_hf.attacks import eval_mode, mae_attack
@@ -50,14 +53,23 @@ from mimir_hf.model_card import write_model_card
 from mimir_hf.trainer import MimirPreTrainingArguments, MimirPreTrainingTrainer
 
 
-def build_model(model_args, num_channels: int) -> MimirForPreTraining:
+def build_model(model_args, num_channels: int):
+    """A MIMIR pre-training model of the checkpoint's family (a ViT MAE checkpoint: a MIMIR ViT), or a new one."""
     if model_args.model_name_or_path:
-        return MimirForPreTraining.from_pretrained(
+        model_type = PretrainedConfig.get_config_dict(model_args.model_name_or_path)[0].get("model_type")
+        if model_type == "mimir_swin":
+            raise ValueError(
+                f"{model_args.model_name_or_path} is a Swin classifier; mimir_hf has no Swin pre-training model. "
+                "Fine-tune it with run_finetuning.py, or pre-train a ViT, CaiT or ConViT (--model_preset)."
+            )
+        model_class = PRETRAINING_CLASSES.get(model_type, MimirForPreTraining)
+        return model_class.from_pretrained(
             model_args.model_name_or_path,
             ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
-            **config_overrides(model_args),
+            **config_overrides(model_args, model_class.config_class),
         )
-    return MimirForPreTraining(new_config(model_args, num_channels))
+    config = new_config(model_args, num_channels)
+    return PRETRAINING_CLASSES[config.model_type](config)
 
 
 def plot_reconstructions(model, images: torch.Tensor, path: str, seed: int = 0) -> None:
@@ -160,7 +172,7 @@ def run(
         training = {
             "initialisation": model_args.model_name_or_path or "random",
             "data": f"{data_args.display_name}, {len(train_dataset)} images at {height}x{width}",
-            "encoder": f"ViT {config.hidden_size} wide, {config.num_hidden_layers} layers, patch {config.patch_size}",
+            "encoder": encoder_description(config),
             "decoder": f"{config.decoder_hidden_size} wide, {config.decoder_num_hidden_layers} layers",
             "mask ratio": config.mask_ratio,
             "pre-training attack": f"PGD maximising the MAE loss, {config.attack_budget.describe()}",

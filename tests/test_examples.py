@@ -207,3 +207,45 @@ def test_arguments_from_a_json_file(tmp_path):
 def test_evaluation_arguments_are_checked(tmp_path):
     with pytest.raises(ValueError, match="epsilon must be in \\[0, 1\\]"):
         run_evaluation.main(["--model_name_or_path", "x", "--output_dir", str(tmp_path), "--epsilon", "8"])
+
+
+TINY_FAMILY = {
+    "cait-xxs24-224": ["--num_hidden_layers", "2", "--num_attention_heads", "2"],
+    "convit-tiny-patch16-224": ["--num_hidden_layers", "3", "--local_up_to_layer", "2", "--num_attention_heads", "2"],
+}
+
+
+@pytest.mark.parametrize(
+    "preset, expected", [("cait-xxs24-224", "mimir_cait"), ("convit-tiny-patch16-224", "mimir_convit")]
+)
+def test_run_mimir_builds_new_cait_and_convit_models_from_their_presets(tmp_path, preset, expected):
+    """--model_preset names the family: pre-training, fine-tuning and the report run on a new CaiT / ConViT."""
+    out = str(tmp_path / "mimir")
+    shape = ["--image_size", "16", "--patch_size", "4", "--hidden_size", "32", "--intermediate_size", "64"]
+    result = run_mimir.main(
+        ["--output_dir", out, "--model_preset", preset, "--pretrain_epochs", "1", "--finetune_epochs", "1",
+         "--adversarial_steps", "1", "--use_cpu", "true", "--disable_tqdm", "true", "--autoattack_max_samples", "0",
+         "--pgd_steps", "2", "4", "--adaptive_steps", "2", "--cw_steps", "2"]
+        + shape + TINY_FAMILY[preset] + TINY_DATA
+    )  # fmt: skip
+    for stage in ("pretrain", "finetune"):
+        config = json.load(open(os.path.join(out, stage, "config.json")))
+        assert config["model_type"] == expected and config["hidden_size"] == 32, stage
+    assert json.load(open(os.path.join(out, "finetune", "config.json")))["architectures"][0].endswith(
+        "ForImageClassification"
+    )
+    _, text = card_metadata(os.path.join(out, "finetune"))
+    assert ("CaiT 32 wide" if expected == "mimir_cait" else "ConViT 32 wide") in text
+    assert result["robust_accuracy"] <= result["natural_accuracy"]
+
+
+def test_an_override_the_family_lacks_is_refused_by_name(tmp_path):
+    with pytest.raises(ValueError, match="--classifier_pooling does not apply to MimirCaitConfig models"):
+        run_pretraining.main(
+            ["--output_dir", str(tmp_path / "p"), "--model_preset", "cait-xxs24-224", "--classifier_pooling", "mean"]
+            + QUIET
+        )
+    with pytest.raises(ValueError, match="--local_up_to_layer does not apply to MimirConfig models"):
+        run_pretraining.main(["--output_dir", str(tmp_path / "q"), "--local_up_to_layer", "2"] + QUIET)
+    with pytest.raises(ValueError, match="--model_preset 'cait-tiny' is unknown"):
+        run_pretraining.main(["--output_dir", str(tmp_path / "r"), "--model_preset", "cait-tiny"] + QUIET)
