@@ -191,6 +191,11 @@ class DataArguments:
         metadata={"help": "Auxiliary training data (e.g. the EDM images): an .npz with 'image' (uint8 NxHxWx3) and "
                   "'label'; every batch draws aux_fraction of its examples from it."},
     )  # fmt: skip
+    eval_split_name: str | None = field(
+        default=None,
+        metadata={"help": "The split to evaluate on (e.g. 'validation' for ImageNet-1k, whose 'test' is unlabelled); "
+                  "default: the first of test, validation, valid, val that the dataset has."},
+    )  # fmt: skip
     eval_subset: str | None = field(
         default=None,
         metadata={"help": "Evaluate on a published subset of the evaluation split: 'robustbench-imagenet-5000' (the "
@@ -314,7 +319,7 @@ def read_data(data_args: DataArguments, seed: int = 0, need_labels: bool = True,
     `need_train=False` (evaluation) accepts data with only an evaluation split (train is then None)."""
     dataset = load_image_dataset(
         data_args.dataset_name, data_args.dataset_config_name, data_args.train_dir, data_args.validation_dir,
-        cache_dir=data_args.cache_dir, seed=seed, require_train=need_train,
+        cache_dir=data_args.cache_dir, seed=seed, require_train=need_train, eval_split=data_args.eval_split_name,
     )  # fmt: skip
     reference = dataset["train"] if "train" in dataset else dataset["test"]
     image_column, label_column = resolve_columns(

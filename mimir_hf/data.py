@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 import torch
-from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, load_dataset
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, load_dataset, load_dataset_builder
 from PIL import Image as PILImage
 from transformers import default_data_collator
 
@@ -54,6 +54,9 @@ def _check_image_folder(path: str, argument: str) -> None:
     raise ValueError(f"{argument}={path!r} holds no image files ({', '.join(_IMAGE_SUFFIXES)}).")
 
 
+_EVALUATION_SPLITS = ("test", "validation", "valid", "val")  # the first one a dataset has is evaluated
+
+
 def load_image_dataset(
     dataset_name: str | None = None,
     dataset_config_name: str | None = None,
@@ -63,15 +66,20 @@ def load_image_dataset(
     test_fraction: float = 0.15,
     seed: int = 0,
     require_train: bool = True,
+    eval_split: str | None = None,
 ) -> DatasetDict:
     """A `DatasetDict` with `"train"` and `"test"`: from the Hub (or its cache), an imagefolder, or the digits default.
 
     A dataset without a test/validation split gets one carved out of its training split (`test_fraction`, `seed`).
     With `require_train=False` (evaluation), a dataset with only an evaluation split (e.g. `--validation_dir` alone)
-    gives a `DatasetDict` with just `"test"`.
+    gives a `DatasetDict` with just `"test"`. A Hub dataset made of data files (parquet, image folders: most of them)
+    is downloaded only for the splits used: the evaluation split alone for an evaluation, not ImageNet's 140 GB of
+    training images (`load_dataset(..., split=...)` would still fetch every split). The evaluation split is
+    `eval_split`, or the first of "test", "validation", "valid", "val" the dataset has (ImageNet-1k's "test" is
+    unlabelled: evaluate it with `eval_split="validation"`).
     """
     if dataset_name is not None:
-        dataset = load_dataset(dataset_name, dataset_config_name, cache_dir=cache_dir)
+        dataset = _load_used_splits(dataset_name, dataset_config_name, cache_dir, require_train, eval_split)
     elif train_dir is not None or validation_dir is not None:
         data_files = {}
         if train_dir is not None:
@@ -85,7 +93,9 @@ def load_image_dataset(
         return load_digits_dataset()
 
     dataset = DatasetDict(dataset)
-    evaluation_split = next((name for name in ("test", "validation", "valid", "val") if name in dataset), None)
+    if eval_split is not None and eval_split not in dataset:
+        raise ValueError(f"The dataset has no split {eval_split!r} to evaluate on (splits: {sorted(dataset)}).")
+    evaluation_split = eval_split or next((name for name in _EVALUATION_SPLITS if name in dataset), None)
     if "train" not in dataset:
         if evaluation_split is not None and not require_train:
             return DatasetDict(test=dataset[evaluation_split])
@@ -94,6 +104,25 @@ def load_image_dataset(
         split = dataset["train"].train_test_split(test_size=test_fraction, seed=seed)
         return DatasetDict(train=split["train"], test=split["test"])
     return DatasetDict(train=dataset["train"], test=dataset[evaluation_split])
+
+
+def _load_used_splits(
+    name: str, config_name: str | None, cache_dir: str | None, require_train: bool, eval_split: str | None
+):
+    """The splits `load_image_dataset` uses (train and the evaluation split; the evaluation split alone when no
+    training split is needed), fetching only their files when the dataset is made of data files; every split
+    otherwise (a dataset with a loading script)."""
+    files = load_dataset_builder(name, config_name, cache_dir=cache_dir).config.data_files
+    if not files:
+        return load_dataset(name, config_name, cache_dir=cache_dir)
+    if eval_split is not None and eval_split not in files:
+        raise ValueError(f"{name} has no split {eval_split!r} to evaluate on (splits: {sorted(files)}).")
+    evaluation = eval_split or next((split for split in _EVALUATION_SPLITS if split in files), None)
+    used = [evaluation] if evaluation is not None and not require_train else ["train", evaluation]
+    used = [split for split in used if split in files] or list(files)
+    return load_dataset(
+        name, config_name, data_files={split: list(files[split]) for split in used}, cache_dir=cache_dir
+    )
 
 
 def resolve_columns(
@@ -154,7 +183,8 @@ def check_labels_fit(splits: dict[str, Dataset], label_column: str, names: list[
         if bad:
             raise ValueError(
                 f"The {split} split has labels {bad[:10]} outside the {len(names)} classes 0..{len(names) - 1} "
-                "(-1 usually marks unlabelled images): drop or relabel them first."
+                "(-1 usually marks unlabelled images, as in ImageNet-1k's test split): evaluate on a labelled split "
+                "(the scripts' --eval_split_name), or drop or relabel them first."
             )
         unseen = sorted(values - trained) if trained is not None and split != "train" else []
         if unseen:

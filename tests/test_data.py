@@ -3,10 +3,12 @@
 import numpy as np
 import pytest
 import torch
-from datasets import Dataset
+from datasets import ClassLabel, Dataset, Features
+from datasets import Image as HFImage
 from PIL import Image
 
 from mimir_hf.data import (
+    check_labels_fit,
     image_processor_for,
     label_names,
     load_digits_dataset,
@@ -61,6 +63,49 @@ def test_image_folder_and_its_errors(tmp_path):
         load_image_dataset(train_dir=str(tmp_path / "empty"))
     with pytest.raises(ValueError, match="is not a directory"):
         load_image_dataset(train_dir=str(tmp_path / "missing"))
+
+
+def hub_style_dataset(folder, splits: dict[str, list[int]], broken: tuple[str, ...] = ()) -> str:
+    """A dataset laid out as on the Hub (data/<split>-00000-of-00001.parquet); the `broken` splits' files are not
+    parquet at all, so reading them fails."""
+    (folder / "data").mkdir(parents=True)
+    features = Features({"image": HFImage(), "label": ClassLabel(names=["a", "b", "c"])})
+    for split, labels in splits.items():
+        path = folder / "data" / f"{split}-00000-of-00001.parquet"
+        if split in broken:
+            path.write_bytes(b"not parquet: reading this split fails")
+            continue
+        images = [Image.fromarray(np.full((8, 8, 3), 30 * i, dtype=np.uint8)) for i in range(len(labels))]
+        Dataset.from_dict({"image": images, "label": labels}, features=features).to_parquet(str(path))
+    return str(folder)
+
+
+def test_evaluation_reads_only_the_evaluation_split_of_a_hub_dataset(tmp_path):
+    """ImageNet's 140 GB of training images must not be fetched to evaluate on its validation split: only the split
+    used is read (`load_dataset(..., split=...)` would read every split, and fail on the broken training file here)."""
+    name = hub_style_dataset(tmp_path / "hub", {"train": [], "validation": [0, 1, 2, 1]}, broken=("train",))
+    dataset = load_image_dataset(name, cache_dir=str(tmp_path / "cache"), require_train=False)
+    assert list(dataset) == ["test"] and dataset["test"]["label"] == [0, 1, 2, 1]
+    assert dataset["test"].features["label"].names == ["a", "b", "c"]
+    with pytest.raises(Exception, match="[Pp]arquet"):  # training does read the training split
+        load_image_dataset(name, cache_dir=str(tmp_path / "cache2"))
+
+
+def test_the_evaluation_split_can_be_named(tmp_path):
+    """ImageNet-1k's "test" split is unlabelled (-1): the default pick refuses it by name, --eval_split_name chooses."""
+    name = hub_style_dataset(tmp_path / "hub", {"train": [0, 1, 2], "validation": [2, 1, 0], "test": [0, 0, 0]})
+    default = load_image_dataset(name, cache_dir=str(tmp_path / "cache"))
+    assert default["test"]["label"] == [0, 0, 0]  # "test" comes first
+    chosen = load_image_dataset(name, cache_dir=str(tmp_path / "cache"), eval_split="validation")
+    assert chosen["test"]["label"] == [2, 1, 0] and chosen["train"]["label"] == [0, 1, 2]
+    with pytest.raises(ValueError, match=r"has no split 'val' to evaluate on \(splits: \['test', 'train', 'valid"):
+        load_image_dataset(name, cache_dir=str(tmp_path / "cache"), eval_split="val")
+    with pytest.raises(ValueError, match="-1 usually marks unlabelled images.*--eval_split_name"):
+        check_labels_fit(
+            {"train": Dataset.from_dict({"label": [0, 1, 2]}), "test": Dataset.from_dict({"label": [-1, -1]})},
+            "label",
+            ["a", "b", "c"],
+        )
 
 
 def test_missing_columns_are_named():
