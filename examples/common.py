@@ -16,7 +16,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, make_dataclas
 import datasets
 import transformers
 import yaml
-from transformers import HfArgumentParser
+from transformers import HfArgumentParser, PretrainedConfig
 
 from mimir_hf import (
     MimirCaitConfig,
@@ -153,6 +153,14 @@ def new_config(model_args, num_channels: int, **kwargs) -> MimirConfig | MimirCa
     config_class, base = NEW_MODEL_PRESETS[preset] if preset else (MimirConfig, DEMO_SHAPE)
     overrides = config_overrides(model_args, config_class)
     return config_class(**{**base, "num_channels": num_channels, **overrides, **kwargs})
+
+
+def checkpoint_config(path: str) -> dict:
+    """The config dict of a checkpoint folder or Hub id; a `ValueError` naming the path if there is none."""
+    try:
+        return PretrainedConfig.get_config_dict(path)[0]
+    except OSError as error:
+        raise ValueError(f"Cannot read a model config from {path}: {error}") from None
 
 
 def encoder_description(config, classifier: bool = False) -> str:
@@ -559,10 +567,13 @@ def start_training_run(script: str, model_args, data_args, training_args, run_ar
     `more_args`: further argument objects that define the run (e.g. `AugmentationArguments`)."""
     setup_training_logging(training_args)
     inputs = (*data_args.input_paths, model_args.model_name_or_path)
+    identity = run_identity(model_args, data_args, training_args, *more_args)
+    if not model_args.model_name_or_path and not model_args.model_preset:
+        identity["digits_shape"] = DEMO_SHAPE  # a run of an older default shape is another run, not one to resume
     resume = on_main_process(
         training_args,
         lambda: prepare_output_dir(
-            training_args.output_dir, script, run_identity(model_args, data_args, training_args),
+            training_args.output_dir, script, identity,
             run_args.overwrite_output_dir, inputs,
         ),
     )  # fmt: skip

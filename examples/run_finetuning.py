@@ -29,6 +29,7 @@ from common import (
     DataArguments,
     ModelArguments,
     RunArguments,
+    checkpoint_config,
     config_overrides,
     default_num_channels,
     effective_settings,
@@ -75,10 +76,14 @@ def build_classifier(model_args, num_channels: int, names: list[str], config=Non
     if model_class is MimirSwinForImageClassification:
         unused = sorted(set(config_overrides(model_args)) - set(SWIN_OVERRIDES))
         if unused:
-            raise ValueError(f"{model_args.model_name_or_path} is a Swin checkpoint; {unused} apply to ViTs only.")
+            raise ValueError(
+                f"{model_args.model_name_or_path} is a Swin checkpoint; {unused} apply to ViT, CaiT and ConViT only."
+            )
         overrides = {k: v for k, v in config_overrides(model_args).items() if k in SWIN_OVERRIDES}
         return model_class.from_pretrained(
-            model_args.model_name_or_path, **{"drop_path_rate": FINETUNING_DROP_PATH, **overrides, **labels}
+            model_args.model_name_or_path,
+            ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
+            **{"drop_path_rate": FINETUNING_DROP_PATH, **overrides, **labels},
         )
     overrides = {"drop_path_rate": FINETUNING_DROP_PATH, **config_overrides(model_args, model_class.config_class)}
     return model_class.from_pretrained(
@@ -121,6 +126,7 @@ def run(
     augmentation = augmentation or AugmentationArguments()
     resume = start_training_run("run_finetuning", model_args, data_args, training_args, run_args, augmentation)
     if model_args.model_name_or_path:  # the checkpoint decides the input shape
+        checkpoint_config(model_args.model_name_or_path)  # a missing or unreadable config: one clear error
         config = AutoConfig.from_pretrained(model_args.model_name_or_path)
     else:
         config = new_config(model_args, default_num_channels(data_args))

@@ -28,6 +28,7 @@ from common import (
     DataArguments,
     ModelArguments,
     RunArguments,
+    checkpoint_config,
     config_overrides,
     default_num_channels,
     effective_settings,
@@ -43,7 +44,6 @@ from common import (
     start_training_run,
     train,
 )
-from transformers import PretrainedConfig
 
 from mimir_hf import MimirForPreTraining
 from mimir_hf.attacks import eval_mode, mae_attack
@@ -56,7 +56,7 @@ from mimir_hf.trainer import MimirPreTrainingArguments, MimirPreTrainingTrainer
 def build_model(model_args, num_channels: int):
     """A MIMIR pre-training model of the checkpoint's family (a ViT MAE checkpoint: a MIMIR ViT), or a new one."""
     if model_args.model_name_or_path:
-        model_type = PretrainedConfig.get_config_dict(model_args.model_name_or_path)[0].get("model_type")
+        model_type = checkpoint_config(model_args.model_name_or_path).get("model_type")
         if model_type == "mimir_swin":
             raise ValueError(
                 f"{model_args.model_name_or_path} is a Swin classifier; mimir_hf has no Swin pre-training model. "

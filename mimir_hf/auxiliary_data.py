@@ -9,8 +9,9 @@ shuffled pass over the real data, as the authors' `SemiSupervisedSampler` does. 
 
 Memory: the authors' 5M EDM images for CIFAR-10 are 15 GB of pixels. An `.npz` written by `np.savez` (members stored,
 not compressed) is memory-mapped: the operating system pages in the images that batches touch and shares the pages
-between the processes of a multi-GPU run and their data-loader workers. An `np.savez_compressed` file cannot be
-mapped; it is decompressed into each process's memory, with a warning that says how much and how to avoid it.
+between the processes of a multi-GPU run and their data-loader workers. An `np.savez_compressed` file (or a
+Fortran-ordered array) is not mapped; it is read into each process's memory, with a warning that says how much and
+how to avoid it.
 
 What an epoch is: as in the authors' code, ceil(real examples / (per-device batch x processes)) batches per process, so
 an epoch takes as many optimizer steps as without auxiliary data (and reaches only ~30% of the real images at
@@ -51,10 +52,10 @@ def load_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
         images = _mapped_member(path, "image")
         if images is None:
             images = data["image"]
-        if not isinstance(images, np.memmap) and images.dtype == np.uint8 and images.size:  # compressed: no map
+        if not isinstance(images, np.memmap) and images.dtype == np.uint8 and images.size:  # not mappable
             logger.warning(
-                "%s: 'image' is compressed, so it was read into memory (%.1f GB in every process); an .npz written "
-                "with np.savez (uncompressed) is memory-mapped instead.",
+                "%s: 'image' is compressed (or Fortran-ordered), so it was read into memory (%.1f GB in every "
+                "process); the C-ordered array of an np.savez .npz (uncompressed) is memory-mapped instead.",
                 path,
                 images.nbytes / 1e9,
             )
@@ -76,8 +77,9 @@ def load_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
 def _mapped_member(path: str, name: str) -> np.ndarray | None:
     """The array `name` of an `.npz`, memory-mapped read-only, if its member is stored uncompressed; else None."""
     with zipfile.ZipFile(path) as archive:
-        info = archive.getinfo(f"{name}.npy")
-        if info.compress_type != zipfile.ZIP_STORED:
+        members = {info.filename: info for info in archive.infolist()}
+        info = members.get(f"{name}.npy", members.get(name))  # np.load also accepts a member without ".npy"
+        if info is None or info.compress_type != zipfile.ZIP_STORED:
             return None
         with archive.open(info) as member:
             version = np.lib.format.read_magic(member)
@@ -86,15 +88,15 @@ def _mapped_member(path: str, name: str) -> np.ndarray | None:
             )
             shape, fortran_order, dtype = read_header(member)
             header_length = member.tell()
-    if dtype.hasobject or 0 in shape:
-        return None
+    if dtype.hasobject or 0 in shape or (fortran_order and len(shape) > 1):
+        return None  # (a Fortran-ordered image would be scattered over the whole file: read it instead)
     # Where the member's bytes start: after its local file header (30 bytes, then the name and the extra field).
     with open(path, "rb") as file:
         file.seek(info.header_offset)
         local_header = file.read(30)
     name_length, extra_length = struct.unpack("<HH", local_header[26:30])
     offset = info.header_offset + 30 + name_length + extra_length + header_length
-    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran_order else "C")
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
 
 
 class AuxiliaryImages(Dataset):

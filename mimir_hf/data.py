@@ -74,10 +74,16 @@ def load_image_dataset(
     With `require_train=False` (evaluation), a dataset with only an evaluation split (e.g. `--validation_dir` alone)
     gives a `DatasetDict` with just `"test"`. A Hub dataset made of data files (parquet, image folders: most of them)
     is downloaded only for the splits used: the evaluation split alone for an evaluation, not ImageNet's 140 GB of
-    training images (`load_dataset(..., split=...)` would still fetch every split). The evaluation split is
-    `eval_split`, or the first of "test", "validation", "valid", "val" the dataset has (ImageNet-1k's "test" is
-    unlabelled: evaluate it with `eval_split="validation"`).
+    training images (`load_dataset(..., split=...)` would still fetch every split). A subset of splits is prepared
+    in a cache folder of its own: a dataset once loaded whole is prepared again for an evaluation-only run. The
+    evaluation split is `eval_split`, or the first of "test", "validation", "valid", "val" the dataset has
+    (ImageNet-1k's "test" is unlabelled: evaluate it with `eval_split="validation"`).
     """
+    if eval_split is not None and dataset_name is None:
+        raise ValueError(
+            f"An evaluation split name ({eval_split!r}) chooses among a Hub dataset's splits; image folders and the "
+            "digits have one evaluation split (--validation_dir, or the digits' fixed test split)."
+        )
     if dataset_name is not None:
         dataset = _load_used_splits(dataset_name, dataset_config_name, cache_dir, require_train, eval_split)
     elif train_dir is not None or validation_dir is not None:
@@ -120,6 +126,8 @@ def _load_used_splits(
     evaluation = eval_split or next((split for split in _EVALUATION_SPLITS if split in files), None)
     used = [evaluation] if evaluation is not None and not require_train else ["train", evaluation]
     used = [split for split in used if split in files] or list(files)
+    if set(used) == set(files):  # every split: the plain call, which keeps using a cache prepared before
+        return load_dataset(name, config_name, cache_dir=cache_dir)
     return load_dataset(
         name, config_name, data_files={split: list(files[split]) for split in used}, cache_dir=cache_dir
     )

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from datasets import ClassLabel, Dataset, Features
+from datasets import ClassLabel, Dataset, Features, load_dataset
 from datasets import Image as HFImage
 from PIL import Image
 
@@ -91,6 +91,16 @@ def test_evaluation_reads_only_the_evaluation_split_of_a_hub_dataset(tmp_path):
         load_image_dataset(name, cache_dir=str(tmp_path / "cache2"))
 
 
+def test_a_dataset_loaded_whole_keeps_its_cache(tmp_path):
+    """When every split is used, the plain `load_dataset` call runs: a cache prepared before is used, not redone."""
+    name = hub_style_dataset(tmp_path / "hub", {"train": [0, 1, 2], "test": [2, 1, 0]})
+    cache = tmp_path / "cache"
+    load_dataset(name, cache_dir=str(cache))
+    prepared = sorted(str(path) for path in cache.rglob("*.arrow"))
+    dataset = load_image_dataset(name, cache_dir=str(cache))
+    assert dataset["test"]["label"] == [2, 1, 0] and sorted(str(path) for path in cache.rglob("*.arrow")) == prepared
+
+
 def test_the_evaluation_split_can_be_named(tmp_path):
     """ImageNet-1k's "test" split is unlabelled (-1): the default pick refuses it by name, --eval_split_name chooses."""
     name = hub_style_dataset(tmp_path / "hub", {"train": [0, 1, 2], "validation": [2, 1, 0], "test": [0, 0, 0]})
@@ -100,6 +110,8 @@ def test_the_evaluation_split_can_be_named(tmp_path):
     assert chosen["test"]["label"] == [2, 1, 0] and chosen["train"]["label"] == [0, 1, 2]
     with pytest.raises(ValueError, match=r"has no split 'val' to evaluate on \(splits: \['test', 'train', 'valid"):
         load_image_dataset(name, cache_dir=str(tmp_path / "cache"), eval_split="val")
+    with pytest.raises(ValueError, match="chooses among a Hub dataset's splits"):
+        load_image_dataset(eval_split="validation")  # the digits have one test split
     with pytest.raises(ValueError, match="-1 usually marks unlabelled images.*--eval_split_name"):
         check_labels_fit(
             {"train": Dataset.from_dict({"label": [0, 1, 2]}), "test": Dataset.from_dict({"label": [-1, -1]})},

@@ -249,3 +249,10 @@ def test_an_override_the_family_lacks_is_refused_by_name(tmp_path):
         run_pretraining.main(["--output_dir", str(tmp_path / "q"), "--local_up_to_layer", "2"] + QUIET)
     with pytest.raises(ValueError, match="--model_preset 'cait-tiny' is unknown"):
         run_pretraining.main(["--output_dir", str(tmp_path / "r"), "--model_preset", "cait-tiny"] + QUIET)
+
+
+def test_a_missing_checkpoint_is_one_clear_error(tmp_path):
+    missing = str(tmp_path / "no_such_model")
+    for main in (run_pretraining.main, run_finetuning.main):
+        with pytest.raises(ValueError, match="Cannot read a model config from .*no_such_model"):
+            main(["--output_dir", str(tmp_path / main.__module__), "--model_name_or_path", missing] + QUIET)

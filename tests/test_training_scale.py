@@ -3,6 +3,7 @@
 import json
 import os
 import pickle
+import zipfile
 
 import numpy as np
 import pytest
@@ -120,12 +121,27 @@ def test_uncompressed_aux_images_are_memory_mapped_not_copied(tmp_path, caplog):
     rng = np.random.RandomState(0)
     pixels = rng.randint(0, 256, (64, 16, 16, 3), dtype=np.uint8)
     transform = pixel_transform("image", "label", image_processor_for(tiny_config()))
-    for order in ("C", "F"):  # np.save writes Fortran-ordered arrays as such
-        np.savez(tmp_path / f"stored_{order}.npz", image=np.asarray(pixels, order=order), label=np.arange(64) % 4)
-        images, labels = load_npz(str(tmp_path / f"stored_{order}.npz"))
-        assert isinstance(images, np.memmap) and not images.flags.writeable
-        np.testing.assert_array_equal(images, pixels)
-        np.testing.assert_array_equal(labels, np.arange(64) % 4)
+    np.savez(tmp_path / "stored_C.npz", image=pixels, label=np.arange(64) % 4)
+    images, labels = load_npz(str(tmp_path / "stored_C.npz"))
+    assert isinstance(images, np.memmap) and not images.flags.writeable
+    np.testing.assert_array_equal(images, pixels)
+    np.testing.assert_array_equal(labels, np.arange(64) % 4)
+    with zipfile.ZipFile(
+        tmp_path / "no_suffix.npz", "w"
+    ) as archive:  # members named without ".npy" (np.load reads them)
+        for name, array in (("image", pixels), ("label", np.arange(64) % 4)):
+            with archive.open(name, "w") as member:
+                np.save(member, array)
+    images, _ = load_npz(str(tmp_path / "no_suffix.npz"))
+    assert isinstance(images, np.memmap)
+    np.testing.assert_array_equal(images, pixels)
+    # Fortran order: one image would be scattered over the whole file, so it is read (with the warning), not mapped.
+    np.savez(tmp_path / "fortran.npz", image=np.asfortranarray(pixels), label=np.arange(64) % 4)
+    with caplog.at_level("WARNING", logger="mimir_hf.auxiliary_data"):
+        images, _ = load_npz(str(tmp_path / "fortran.npz"))
+    assert not isinstance(images, np.memmap) and "read into memory" in caplog.text
+    np.testing.assert_array_equal(images, pixels)
+    caplog.clear()
     stored = AuxiliaryImages(str(tmp_path / "stored_C.npz"), transform)
     picklable = AuxiliaryImages(str(tmp_path / "stored_C.npz"), _pixels_as_arrays)  # (a closure does not pickle)
     assert len(pickle.dumps(picklable)) < pixels.nbytes / 10  # the path travels, not the 48 KiB of pixels
