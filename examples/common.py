@@ -536,12 +536,45 @@ def prepare_output_dir(
     return None
 
 
+def software_environment() -> dict:
+    """What produced a run's numbers besides its arguments: library versions, the CPU (torch picks its kernels by
+    the CPU's instruction set, so the same run can train to other weights on another CPU), threads and GPU."""
+    import importlib.metadata
+    import platform
+
+    import numpy
+    import torch
+
+    cpu = {}
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("model name", "cpu family", "model") and key.strip() not in cpu:
+                    cpu[key.strip()] = value.strip()
+                elif not line.strip() and cpu:
+                    break
+    name = cpu.get("model name") or platform.processor() or "unknown"
+    if "cpu family" in cpu:
+        name += f" (family {cpu['cpu family']}, model {cpu.get('model', '?')})"
+    environment = {
+        "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+        "datasets": datasets.__version__, "numpy": numpy.__version__, "machine": platform.machine(), "cpu": name,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }  # fmt: skip
+    with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+        environment["torchattacks"] = importlib.metadata.version("torchattacks")
+    return environment
+
+
 def mark_complete(output_dir: str, **extra) -> None:
-    """Flag the run as complete: written last, after every output file (atomically); then release the folder."""
+    """Flag the run as complete: written last, after every output file (atomically), with `software_environment()`;
+    then release the folder."""
     run_file = os.path.join(output_dir, RUN_FILE)
     with open(run_file) as f:
         record = json.load(f)
-    record.update(status="complete", **_jsonable(extra))
+    record.update(status="complete", environment=software_environment(), **_jsonable(extra))
     with open(run_file + ".tmp", "w") as f:
         json.dump(record, f, indent=2)
     os.replace(run_file + ".tmp", run_file)

@@ -43,6 +43,7 @@ from common import (
     prepare_output_dir,
     read_data,
     setup_logging,
+    software_environment,
 )
 from transformers import AutoImageProcessor, AutoModelForImageClassification, set_seed
 
@@ -190,6 +191,7 @@ def evaluate(eval_args, data_args, settings, device, rank: int, world: int):
         device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         processes=world,
         seconds=round(time.time() - start, 1),
+        environment=software_environment(),
     )
     write_report(report, eval_args.output_dir)
     logger.info("\n" + report_markdown(report))

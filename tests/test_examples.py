@@ -5,6 +5,7 @@ import os
 import sys
 
 import pytest
+import transformers
 from huggingface_hub import ModelCard
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
@@ -138,6 +139,8 @@ def test_run_mimir_end_to_end_tiny(tmp_path):
     assert os.path.isfile(os.path.join(out, "finetune", "model.safetensors"))
     assert json.load(open(os.path.join(out, "mimir_run.json")))["status"] == "complete"
     assert result["robust_accuracy"] <= result["natural_accuracy"]
+    environment = json.load(open(os.path.join(out, "robustness.json")))["info"]["environment"]
+    assert environment["transformers"] == transformers.__version__ and environment["threads"] >= 1
     # natural and PGD-20 accuracy are measured once, by the report, which writes them into the model card
     assert "pgd20_accuracy" not in result["finetune"]
     metadata, _ = card_metadata(os.path.join(out, "finetune"))

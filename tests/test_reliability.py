@@ -230,6 +230,9 @@ def test_overwrite_deletes_only_what_a_previous_run_wrote(tmp_path):
     assert (folder / "thesis.tex").read_text() == "do not delete" and (folder / "model.safetensors").is_file()
     record = json.loads((folder / common.RUN_FILE).read_text())
     assert record["status"] == "complete" and record["preexisting"] == ["thesis.tex"]
+    environment = record["environment"]  # what else produced the numbers: another CPU can train other weights
+    assert environment["torch"] == torch.__version__ and environment["threads"] == torch.get_num_threads()
+    assert environment["cpu"] and environment["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     clash = tmp_path / "clash"
     clash.mkdir()
     (clash / "README.md").write_text("my readme")
