@@ -18,6 +18,7 @@ import transformers
 import yaml
 from transformers import HfArgumentParser, PretrainedConfig
 
+import mimir_hf
 from mimir_hf import (
     MimirCaitConfig,
     MimirCaitForImageClassification,
@@ -550,18 +551,16 @@ def software_environment() -> dict:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 key, _, value = line.partition(":")
-                if key.strip() in ("model name", "cpu family", "model") and key.strip() not in cpu:
+                if key.strip() in ("model name", "cpu family", "model") and key.strip() not in cpu:  # the first CPU's
                     cpu[key.strip()] = value.strip()
-                elif not line.strip() and cpu:
-                    break
     name = cpu.get("model name") or platform.processor() or "unknown"
     if "cpu family" in cpu:
         name += f" (family {cpu['cpu family']}, model {cpu.get('model', '?')})"
     environment = {
-        "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-        "datasets": datasets.__version__, "numpy": numpy.__version__, "machine": platform.machine(), "cpu": name,
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "mimir_hf": mimir_hf.__version__, "python": platform.python_version(), "torch": torch.__version__,
+        "transformers": transformers.__version__, "datasets": datasets.__version__, "numpy": numpy.__version__,
+        "machine": platform.machine(), "cpu": name, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "threads": torch.get_num_threads(), "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }  # fmt: skip
     with contextlib.suppress(importlib.metadata.PackageNotFoundError):
         environment["torchattacks"] = importlib.metadata.version("torchattacks")

@@ -8,6 +8,8 @@ import pytest
 import transformers
 from huggingface_hub import ModelCard
 
+import mimir_hf
+
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
 sys.path.insert(0, EXAMPLES)
 
@@ -141,6 +143,7 @@ def test_run_mimir_end_to_end_tiny(tmp_path):
     assert result["robust_accuracy"] <= result["natural_accuracy"]
     environment = json.load(open(os.path.join(out, "robustness.json")))["info"]["environment"]
     assert environment["transformers"] == transformers.__version__ and environment["threads"] >= 1
+    assert environment["mimir_hf"] == mimir_hf.__version__
     # natural and PGD-20 accuracy are measured once, by the report, which writes them into the model card
     assert "pgd20_accuracy" not in result["finetune"]
     metadata, _ = card_metadata(os.path.join(out, "finetune"))
