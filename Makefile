@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[test,examples]"
+	$(BIN)/pip install --quiet -e ".[test]"
 	# AutoAttack for the robustness report: torchattacks without its torchvision requirement (it imports without it)
 	$(BIN)/pip install --quiet --no-deps torchattacks==3.5.1
 	$(BIN)/pip install --quiet scipy requests tqdm
@@ -26,7 +26,7 @@ test: lint
 	$(BIN)/python -m pytest -q tests
 
 demo: install
-	$(BIN)/python examples/run_mimir.py recipes/demo.yaml --output_dir outputs/demo --overwrite_output_dir
+	$(BIN)/mimir-hf run demo --output_dir outputs/demo --overwrite_output_dir
 
 clean:
 	rm -rf $(VENV) outputs

@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import sys
 import tempfile
 import time
 import weakref
@@ -39,11 +37,8 @@ from torch.utils._pytree import tree_flatten
 from transformers import ViTMAEConfig, ViTMAEForPreTraining
 from transformers.utils import logging
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from common import DEMO_SHAPE
-
 from mimir_hf import PRESETS, MimirConfig, MimirForImageClassification, MimirForPreTraining
+from mimir_hf.commands.common import DEMO_SHAPE
 from mimir_hf.data import image_processor_for, with_pixel_transform
 from mimir_hf.evaluation import RobustnessSettings, evaluate_robustness
 from mimir_hf.mutual_information import hsic

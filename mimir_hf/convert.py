@@ -231,8 +231,9 @@ def _bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None, prog: str | None = None) -> None:
+    """`mimir-hf convert` (also `python -m mimir_hf.convert`): a `ValueError` naming the file for input it refuses."""
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", help="The .pth file.")
     parser.add_argument("output_dir", help="Where the save_pretrained folder goes.")
     parser.add_argument("--use_ema", action="store_true", help="Convert the EMA weights (state_dict_ema).")
@@ -252,10 +253,7 @@ def main(argv: list[str] | None = None) -> None:
         for name, value in vars(args).items()
         if name not in ("checkpoint", "output_dir", "use_ema", "family") and value is not None
     }
-    try:
-        model = convert_checkpoint(args.checkpoint, args.output_dir, args.use_ema, args.family, **overrides)
-    except ValueError as error:
-        sys.exit(f"error: {error}")
+    model = convert_checkpoint(args.checkpoint, args.output_dir, args.use_ema, args.family, **overrides)
     size = sum(p.numel() for p in model.parameters()) / 1e6
     print(
         f"Converted {args.checkpoint} -> {args.output_dir}: {type(model).__name__} ({model.config.model_type}), "
@@ -267,4 +265,6 @@ __all__ = ["Checkpoint", "convert_checkpoint", "detect_family", "load_conversion
 
 
 if __name__ == "__main__":
-    main()
+    from .commands.cli import main as cli
+
+    sys.exit(cli(["convert", *sys.argv[1:]]))

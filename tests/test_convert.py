@@ -13,7 +13,8 @@ from transformers import AutoModelForImageClassification, pipeline
 from transformers.testing_utils import CaptureLogger
 
 from mimir_hf import MimirForImageClassification, MimirForPreTraining
-from mimir_hf.convert import convert_checkpoint, main, read_checkpoint
+from mimir_hf.commands.cli import main as cli
+from mimir_hf.convert import convert_checkpoint, read_checkpoint
 from mimir_hf.convert import logger as convert_logger
 
 from .reference_mae import ReferenceMAE, ReferenceViT
@@ -84,7 +85,7 @@ def test_bare_state_dict_without_args_warns_about_the_head_guess_and_records_it(
         convert_checkpoint(str(tmp_path / "bare.pth"), str(tmp_path / "guessed"))
     assert "--num_attention_heads" in captured.out and "guess" in captured.out
     assert "--num_attention_heads" in (tmp_path / "guessed" / "README.md").read_text()
-    main([str(tmp_path / "bare.pth"), str(tmp_path / "out"), "--num_attention_heads", "4"])
+    assert cli(["convert", str(tmp_path / "bare.pth"), str(tmp_path / "out"), "--num_attention_heads", "4"]) == 0
     converted = MimirForImageClassification.from_pretrained(tmp_path / "out").eval()
     assert converted.config.classifier_pooling == "mean" and converted.config.num_labels == 4
     images = torch.rand(3, 3, 16, 16)
@@ -144,10 +145,10 @@ def test_unreadable_input_is_one_clear_line_naming_the_file(tmp_path, capsys):
         path = str(tmp_path / name)
         with pytest.raises(ValueError, match=f"{path}.*(PyTorch checkpoint|directory)"):
             read_checkpoint(path)
-        with pytest.raises(SystemExit) as stop:
-            main([path, str(tmp_path / "out")])
-        message = str(stop.value.code)
-        assert message.startswith("error: ") and path in message and "\n" not in message, message
+        assert cli(["convert", path, str(tmp_path / "out")]) == 1
+        message = capsys.readouterr().err
+        assert message.startswith("mimir-hf convert: error: ") and path in message, message
+        assert message.count("\n") == 1, message  # one line, no traceback
     assert not (tmp_path / "out").exists()
 
 

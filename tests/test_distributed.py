@@ -195,9 +195,7 @@ def test_cifar_shaped_run_with_augmentation_ema_aux_data_and_the_report_under_to
     assert again.returncode == 0, why(again)
     assert json.load(open(tmp_path / "report2" / "robustness.json"))["accuracy"] == first["accuracy"]
     assert [len(open(f"{resume}.rank{rank}").read().splitlines()) for rank in (0, 1)] == [2, 3]  # nothing re-run
-
-    sys.path.insert(0, os.path.join(ROOT, "examples"))
-    import run_evaluation
+    from mimir_hf.commands import evaluate as run_evaluation
 
     single = run_evaluation.main(report_args[1:] + ["--output_dir", str(tmp_path / "report1")])
     assert single.accuracy == first["accuracy"] and single.robust_accuracy == first["robust_accuracy"]

@@ -2,21 +2,16 @@
 
 import json
 import os
-import sys
 
 import pytest
 import transformers
 from huggingface_hub import ModelCard
 
 import mimir_hf
-
-EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
-sys.path.insert(0, EXAMPLES)
-
-import run_evaluation  # noqa: E402
-import run_finetuning  # noqa: E402
-import run_mimir  # noqa: E402
-import run_pretraining  # noqa: E402
+from mimir_hf.commands import evaluate as run_evaluation
+from mimir_hf.commands import finetune as run_finetuning
+from mimir_hf.commands import pretrain as run_pretraining
+from mimir_hf.commands import run as run_mimir
 
 TINY_MODEL = [
     "--image_size",

@@ -15,8 +15,6 @@ from mimir_hf.data import image_processor_for, load_digits_dataset
 
 from .conftest import tiny_config
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples"))
-
 
 def saved_classifier(path, **overrides):
     names = ["cat", "dog", "owl", "emu"]
@@ -182,7 +180,7 @@ def test_model_push_to_hub_sends_safetensors_config_and_code(tmp_path, fake_hub)
 
 
 def test_finetuning_script_pushes_weights_processor_and_mimir_card(tmp_path, fake_hub):
-    import run_finetuning
+    from mimir_hf.commands import finetune as run_finetuning
 
     run_finetuning.main(
         [

@@ -1,11 +1,9 @@
-"""The paper recipes (recipes/<data>/*.yaml): each loads, its effective settings equal the README's table (which cites
-the authors' scripts), and `--max_steps 2` runs its code path end to end on tiny data with a tiny model."""
+"""The paper recipes (mimir_hf/recipes/<data>/*.yaml): each loads, its effective settings equal docs/recipes.md's table
+(which cites the authors' scripts), and `--max_steps 2` runs its code path end to end on tiny data with a tiny model."""
 
-import glob
 import logging
 import os
 import re
-import sys
 
 import numpy as np
 import pytest
@@ -14,32 +12,30 @@ from PIL import Image as PILImage
 
 from mimir_hf import MimirForPreTraining, MimirSwinConfig, MimirSwinForImageClassification
 from mimir_hf.augmentation import AugmentationArguments
+from mimir_hf.commands import common
+from mimir_hf.commands import finetune as run_finetuning
+from mimir_hf.commands import pretrain as run_pretraining
 from mimir_hf.trainer import MimirAdversarialTrainingArguments, MimirPreTrainingArguments
 
 from .conftest import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "examples"))
 
-import common  # noqa: E402
-import run_finetuning  # noqa: E402
-import run_pretraining  # noqa: E402
 
-RECIPES = sorted(
-    os.path.relpath(path, ROOT) for path in glob.glob(os.path.join(ROOT, "recipes", "*", "*.yaml"))
-)  # every paper recipe (recipes/demo.yaml is the demo, tested by test_examples.py)
+RECIPES = [name for name in common.recipe_names() if "/" in name]  # every paper recipe (demo: test_examples.py)
+DOC = os.path.join(ROOT, "docs", "recipes.md")
 
 
 def readme_table() -> dict[str, dict]:
-    """The README's "Paper recipes" table, one dict per recipe file."""
-    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    """docs/recipes.md's "Paper recipes" table, one dict per recipe."""
+    text = open(DOC, encoding="utf-8").read()
     section = text.split("## Paper recipes")[1].split("\n## ")[0]
     lines = [line for line in section.splitlines() if line.startswith("| ")]
     header = [cell.strip() for cell in lines[0].strip("|").split("|")]
     rows, previous = {}, ""
     for line in lines[2:]:
         cells = dict(zip(header, (cell.strip() for cell in line.strip("|").split("|")), strict=True))
-        match = re.fullmatch(r"`(recipes/[\w/.]+\.yaml)`", cells["recipe"])
+        match = re.fullmatch(r"`(\w+/\w+)`", cells["recipe"])
         if match:
             extras = cells["augmentation and the rest"]
             if extras.startswith("same"):  # "same ..." = the row above's, then what follows (later values win)
@@ -62,13 +58,13 @@ def load(recipe: str):
         classes = (common.ModelArguments, common.DataArguments, MimirPreTrainingArguments, common.RunArguments)
     else:
         classes = (common.ModelArguments, common.DataArguments, MimirAdversarialTrainingArguments, common.RunArguments)
-    return common.parse((*classes, AugmentationArguments), [os.path.join(ROOT, recipe)])
+    return common.parse((*classes, AugmentationArguments), [recipe])
 
 
 def test_the_table_lists_every_recipe_and_the_scripts_not_found():
     rows = readme_table()
     assert sorted(rows) == RECIPES and len(RECIPES) == 16
-    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    text = open(DOC, encoding="utf-8").read()
     assert "2/255, 74.60 / 54.56" in text and "CaiT-XXS24 / CaiT-S36" in text  # eps-2 and CaiT rows: NOT FOUND
 
 
@@ -170,7 +166,7 @@ def code_paths() -> dict[str, list[str]]:
     named after it) run the same code once the test shrinks the model, so one of them stands for all."""
     groups: dict[str, list[str]] = {}
     for recipe in RECIPES:
-        values = common.load_recipe(os.path.join(ROOT, recipe))
+        values = common.load_recipe(common.resolve_recipe(recipe))
         for name in ("model_preset", "model_name_or_path", "output_dir"):
             values.pop(name, None)
         key = os.path.dirname(recipe) + os.path.basename(recipe).split("_")[0] + repr(sorted(values.items()))
@@ -192,7 +188,7 @@ def test_recipe_code_path_runs_two_steps_on_tiny_data(recipe, checkpoints, tmp_p
     `CODE_PATHS[recipe]`, which differ from it only in the model's size)."""
     monkeypatch.setattr(common, "load_image_dataset", fake_image_dataset)
     _, data_args, args, _, _ = load(recipe)
-    argv = [os.path.join(ROOT, recipe), "--max_steps", "2", "--per_device_train_batch_size", "4"]
+    argv = [recipe, "--max_steps", "2", "--per_device_train_batch_size", "4"]
     argv += ["--max_eval_samples", "4", "--output_dir", str(tmp_path / "out"), *QUIET]
     if data_args.aux_data_file:
         argv += ["--aux_data_file", checkpoints["aux"]]

@@ -161,14 +161,13 @@ def test_a_batch_size_of_zero_is_refused(tmp_path, field):
 # The example scripts: output folders, images, labels, evaluation
 # ----------------------------------------------------------------------------------------------------------------
 
-sys.path.insert(0, os.path.join(ROOT, "examples"))
-
-import common  # noqa: E402
-import run_evaluation  # noqa: E402
-import run_finetuning  # noqa: E402
-import run_mimir  # noqa: E402
-import run_pretraining  # noqa: E402
 from PIL import Image  # noqa: E402
+
+from mimir_hf.commands import common  # noqa: E402
+from mimir_hf.commands import evaluate as run_evaluation  # noqa: E402
+from mimir_hf.commands import finetune as run_finetuning  # noqa: E402
+from mimir_hf.commands import pretrain as run_pretraining  # noqa: E402
+from mimir_hf.commands import run as run_mimir  # noqa: E402
 
 TINY_MODEL = ["--image_size", "8", "--patch_size", "2", "--hidden_size", "32", "--num_hidden_layers", "1",
               "--num_attention_heads", "2"]  # fmt: skip
@@ -245,9 +244,9 @@ def test_a_second_run_on_a_folder_in_use_stops_with_a_clear_message(tmp_path):
     folder = tmp_path / "busy"
     folder.mkdir()
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[2]); import common; "
+        [sys.executable, "-c", "import sys, time; from mimir_hf.commands import common; "
          "common.lock_output_dir(sys.argv[1]); print('locked', flush=True); time.sleep(60)",
-         str(folder), os.path.join(ROOT, "examples")],
+         str(folder)],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:

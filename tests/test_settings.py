@@ -4,7 +4,6 @@ own argument classes (same names, same defaults)."""
 import io
 import os
 import re
-import sys
 import tokenize
 from dataclasses import fields
 
@@ -13,7 +12,6 @@ from mimir_hf.threat_model import ADVERSARIAL_TRAINING_ATTACK, EVALUATION_ATTACK
 from mimir_hf.trainer import AdversarialRecipe, MimirAdversarialTrainingArguments, MimirPreTrainingArguments
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "examples"))
 
 
 def code_without_strings(path: str) -> str:
@@ -58,9 +56,9 @@ def help_text(script_main) -> str:
 
 
 def test_scripts_show_the_library_names_and_defaults():
-    import run_evaluation
-    import run_finetuning
-    import run_mimir
+    from mimir_hf.commands import evaluate as run_evaluation
+    from mimir_hf.commands import finetune as run_finetuning
+    from mimir_hf.commands import run as run_mimir
 
     for main, classes in [(run_mimir.main, (AdversarialRecipe, RobustnessSettings)),
                           (run_evaluation.main, (RobustnessSettings,)),

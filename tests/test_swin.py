@@ -387,12 +387,10 @@ def test_the_adversarial_trainer_and_the_report_work_on_swin(tmp_path):
 
 
 def test_run_evaluation_on_a_converted_swin_folder(tmp_path):
-    import sys as _sys
 
     from PIL import Image
 
-    _sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples"))
-    import run_evaluation
+    from mimir_hf.commands import evaluate as run_evaluation
 
     small_swin(num_labels=2).save_pretrained(tmp_path / "swin")
     from mimir_hf.data import image_processor_for

@@ -44,7 +44,7 @@ from mimir_hf.data import (
 from mimir_hf.models import cait, convit, vit
 from mimir_hf.robustbench import select_subset
 
-logger = logging.getLogger("mimir_hf.examples")
+logger = logging.getLogger("mimir_hf.commands")
 
 # Config fields a script may override for a new model (or on top of a checkpoint's config): MimirConfig's, then the
 # CaiT and ConViT ones. Their names, types and defaults are the configs' own: `--help` prints the library default of
@@ -245,13 +245,44 @@ class RunArguments:
     )
 
 
-def parse(argument_classes: tuple, argv: list[str] | None = None):
-    """Dataclasses from the command line. A first argument ending in .json/.yaml/.yml is a recipe: its values become
-    the defaults, and the flags after it override them (`run.py recipes/x.yaml --output_dir out`)."""
-    parser = HfArgumentParser(argument_classes)
+RECIPES_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "recipes")
+_RECIPE_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def recipe_names() -> list[str]:
+    """The recipes that ship with mimir_hf, by name (`demo`, `cifar10/finetune_vit_small`, ...)."""
+    names = []
+    for folder, _, files in os.walk(RECIPES_DIR):
+        for name in files:
+            if name.endswith(_RECIPE_SUFFIXES):
+                relative = os.path.relpath(os.path.join(folder, name), RECIPES_DIR)
+                names.append(os.path.splitext(relative)[0].replace(os.sep, "/"))
+    return sorted(names)
+
+
+def resolve_recipe(name: str) -> str:
+    """The file of a recipe: `name` itself when it is a file, else the recipe of that name shipped with mimir_hf
+    (`demo`, `cifar10/finetune_vit_small`, with or without `.yaml`); a `ValueError` listing them otherwise."""
+    if os.path.isfile(name):
+        return name
+    shipped = os.path.join(RECIPES_DIR, name if name.endswith(_RECIPE_SUFFIXES) else name + ".yaml")
+    if os.path.isfile(shipped):
+        return shipped
+    raise ValueError(
+        f"No recipe {name!r}: it is not a file, nor one of the recipes shipped with mimir_hf "
+        f"({', '.join(recipe_names())})."
+    )
+
+
+def parse(argument_classes: tuple, argv: list[str] | None = None, prog: str | None = None):
+    """Dataclasses from the command line. A first argument that is not a flag is a recipe (a .yaml/.json file, or
+    the name of a recipe shipped with mimir_hf, e.g. `demo`): its values become the defaults, and the flags after it
+    override them (`mimir-hf run demo --output_dir out`)."""
+    parser = HfArgumentParser(argument_classes, prog=prog)
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0].endswith((".json", ".yaml", ".yml")):
-        values = load_recipe(argv[0])
+    if argv and not argv[0].startswith("-"):
+        path = resolve_recipe(argv[0])
+        values = load_recipe(path)
         known = {action.dest: action for action in parser._actions}
         unknown = sorted(set(values) - set(known))
         if unknown:

@@ -1,0 +1,245 @@
+#!/usr/bin/env python
+"""Robustness evaluation of a saved image classifier: natural accuracy, FGSM, PGD-20/100, CW-inf, AutoAttack (when
+torchattacks is installed), the adaptive PGD-MI and PGD-feature, an eps sweep, and gradient-masking sanity checks.
+
+    python examples/run_evaluation.py --model_name_or_path out/finetune --output_dir out/report   # digits
+    python examples/run_evaluation.py --model_name_or_path out/finetune --dataset_name cifar10 \
+        --image_column_name img --epsilon 0.0313725 --output_dir out/report
+
+    torchrun --nproc_per_node 8 examples/run_evaluation.py --model_name_or_path out/mimir-swin-b \
+        --validation_dir /data/imagenet/val --eval_subset robustbench-imagenet-5000 --epsilon 0.0156863 \
+        --output_dir out/report --resume_file out/report/progress.jsonl      # RobustBench's 5000 images, 8 GPUs
+
+Arguments: `EvaluationArguments` below, `DataArguments` (examples/common.py) and the library's `RobustnessSettings`.
+Writes `robustness.json`, `robustness.md` and `robust_accuracy_vs_eps.png` in --output_dir and, with
+--update_model_card (default), puts the numbers in the model folder's card. Images go through the image processor
+saved with the model (e.g. resize 256 + centre crop 224 for converted ImageNet models), else the model's default one.
+
+Under `torchrun` / `accelerate launch` every process evaluates its own contiguous shard of the images (gloo on CPUs,
+NCCL on GPUs), the counts are summed, and only rank 0 writes. With `--resume_file`, each process appends its finished
+batches to `<file>` (`<file>.rank<N>` with several processes) and a rerun of the same evaluation (same settings, data
+and number of processes) skips them: a long AutoAttack run survives being killed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.distributed as dist
+from transformers import AutoImageProcessor, AutoModelForImageClassification, set_seed
+
+import mimir_hf  # noqa: F401  (registers the MIMIR classes)
+from mimir_hf.data import image_processor_for
+from mimir_hf.evaluation import RobustnessSettings, evaluate_robustness, report_markdown, write_report
+from mimir_hf.model_card import robustness_eval_results, write_model_card
+
+from .common import (
+    DataArguments,
+    RunArguments,
+    logger,
+    mark_complete,
+    parse,
+    prepare_output_dir,
+    read_data,
+    setup_logging,
+    software_environment,
+)
+
+
+@dataclass
+class EvaluationArguments:
+    model_name_or_path: str = field(metadata={"help": "A saved image classifier (folder or Hub id)."})
+    output_dir: str = field(metadata={"help": "Where the report goes."})
+    update_model_card: bool = field(
+        default=True, metadata={"help": "Write the numbers into the model folder's card (when it is writable)."}
+    )
+    use_cpu: bool = field(default=False, metadata={"help": "Evaluate on the CPU even if a GPU is there."})
+    resume_file: str | None = field(
+        default=None,
+        metadata={"help": "Append every finished batch to this file (<file>.rank<N> per process under torchrun) and "
+                  "skip those batches when the same evaluation runs again (long AutoAttack runs)."},
+    )  # fmt: skip
+    num_workers: int = field(default=0, metadata={"help": "DataLoader workers reading the evaluation images."})
+
+    allow_new_head: bool = field(
+        default=False,
+        metadata={"help": "Evaluate a model whose classification head the checkpoint does not hold (newly "
+                  "initialised, e.g. a pre-training folder): its numbers are meaningless, so it is refused otherwise."},
+    )  # fmt: skip
+    label_mapping: str | None = field(
+        default=None,
+        metadata={"help": "JSON (a file or inline) mapping the data's class names to the model's, when they differ, "
+                  'e.g. \'{"kitty": "cat", "puppy": "dog"}\'.'},
+    )  # fmt: skip
+
+
+def start_processes(use_cpu: bool) -> tuple[torch.device, bool]:
+    """(this process's device, whether this call started torch.distributed): under torchrun / accelerate launch
+    (WORLD_SIZE > 1) one process group, NCCL on GPUs and gloo otherwise."""
+    cuda = torch.cuda.is_available() and not use_cpu
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        return (torch.device("cuda", local) if cuda else torch.device("cpu")), False
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if cuda:
+        torch.cuda.set_device(local)
+    dist.init_process_group(backend="nccl" if cuda else "gloo")
+    return (torch.device("cuda", local) if cuda else torch.device("cpu")), True
+
+
+def load_classifier(eval_args: EvaluationArguments, device: str, names: list[str]):
+    """The classifier, refused when its head was not in the checkpoint (unless --allow_new_head, when the new head
+    gets one output per class of the data)."""
+    model, info = AutoModelForImageClassification.from_pretrained(
+        eval_args.model_name_or_path, output_loading_info=True
+    )
+    new = sorted(key for key in info["missing_keys"] if key.startswith(("classifier.", "fc_norm.", "head.")))
+    if new and not eval_args.allow_new_head:
+        raise ValueError(
+            f"{eval_args.model_name_or_path} holds no trained classification head ({', '.join(new)} would be newly "
+            "initialised, e.g. a pre-training checkpoint): its accuracy would be meaningless. Fine-tune it first "
+            "(run_finetuning.py), or pass --allow_new_head to evaluate it anyway."
+        )
+    if new and model.config.num_labels != len(names):
+        labels = dict(id2label=dict(enumerate(names)), label2id={name: i for i, name in enumerate(names)})
+        model = AutoModelForImageClassification.from_pretrained(
+            eval_args.model_name_or_path, num_labels=len(names), **labels
+        )
+    return model.to(device).eval()
+
+
+def label_map_for(names: list[str], config, label_mapping: str | None) -> dict[int, int] | None:
+    """Data class index -> model class index, by class name; a `ValueError` when the names differ and no
+    `--label_mapping` says how they correspond."""
+    model_names = [config.id2label[i] for i in range(config.num_labels)]
+    default_names = model_names == [f"LABEL_{i}" for i in range(config.num_labels)]
+    if label_mapping is None and (names == model_names or default_names):
+        if len(names) != config.num_labels:
+            raise ValueError(f"The data has {len(names)} classes but the model {config.num_labels}; wrong dataset?")
+        return None
+    mapping = {}
+    if label_mapping is not None:
+        text = open(label_mapping).read() if os.path.isfile(label_mapping) else label_mapping
+        try:
+            mapping = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"--label_mapping is neither a JSON file nor JSON ({error}).") from None
+    index = {name: i for i, name in enumerate(model_names)}
+    result, unknown = {}, []
+    for data_index, name in enumerate(names):
+        target = mapping.get(name, name)
+        if target in index:
+            result[data_index] = index[target]
+        else:
+            unknown.append(name)
+    if unknown:
+        raise ValueError(
+            f"The data's classes {unknown[:10]} are not classes of the model ({model_names[:10]}"
+            f"{', ...' if len(model_names) > 10 else ''}); pass --label_mapping (JSON: data class -> model class) if "
+            "they are the same classes under other names."
+        )
+    return result
+
+
+def run(eval_args: EvaluationArguments, data_args: DataArguments, settings: RobustnessSettings, run_args: RunArguments):
+    """Evaluate, write the report files (and the model card) from rank 0; returns the `RobustnessReport`."""
+    setup_logging()
+    device, started = start_processes(eval_args.use_cpu)
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    identity = {**asdict(eval_args), **asdict(data_args), **asdict(settings), "processes": world}
+    for key in ("output_dir", "num_workers"):
+        identity.pop(key)
+    inputs = (*data_args.input_paths, eval_args.model_name_or_path)
+    try:
+        if rank == 0:
+            prepare_output_dir(eval_args.output_dir, "run_evaluation", identity, run_args.overwrite_output_dir, inputs)
+        if world > 1:
+            dist.barrier()  # the output dir exists (and a replaced one is gone) before any process writes there
+        report = evaluate(eval_args, data_args, settings, device, rank, world)
+    finally:
+        if started:
+            dist.destroy_process_group()
+    return report
+
+
+def evaluate(eval_args, data_args, settings, device, rank: int, world: int):
+    set_seed(settings.eval_seed)
+    update_card = rank == 0 and eval_args.update_model_card and _card_is_writable(eval_args.model_name_or_path)
+    data = read_data(data_args, settings.eval_seed, need_train=False)
+    model = load_classifier(eval_args, device, data.names)
+    config = model.config
+    processor = _saved_image_processor(eval_args.model_name_or_path) or image_processor_for(config)
+    _, eval_dataset = data.transformed(processor, label_map_for(data.names, config, eval_args.label_mapping))
+
+    start = time.time()
+    say = (lambda message: logger.info(f"[{time.time() - start:6.1f}s] {message}")) if rank == 0 else None
+    report = evaluate_robustness(
+        model, eval_dataset, settings, progress=say, resume_file=eval_args.resume_file,
+        num_workers=eval_args.num_workers,
+    )  # fmt: skip
+    if rank != 0:
+        return report
+    report.info.update(
+        model=eval_args.model_name_or_path,
+        device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        processes=world,
+        seconds=round(time.time() - start, 1),
+        environment=software_environment(),
+    )
+    write_report(report, eval_args.output_dir)
+    logger.info("\n" + report_markdown(report))
+
+    card = os.path.join(eval_args.model_name_or_path, "README.md")
+    run_file = os.path.join(eval_args.model_name_or_path, "mimir_run.json")
+    if update_card and os.path.isfile(card) and os.path.isfile(run_file):
+        with open(run_file) as f:
+            training = json.load(f).get("card_training", {})
+        results = report_markdown(report).split("\n", 2)[2].replace("## ", "### ")
+        try:
+            write_model_card(
+                eval_args.model_name_or_path, "finetuned", data_args.display_name, training, results,
+                robustness_eval_results(report, data_args.display_name),
+            )  # fmt: skip
+        except OSError as error:
+            logger.warning(f"Could not update the model card in {eval_args.model_name_or_path} ({error}).")
+    mark_complete(
+        eval_args.output_dir, robust_accuracy=report.robust_accuracy, natural_accuracy=report.natural_accuracy
+    )
+    return report
+
+
+def _card_is_writable(model_path: str) -> bool:
+    """Checked before any work: a read-only model folder keeps its card; the report goes to --output_dir only."""
+    if not os.path.isdir(model_path) or os.access(model_path, os.W_OK):
+        return True
+    logger.warning(
+        f"{model_path} is read-only: its model card will not be updated; the report goes to --output_dir only."
+    )
+    return False
+
+
+def _saved_image_processor(model_path: str):
+    """The image processor saved with the model (its resize, crop, channels), or None to derive one from the
+    config."""
+    if os.path.isdir(model_path) and not os.path.isfile(os.path.join(model_path, "preprocessor_config.json")):
+        return None
+    try:
+        return AutoImageProcessor.from_pretrained(model_path)
+    except (OSError, ValueError):
+        return None
+
+
+def main(argv: list[str] | None = None, prog: str | None = None):
+    return run(*parse((EvaluationArguments, DataArguments, RobustnessSettings, RunArguments), argv, prog))
+
+
+if __name__ == "__main__":
+    import sys
+
+    from .cli import main as cli
+
+    raise SystemExit(cli(["evaluate", *sys.argv[1:]]))
