@@ -722,6 +722,10 @@ def report_markdown(report: RobustnessReport) -> str:
         "correctly; the others count as broken. Robust accuracy is the per-image worst case over: "
         f"{', '.join(report.robust_accuracy_attacks)}.",
         "",
+    ]
+    if report.info.get("preprocessing"):
+        lines += [f"Model input: {report.info['preprocessing']}.", ""]
+    lines += [
         "| attack | accuracy (%) |",
         "| --- | --- |",
     ]

@@ -1,19 +1,20 @@
-#!/usr/bin/env python
-"""Robustness evaluation of a saved image classifier: natural accuracy, FGSM, PGD-20/100, CW-inf, AutoAttack (when
-torchattacks is installed), the adaptive PGD-MI and PGD-feature, an eps sweep, and gradient-masking sanity checks.
+"""`mimir-hf evaluate`: the robustness report of any image classifier: natural accuracy, FGSM, PGD-20/100, CW-inf,
+AutoAttack, the adaptive PGD-MI and PGD-feature (MIMIR models), an eps sweep, and gradient-masking sanity checks.
 
-    python examples/run_evaluation.py --model_name_or_path out/finetune --output_dir out/report   # digits
-    python examples/run_evaluation.py --model_name_or_path out/finetune --dataset_name cifar10 \
-        --image_column_name img --epsilon 0.0313725 --output_dir out/report
-
-    torchrun --nproc_per_node 8 examples/run_evaluation.py --model_name_or_path out/mimir-swin-b \
+    mimir-hf evaluate --model_name_or_path out/finetune --output_dir out/report                 # the built-in digits
+    mimir-hf evaluate --model_name_or_path my-vit --validation_dir photos/val --output_dir out/report   # any model
+    torchrun --nproc_per_node 8 -m mimir_hf evaluate --model_name_or_path out/mimir-swin-b \
         --validation_dir /data/imagenet/val --eval_subset robustbench-imagenet-5000 --epsilon 0.0156863 \
         --output_dir out/report --resume_file out/report/progress.jsonl      # RobustBench's 5000 images, 8 GPUs
 
-Arguments: `EvaluationArguments` below, `DataArguments` (examples/common.py) and the library's `RobustnessSettings`.
-Writes `robustness.json`, `robustness.md` and `robust_accuracy_vs_eps.png` in --output_dir and, with
---update_model_card (default), puts the numbers in the model folder's card. Images go through the image processor
-saved with the model (e.g. resize 256 + centre crop 224 for converted ImageNet models), else the model's default one.
+The model is any `AutoModelForImageClassification` folder or Hub id (a MIMIR model, or a transformers ViT, DeiT,
+ResNet, ConvNeXt, ...) with its image processor. Attacks act on [0, 1] pixels at the model's input size: the
+processor's resize and crop run in the data loader, its normalisation inside the model (MIMIR models) or inside a
+wrapper (`mimir_hf.pixel_space`); the report names what was done.
+
+Arguments: `EvaluationArguments` below, `DataArguments` (`common.py`) and the library's `RobustnessSettings`. Writes
+`robustness.json`, `robustness.md` and `robust_accuracy_vs_eps.png` in --output_dir and, with --update_model_card
+(default), puts the numbers in the card of a model folder that mimir_hf trained.
 
 Under `torchrun` / `accelerate launch` every process evaluates its own contiguous shard of the images (gloo on CPUs,
 NCCL on GPUs), the counts are summed, and only rank 0 writes. With `--resume_file`, each process appends its finished
@@ -36,10 +37,12 @@ import mimir_hf  # noqa: F401  (registers the MIMIR classes)
 from mimir_hf.data import image_processor_for
 from mimir_hf.evaluation import RobustnessSettings, evaluate_robustness, report_markdown, write_report
 from mimir_hf.model_card import robustness_eval_results, write_model_card
+from mimir_hf.pixel_space import pixel_space_classifier
 
 from .common import (
     DataArguments,
     RunArguments,
+    checkpoint_config,
     logger,
     mark_complete,
     parse,
@@ -91,25 +94,49 @@ def start_processes(use_cpu: bool) -> tuple[torch.device, bool]:
     return (torch.device("cuda", local) if cuda else torch.device("cpu")), True
 
 
-def load_classifier(eval_args: EvaluationArguments, device: str, names: list[str]):
-    """The classifier, refused when its head was not in the checkpoint (unless --allow_new_head, when the new head
-    gets one output per class of the data)."""
-    model, info = AutoModelForImageClassification.from_pretrained(
-        eval_args.model_name_or_path, output_loading_info=True
-    )
-    new = sorted(key for key in info["missing_keys"] if key.startswith(("classifier.", "fc_norm.", "head.")))
+MIMIR_MODEL_TYPES = ("mimir", "mimir_swin", "mimir_cait", "mimir_convit")
+
+
+def load_classifier(eval_args: EvaluationArguments, device, names: list[str]):
+    """(classifier of [0, 1] pixels, the preprocessor that yields them, one line describing the preprocessing).
+
+    Any `AutoModelForImageClassification` folder or Hub id: a MIMIR model with its saved `MimirImageProcessor` (or
+    the one its config implies), any other transformers classifier with its own image processor, whose
+    normalisation moves inside a wrapper (`mimir_hf.pixel_space`). Refused when the head was not in the checkpoint
+    (unless --allow_new_head, when the new head gets one output per class of the data)."""
+    path = eval_args.model_name_or_path
+    model_type = checkpoint_config(path).get("model_type")
+    try:
+        model, info = AutoModelForImageClassification.from_pretrained(path, output_loading_info=True)
+    except (KeyError, ValueError) as error:
+        if model_type in MIMIR_MODEL_TYPES:
+            raise
+        raise ValueError(
+            f"{path} is not an image classifier transformers can load (model_type {model_type!r}: {error}); "
+            "`mimir-hf evaluate` takes any AutoModelForImageClassification folder or Hub id."
+        ) from None
+    new = sorted(info["missing_keys"])
     if new and not eval_args.allow_new_head:
         raise ValueError(
-            f"{eval_args.model_name_or_path} holds no trained classification head ({', '.join(new)} would be newly "
-            "initialised, e.g. a pre-training checkpoint): its accuracy would be meaningless. Fine-tune it first "
-            "(run_finetuning.py), or pass --allow_new_head to evaluate it anyway."
+            f"{path} holds no trained classification head ({', '.join(new[:6])} would be newly initialised, e.g. a "
+            "pre-training checkpoint): its accuracy would be meaningless. Fine-tune it first (mimir-hf finetune), "
+            "or pass --allow_new_head to evaluate it anyway."
         )
     if new and model.config.num_labels != len(names):
         labels = dict(id2label=dict(enumerate(names)), label2id={name: i for i, name in enumerate(names)})
-        model = AutoModelForImageClassification.from_pretrained(
-            eval_args.model_name_or_path, num_labels=len(names), **labels
-        )
-    return model.to(device).eval()
+        model = AutoModelForImageClassification.from_pretrained(path, num_labels=len(names), **labels)
+    if model_type in MIMIR_MODEL_TYPES:
+        processor = _saved_image_processor(path) or image_processor_for(model.config)
+    else:
+        processor = _saved_image_processor(path)
+        if processor is None:
+            raise ValueError(
+                f"{path} has no image processor (preprocessor_config.json): the report needs it to know the model's "
+                "input size and normalisation. Save the processor the model was trained with next to it "
+                "(`AutoImageProcessor.from_pretrained(...).save_pretrained(folder)`)."
+            )
+    classifier, preprocessor, preprocessing = pixel_space_classifier(model.to(device).eval(), processor)
+    return classifier.eval(), preprocessor, preprocessing
 
 
 def label_map_for(names: list[str], config, label_mapping: str | None) -> dict[int, int] | None:
@@ -170,10 +197,11 @@ def evaluate(eval_args, data_args, settings, device, rank: int, world: int):
     set_seed(settings.eval_seed)
     update_card = rank == 0 and eval_args.update_model_card and _card_is_writable(eval_args.model_name_or_path)
     data = read_data(data_args, settings.eval_seed, need_train=False)
-    model = load_classifier(eval_args, device, data.names)
-    config = model.config
-    processor = _saved_image_processor(eval_args.model_name_or_path) or image_processor_for(config)
-    _, eval_dataset = data.transformed(processor, label_map_for(data.names, config, eval_args.label_mapping))
+    model, preprocessor, preprocessing = load_classifier(eval_args, device, data.names)
+    if rank == 0:
+        logger.info(f"Model input: {preprocessing}.")
+    labels = label_map_for(data.names, model.config, eval_args.label_mapping)
+    _, eval_dataset = data.transformed(preprocessor, labels)
 
     start = time.time()
     say = (lambda message: logger.info(f"[{time.time() - start:6.1f}s] {message}")) if rank == 0 else None
@@ -185,6 +213,8 @@ def evaluate(eval_args, data_args, settings, device, rank: int, world: int):
         return report
     report.info.update(
         model=eval_args.model_name_or_path,
+        model_type=model.config.model_type,
+        preprocessing=preprocessing,
         device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         processes=world,
         seconds=round(time.time() - start, 1),
