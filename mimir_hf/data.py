@@ -70,7 +70,8 @@ def load_image_dataset(
 ) -> DatasetDict:
     """A `DatasetDict` with `"train"` and `"test"`: from the Hub (or its cache), an imagefolder, or the digits default.
 
-    A dataset without a test/validation split gets one carved out of its training split (`test_fraction`, `seed`).
+    A dataset without a test/validation split gets one carved out of its training split (`test_fraction`, `seed`;
+    the share is logged), or none with `test_fraction=0`.
     With `require_train=False` (evaluation), a dataset with only an evaluation split (e.g. `--validation_dir` alone)
     gives a `DatasetDict` with just `"test"`. A Hub dataset made of data files (parquet, image folders: most of them)
     is downloaded only for the splits used: the evaluation split alone for an evaluation, not ImageNet's 140 GB of
@@ -107,9 +108,27 @@ def load_image_dataset(
             return DatasetDict(test=dataset[evaluation_split])
         raise ValueError(f"The dataset has no 'train' split (splits: {sorted(dataset)}); pass --train_dir.")
     if evaluation_split is None:
-        split = dataset["train"].train_test_split(test_size=test_fraction, seed=seed)
-        return DatasetDict(train=split["train"], test=split["test"])
+        return _hold_out(dataset["train"], test_fraction, seed, require_train)
     return DatasetDict(train=dataset["train"], test=dataset[evaluation_split])
+
+
+def _hold_out(train: Dataset, fraction: float, seed: int, require_train: bool) -> DatasetDict:
+    """`train` split into training and evaluation images (`fraction` held out, said in one log line), or kept whole
+    with `fraction` 0 (no evaluation split then)."""
+    import logging
+
+    logger = logging.getLogger("mimir_hf.data")
+    if fraction == 0:
+        logger.info(f"The dataset has no evaluation split; all {len(train)} images are training images.")
+        return DatasetDict(train=train)
+    split = train.train_test_split(test_size=fraction, seed=seed)
+    logger.warning(
+        f"The dataset has no evaluation split: {len(split['test'])} of its {len(train)} images ({fraction:.0%}, seed "
+        f"{seed}) are held out for evaluation and {len(split['train'])} are trained on. Give an evaluation split "
+        "(--validation_dir, or a dataset with one) or set --train_val_split (0: train on every image; pre-training "
+        "only) to change this."
+    )
+    return DatasetDict(train=split["train"], test=split["test"])
 
 
 def _load_used_splits(
@@ -250,6 +269,50 @@ def drop_unreadable_images(dataset: Dataset, image_column: str, split: str = "tr
     return dataset.select(keep)
 
 
+_GREY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+
+
+def preprocessing_change(dataset: Dataset, image_column: str, image_processor, sample: int = 8) -> str | None:
+    """What `image_processor` does to the size or channels of `dataset`'s images, in words with the numbers, or
+    None when it keeps both. Reads only the headers of the first `sample` images and runs the processor on one."""
+    import io
+
+    if len(dataset) == 0 or not isinstance(dataset.features.get(image_column), Image):
+        return None
+    raw = dataset.cast_column(image_column, Image(decode=False)).select(range(min(sample, len(dataset))))
+    shapes = []
+    for value in raw[image_column]:
+        try:
+            with PILImage.open(io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"]) as image:
+                shapes.append((image.width, image.height, 1 if image.mode in _GREY_MODES else 3))
+        except (OSError, TypeError, ValueError):
+            continue
+    if not shapes:
+        return None
+    channels, height, width = image_processor(images=[dataset[0][image_column]], return_tensors="pt")[
+        "pixel_values"
+    ].shape[1:]
+    kinds = {1: "grey", 3: "RGB"}
+    first_width, first_height, first_channels = shapes[0]
+    changes = []
+    if all(shape[:2] == shapes[0][:2] for shape in shapes):
+        if (first_width, first_height) != (width, height):
+            changes.append(f"resized from {first_width}x{first_height} to {width}x{height}")
+    else:
+        changes.append(f"of various sizes (e.g. {first_width}x{first_height}); each is resized to {width}x{height}")
+    if first_channels != channels:
+        changes.append(f"converted from {kinds.get(first_channels)} to {kinds.get(channels, channels)}")
+    if not changes:
+        return None
+    return (
+        f"The images are {' and '.join(changes)} by the model's image processor ({type(image_processor).__name__}), "
+        f"as the model takes {width}x{height} {kinds.get(channels, f'{channels}-channel')} input. To keep "
+        f"{first_width}x{first_height} {kinds.get(first_channels)} images, use a model of that input: a new model "
+        f"with --image_size {first_width if first_width == first_height else [first_height, first_width]} "
+        f"--num_channels {first_channels} (the patch size must divide it), or a checkpoint trained at that size"
+    )
+
+
 def pixel_transform(
     image_column: str,
     label_column: str | None,
@@ -325,6 +388,7 @@ def tensors(dataset: Dataset, limit: int | None = None) -> tuple[torch.Tensor, t
 
 __all__ = [
     "check_labels_fit",
+    "preprocessing_change",
     "drop_unreadable_images",
     "image_processor_for",
     "label_names",

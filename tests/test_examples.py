@@ -257,3 +257,50 @@ def test_a_missing_checkpoint_is_one_clear_error(tmp_path):
     for main in (run_pretraining.main, run_finetuning.main):
         with pytest.raises(ValueError, match="Cannot read a model config from .*no_such_model"):
             main(["--output_dir", str(tmp_path / main.__module__), "--model_name_or_path", missing] + QUIET)
+
+
+def rgb_folder(root, count=12, size=32, classes=3):
+    """Image folders of `size` px RGB images, one sub-folder per class."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.RandomState(0)
+    for i in range(count):
+        folder = root / f"class{i % classes}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.randint(0, 256, (size, size, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    return str(root)
+
+
+def test_a_processor_that_changes_size_or_channels_says_so_with_the_numbers(pretrained, tmp_path, caplog):
+    """The digits checkpoint takes 8x8 grey images: fine-tuning it on 32x32 RGB images warns once, with the numbers
+    and how to keep them."""
+    train, val = rgb_folder(tmp_path / "train"), rgb_folder(tmp_path / "val", count=6)
+    caplog.set_level("WARNING", logger="mimir_hf.commands")
+    run_finetuning.main(QUIET + ["--model_name_or_path", pretrained, "--train_dir", train, "--validation_dir", val,
+                                 "--num_train_epochs", "1", "--adversarial_steps", "1", "--output_dir",
+                                 str(tmp_path / "ft")])  # fmt: skip
+    warnings = [r.getMessage() for r in caplog.records if "image processor" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert "resized from 32x32 to 8x8" in warnings[0] and "converted from RGB to grey" in warnings[0]
+    assert "--image_size 32 --num_channels 3" in warnings[0]
+
+
+def test_the_held_out_share_is_logged_and_train_val_split_0_trains_on_every_image(tmp_path, caplog):
+    """A folder without an evaluation split: pre-training says how many images it holds out; with
+    --train_val_split 0 it trains on all of them (a new model of the images' own size and channels: no warning)."""
+    folder = rgb_folder(tmp_path / "photos", count=20, size=8)
+    caplog.set_level("INFO")
+    common_args = TINY_MODEL + QUIET + ["--train_dir", folder, "--num_train_epochs", "1",
+                                        "--per_device_train_batch_size", "4", "--num_channels", "3"]  # fmt: skip
+    run_pretraining.main(common_args + ["--output_dir", str(tmp_path / "a")])
+    held = [r.getMessage() for r in caplog.records if "held out for evaluation" in r.getMessage()]
+    assert len(held) == 1 and "3 of its 20 images (15%" in held[0] and "17 are trained on" in held[0]
+    assert "17 images at 8x8" in open(tmp_path / "a" / "README.md").read()
+    caplog.clear()
+    run_pretraining.main(common_args + ["--train_val_split", "0", "--output_dir", str(tmp_path / "b")])
+    assert not any("held out" in r.getMessage() for r in caplog.records)
+    assert not any("image processor" in r.getMessage() for r in caplog.records)  # 8x8 RGB in, 8x8 RGB model
+    assert "20 images at 8x8" in open(tmp_path / "b" / "README.md").read()
+    with pytest.raises(ValueError, match="no evaluation split and --train_val_split 0"):
+        run_finetuning.main(common_args + ["--train_val_split", "0", "--output_dir", str(tmp_path / "c")])

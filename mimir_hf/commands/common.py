@@ -38,6 +38,7 @@ from mimir_hf.data import (
     image_processor_for,
     label_names,
     load_image_dataset,
+    preprocessing_change,
     resolve_columns,
     with_pixel_transform,
 )
@@ -50,7 +51,8 @@ logger = logging.getLogger("mimir_hf.commands")
 # CaiT and ConViT ones. Their names, types and defaults are the configs' own: `--help` prints the library default of
 # each. A field the model's family lacks is refused by name (`config_overrides`).
 CONFIG_OVERRIDES = (
-    "image_size", "patch_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+    "image_size", "patch_size", "num_channels", "hidden_size", "num_hidden_layers", "num_attention_heads",
+    "intermediate_size",
     "decoder_hidden_size", "decoder_num_hidden_layers", "decoder_num_attention_heads", "decoder_intermediate_size",
     "mask_ratio", "norm_pix_loss", "classifier_pooling", "drop_path_rate", "label_smoothing",
     "attack_epsilon", "attack_step_size", "attack_steps", "attack_random_start",
@@ -210,6 +212,11 @@ class DataArguments:
         metadata={"help": "Evaluate on a published subset of the evaluation split: 'robustbench-imagenet-5000' (the "
                   "RobustBench ImageNet ids, selected by file name, in the list's order)."},
     )  # fmt: skip
+    train_val_split: float = field(
+        default=0.15,
+        metadata={"help": "Share of the training images held out for evaluation when the data has no evaluation split "
+                  "(said in the log); 0 holds none out (pre-training only: fine-tuning and evaluation need one)."},
+    )  # fmt: skip
     scan_images: bool = field(
         default=True,
         metadata={"help": "Before training, find unreadable, empty, truncated or oversized images and skip them "
@@ -217,6 +224,10 @@ class DataArguments:
     )  # fmt: skip
 
     def __post_init__(self):
+        if not 0 <= self.train_val_split < 1:
+            raise ValueError(
+                f"--train_val_split must be in [0, 1) (a share of the images), got {self.train_val_split}."
+            )
         for name in ("max_train_samples", "max_eval_samples"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -339,10 +350,16 @@ class Data:
     image_column: str
     label_column: str | None
     names: list[str] | None
+    default_data: bool = False  # the built-in digits, whose resize to the model's size is documented
 
     def transformed(self, image_processor, label_map: dict[int, int] | None = None, augmentation=None):
         """(train, test): the splits yielding `pixel_values` (through `image_processor`) and `labels` (through
-        `label_map`); the training split also through `augmentation` (a built `TrainAugmentation`), if any."""
+        `label_map`); the training split also through `augmentation` (a built `TrainAugmentation`), if any. A
+        processor that changes the images' size or channels says so once, with the numbers and how to keep them."""
+        change = preprocessing_change(self.train if self.train is not None else self.test, self.image_column,
+                                      image_processor)  # fmt: skip
+        if change:
+            (logger.info if self.default_data else logger.warning)(change + ".")
         train, test = (
             None if part is None
             else with_pixel_transform(part, self.image_column, self.label_column, image_processor,
@@ -360,6 +377,7 @@ def read_data(data_args: DataArguments, seed: int = 0, need_labels: bool = True,
     dataset = load_image_dataset(
         data_args.dataset_name, data_args.dataset_config_name, data_args.train_dir, data_args.validation_dir,
         cache_dir=data_args.cache_dir, seed=seed, require_train=need_train, eval_split=data_args.eval_split_name,
+        test_fraction=data_args.train_val_split,
     )  # fmt: skip
     reference = dataset["train"] if "train" in dataset else dataset["test"]
     image_column, label_column = resolve_columns(
@@ -381,7 +399,13 @@ def read_data(data_args: DataArguments, seed: int = 0, need_labels: bool = True,
         if data_args.scan_images and not data_args.uses_default_data:
             part = drop_unreadable_images(part, image_column, split)
         parts[split] = part
-    return Data(parts["train"], parts["test"], image_column, label_column, names)
+    if parts["test"] is None and need_labels:
+        raise ValueError(
+            "The data has no evaluation split and --train_val_split 0 holds none out; fine-tuning and evaluation "
+            "need one: give --validation_dir (or a dataset with a test or validation split), or a --train_val_split "
+            "above 0."
+        )
+    return Data(parts["train"], parts["test"], image_column, label_column, names, data_args.uses_default_data)
 
 
 def load_data(data_args: DataArguments, config, seed: int = 0, augmentation=None, need_labels: bool = True):

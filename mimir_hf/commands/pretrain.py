@@ -159,7 +159,7 @@ def run(
     trainer.save_metrics("all", metrics)
 
     if trainer.is_world_process_zero():
-        images, _ = tensors(eval_dataset, limit=8)
+        images, _ = tensors(eval_dataset if eval_dataset is not None else train_dataset, limit=8)
         plot_reconstructions(model, images, os.path.join(training_args.output_dir, "reconstructions.png"))
         height, width = config.image_size_hw
         training = {
