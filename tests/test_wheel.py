@@ -1,6 +1,8 @@
 """The package as a user gets it from a wheel: built, installed into a fresh virtual environment outside the source
-tree, then a tiny pre-training -> save -> load -> model card, all from the installed files."""
+tree, then a tiny pre-training -> save -> load -> model card from Python, and the installed `mimir-hf` command
+running the shipped demo recipe (tiny), all from the installed files."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -9,7 +11,14 @@ import sysconfig
 import textwrap
 import zipfile
 
+import mimir_hf
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The demo recipe at a tiny size: 1 epoch per stage, a 32-wide 1-layer ViT, 64 + 16 images, a short report.
+TINY_RUN = ["--pretrain_epochs", "1", "--finetune_epochs", "1", "--adversarial_steps", "1", "--image_size", "8",
+            "--patch_size", "2", "--hidden_size", "32", "--num_hidden_layers", "1", "--num_attention_heads", "2",
+            "--max_train_samples", "64", "--max_eval_samples", "16", "--pgd_steps", "2", "4", "--cw_steps", "2",
+            "--adaptive_steps", "2", "--autoattack_max_samples", "4", "--disable_tqdm", "true"]  # fmt: skip
 
 SCRIPT = textwrap.dedent(
     """
@@ -55,13 +64,15 @@ def test_wheel_installs_into_a_fresh_venv_and_runs_outside_the_source_tree(tmp_p
     names = zipfile.ZipFile(wheel).namelist()
     assert "mimir_hf/templates/finetuned.md" in names and "mimir_hf/models/vit/modeling_mimir.py" in names
     assert "mimir_hf/data_files/imagenet_test_image_ids.txt" in names  # RobustBench's ids, package data
+    assert "mimir_hf/recipes/demo.yaml" in names and "mimir_hf/recipes/cifar10/finetune_vit_small.yaml" in names
 
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)  # with pip: it writes the console script
     python = venv / "bin" / "python"
+    subprocess.run([python, "-m", "pip", "--quiet", "--disable-pip-version-check", "install", "--no-deps",
+                    "--no-index", str(wheel)], check=True, capture_output=True)  # fmt: skip
     site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                           check=True, capture_output=True, text=True).stdout.strip()  # fmt: skip
-    subprocess.run(pip + ["install", "--no-deps", "--target", site, str(wheel)], check=True, capture_output=True)
     # The dependencies (torch, transformers, ...) come from this environment, appended after the venv's own
     # site-packages; only mimir_hf itself is installed in the new venv.
     with open(os.path.join(site, "dependencies.pth"), "w") as f:
@@ -72,3 +83,13 @@ def test_wheel_installs_into_a_fresh_venv_and_runs_outside_the_source_tree(tmp_p
                             env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""})  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert "WHEEL OK" in result.stdout and "README.md" in result.stdout and "model.safetensors" in result.stdout
+
+    # The command the wheel installs, on the recipe it ships (the demo: digits, offline), at a tiny size.
+    command = [str(venv / "bin" / "mimir-hf"), "run", "demo", "--output_dir", "demo", *TINY_RUN]
+    result = subprocess.run(command, cwd=work, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""})  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.load(open(work / "demo" / "mimir_run.json"))
+    assert record["status"] == "complete" and record["environment"]["mimir_hf"] == mimir_hf.__version__
+    assert (work / "demo" / "robustness.md").is_file() and (work / "demo" / "finetune" / "model.safetensors").is_file()
+    assert "natural (no attack)" in open(work / "demo" / "robustness.md").read()
