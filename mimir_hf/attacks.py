@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 
 import torch
 import torch.nn.functional as F
@@ -54,6 +55,20 @@ def frozen_parameters(model: nn.Module) -> Iterator[None]:
     finally:
         for parameter, requires_grad in flags:
             parameter.requires_grad_(requires_grad)
+
+
+_progress_listener: ContextVar[Callable[[float], None] | None] = ContextVar("attack_progress", default=None)
+
+
+@contextmanager
+def reporting_progress(listener: Callable[[float], None]) -> Iterator[None]:
+    """Inside the block, every `projected_gradient_ascent` calls `listener(done)` after each step, `done` being the
+    share of its work finished (images that left early count as finished): the report's progress bars."""
+    token = _progress_listener.set(listener)
+    try:
+        yield
+    finally:
+        _progress_listener.reset(token)
 
 
 def project(images: torch.Tensor, clean: torch.Tensor, epsilon: float) -> torch.Tensor:
@@ -100,8 +115,11 @@ def projected_gradient_ascent(
         return clean.clone()
     adversarial = random_start(clean, budget.epsilon, generator) if budget.random_start else clean.clone()
     active = torch.arange(len(clean), device=clean.device)
+    listener = _progress_listener.get()
     with eval_mode(model), torch.enable_grad():
-        for _ in range(budget.steps):
+        for step in range(budget.steps):
+            if listener is not None and step:  # share done: images that left, plus the rest's finished steps
+                listener(1 - len(active) / len(clean) * (1 - step / budget.steps))
             if stop_when is None:
                 current = adversarial.requires_grad_(True)
                 value = objective(current)
@@ -121,6 +139,8 @@ def projected_gradient_ascent(
             stepped[done] = current.detach()[done]  # keep the iterate that reached the goal
             adversarial[active] = stepped
             active = active[~done]
+    if listener is not None:
+        listener(1.0)
     return adversarial.detach()
 
 
@@ -346,6 +366,7 @@ __all__ = [
     "project",
     "projected_gradient_ascent",
     "random_start",
+    "reporting_progress",
     "soft_target_attack",
     "soft_target_objective",
     "soft_targets",

@@ -253,8 +253,11 @@ def drop_unreadable_images(dataset: Dataset, image_column: str, split: str = "tr
 
     if not isinstance(dataset.features.get(image_column), Image):
         return dataset
+    from tqdm.auto import tqdm
+
     raw = dataset.cast_column(image_column, Image(decode=False))
-    problems = [image_problem(value) for value in raw[image_column]]
+    scan = tqdm(raw[image_column], desc=f"Checking the {split} images", unit="img", leave=False, mininterval=2)
+    problems = [image_problem(value) for value in scan]
     bad = [index for index, problem in enumerate(problems) if problem]
     if not bad:
         return dataset

@@ -25,6 +25,7 @@ from mimir_hf.augmentation import AugmentationArguments
 from mimir_hf.data import image_processor_for
 from mimir_hf.evaluation import Attack, evaluate_batch
 from mimir_hf.model_card import accuracy_results, write_model_card
+from mimir_hf.progress import Heartbeat, advancing, attack_bar
 from mimir_hf.threat_model import EVALUATION_ATTACK, AttackBudget
 from mimir_hf.trainer import MimirAdversarialTrainer, MimirAdversarialTrainingArguments
 
@@ -86,20 +87,23 @@ def build_classifier(model_args, num_channels: int, names: list[str], config=Non
     )
 
 
-def quick_robustness(model, dataset, epsilon: float, batch_size: int = 256) -> dict:
+def quick_robustness(model, dataset, epsilon: float, batch_size: int = 256, disable: bool = False) -> dict:
     """Natural and PGD-20 accuracy (%) at the training eps (step eps/4, random start), streamed batch by batch."""
     budget = AttackBudget(epsilon, max(epsilon / 4, 1e-6), EVALUATION_ATTACK.steps)
     attack = Attack("pgd20", "PGD-20", lambda m, x, y, g: pgd_attack(m, x, y, budget, generator=g))
     device = next(model.parameters()).device
     counts = {"natural": 0, "pgd20": 0}
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=default_data_collator)
-    for index, batch in enumerate(loader):
-        generator = torch.Generator(device=device).manual_seed(index)
-        results = evaluate_batch(
-            model, [attack], batch["pixel_values"].to(device), batch["labels"].to(device), generator
-        )
-        for name in counts:
-            counts[name] += int(results[name].sum())
+    description = f"Quick check, PGD-20 at eps {epsilon * 255:g}/255"
+    with attack_bar(description, len(dataset), disable) as bar, Heartbeat([bar]):
+        for index, batch in enumerate(loader):
+            generator = torch.Generator(device=device).manual_seed(index)
+            with advancing(bar, len(batch["labels"])):
+                results = evaluate_batch(
+                    model, [attack], batch["pixel_values"].to(device), batch["labels"].to(device), generator
+                )
+            for name in counts:
+                counts[name] += int(results[name].sum())
     return {f"{name}_accuracy": round(100 * count / len(dataset), 2) for name, count in counts.items()}
 
 
@@ -145,10 +149,13 @@ def run(
     metrics = dict(result.metrics)
     if trainer.is_world_process_zero():
         if evaluate:
-            metrics.update(quick_robustness(model, eval_dataset, training_args.adversarial_epsilon))
+            quiet = training_args.disable_tqdm
+            metrics.update(quick_robustness(model, eval_dataset, training_args.adversarial_epsilon, disable=quiet))
         if trainer.ema is not None:
             with trainer.ema.applied(model):
-                ema = quick_robustness(model, eval_dataset, training_args.adversarial_epsilon)
+                ema = quick_robustness(
+                    model, eval_dataset, training_args.adversarial_epsilon, disable=training_args.disable_tqdm
+                )
             metrics.update({f"ema_{name}": value for name, value in ema.items()})
         trainer.log_metrics("finetune", metrics)
         trainer.save_metrics("all", metrics)

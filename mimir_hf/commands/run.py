@@ -155,6 +155,32 @@ def compare(run, model_args, data_args, recipe) -> dict:
     return rows
 
 
+def stage_list(run_args: MimirRunArguments, data_args, recipe: AdversarialRecipe, settings: RobustnessSettings) -> str:
+    """The stages this run will go through, said up front."""
+    data = data_args.display_name
+    fine_tuning = (
+        f"adversarial fine-tuning, {run_args.finetune_epochs:g} epochs of {recipe.adversarial_method} "
+        f"({recipe.adversarial_budget.describe()})"
+    )
+    if run_args.compare:
+        seeds = run_args.compare_seeds.split(",")
+        return (
+            f"Stages: {len(RECIPES)} recipes ({', '.join(RECIPES)}) x {len(seeds)} seeds on {data}, each "
+            f"{run_args.pretrain_epochs:g} pre-training epochs (all but the first) and {fine_tuning}, then "
+            f"comparison.md; outputs in {run_args.output_dir}"
+        )
+    autoattack = settings.autoattack and settings.autoattack_max_samples != 0
+    images = "" if settings.autoattack_max_samples < 0 else f" on the first {settings.autoattack_max_samples} images"
+    return (
+        f"Stages on {data}: 1) MIMIR pre-training, {run_args.pretrain_epochs:g} epochs -> "
+        f"{run_args.output_dir}/pretrain; 2) {fine_tuning} -> {run_args.output_dir}/finetune; 3) the robustness "
+        f"report at eps "
+        f"{settings.epsilon * 255:g}/255 (FGSM, PGD-{'/'.join(map(str, settings.pgd_steps))}, CW-inf, noise, the "
+        f"adaptive PGD-MI and PGD-feature, {'AutoAttack' + images if autoattack else 'no AutoAttack'}, an eps sweep "
+        f"of {len(settings.eps_sweep)} points) -> {run_args.output_dir}/robustness.md"
+    )
+
+
 def run(run_args: MimirRunArguments, model_args, data_args, recipe: AdversarialRecipe, settings: RobustnessSettings):
     setup_logging()
     identity = {**asdict(run_args), **asdict(model_args), **asdict(data_args), **asdict(recipe), **asdict(settings)}
@@ -162,6 +188,7 @@ def run(run_args: MimirRunArguments, model_args, data_args, recipe: AdversarialR
         identity.pop(key)
     inputs = (*data_args.input_paths, model_args.model_name_or_path)
     prepare_output_dir(run_args.output_dir, "run_mimir", identity, run_args.overwrite_output_dir, inputs)
+    logger.info(stage_list(run_args, data_args, recipe, settings))
     start = time.time()
     if run_args.compare:
         result = {"comparison": compare(run_args, model_args, data_args, recipe)}
