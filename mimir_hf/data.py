@@ -308,7 +308,8 @@ def preprocessing_change(dataset: Dataset, image_column: str, image_processor, s
     if not changes:
         return None
     return (
-        f"The images are {' and '.join(changes)} by the model's image processor ({type(image_processor).__name__}), "
+        f"The images are {' and '.join(changes)} by the model's image processor "
+        f"({type(getattr(image_processor, 'processor', image_processor)).__name__}), "
         f"as the model takes {width}x{height} {kinds.get(channels, f'{channels}-channel')} input. To keep "
         f"{first_width}x{first_height} {kinds.get(first_channels)} images, use a model of that input: a new model "
         f"with --image_size {first_width if first_width == first_height else [first_height, first_width]} "

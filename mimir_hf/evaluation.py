@@ -14,7 +14,9 @@ skipped when the same evaluation runs again. The Carlini et al. (2019) checks co
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import itertools
 import json
 import os
 import time
@@ -37,9 +39,11 @@ from .attacks import (
     pgd_attack,
     projected_gradient_ascent,
 )
+from .progress import ReportProgress
 from .threat_model import EVALUATION_ATTACK, AttackBudget, check_budget, check_pixel_range
 
 DEFAULT_SWEEP_255 = (0, 2, 4, 8, 16, 32, 64, 128, 255)  # eps values of the sweep, in 1/255
+_FORWARD = 1 / 3  # a forward pass alone, in forward-and-backward passes (the time estimate's unit)
 
 
 @dataclass
@@ -126,6 +130,7 @@ class Attack:
     max_samples: int = -1  # attack only the first N images of the set (-1: all)
     whole_batch: bool = False  # the objective is a batch statistic (PGD-MI's HSIC): attack every image of the batch
     same_as: str | None = None  # the very same attack as another row (same budget): its result is reused
+    passes: float = 1.0  # forward-and-backward passes per image, at most: the unit of the report's time estimate
 
 
 def _feature_attack(budget: AttackBudget) -> AttackFunction:
@@ -208,19 +213,27 @@ def attack_registry(model: nn.Module, settings: RobustnessSettings) -> list[Atta
     The iterative attacks stop attacking an image at its first misclassified iterate (AutoAttack's convention: each
     image counts as broken if any iterate broke it), except PGD-MI, whose HSIC term needs the whole batch."""
     eps = settings.epsilon
-    attacks = [Attack("fgsm", "FGSM", lambda m, x, y, g: fgsm_attack(m, x, y, eps))]
+    attacks = [Attack("fgsm", "FGSM", lambda m, x, y, g: fgsm_attack(m, x, y, eps), passes=1)]
     for steps in settings.pgd_steps:
         budget = settings.budget(steps)
         attacks.append(
-            Attack(f"pgd{steps}", f"PGD-{steps}", lambda m, x, y, g, b=budget: pgd_attack(m, x, y, b, "ce", g, True))
-        )
+            Attack(
+                f"pgd{steps}", f"PGD-{steps}", lambda m, x, y, g, b=budget: pgd_attack(m, x, y, b, "ce", g, True),
+                passes=steps,
+            )
+        )  # fmt: skip
     cw = settings.budget(settings.cw_steps)
     attacks.append(
         Attack(
-            "cw_inf", "CW-inf (PGD on the margin loss)", lambda m, x, y, g: pgd_attack(m, x, y, cw, "margin", g, True)
+            "cw_inf",
+            "CW-inf (PGD on the margin loss)",
+            lambda m, x, y, g: pgd_attack(m, x, y, cw, "margin", g, True),
+            passes=settings.cw_steps,
         )
     )
-    attacks.append(Attack("uniform_noise", "uniform ±eps noise", _uniform_noise(eps), in_worst_case=False))
+    attacks.append(
+        Attack("uniform_noise", "uniform ±eps noise", _uniform_noise(eps), in_worst_case=False, passes=_FORWARD)
+    )
     if hasattr(model, "features") and hasattr(model, "classifier"):
         adaptive = settings.budget(settings.adaptive_steps)
         attacks.append(
@@ -231,9 +244,15 @@ def attack_registry(model: nn.Module, settings: RobustnessSettings) -> list[Atta
                     mi_objective(m, y, settings.pgd_mi_weight, settings.pgd_mi_sigma), x, adaptive, model=m, generator=g
                 ),
                 whole_batch=True,
+                passes=settings.adaptive_steps,
             )
         )
-        attacks.append(Attack("pgd_feature", "PGD-feature (adaptive: feature L2)", _feature_attack(adaptive)))
+        attacks.append(
+            Attack(
+                "pgd_feature", "PGD-feature (adaptive: feature L2)", _feature_attack(adaptive),
+                passes=settings.adaptive_steps + _FORWARD,
+            )
+        )  # fmt: skip
     if not autoattack_status(settings):
         attacks.append(
             Attack(
@@ -259,7 +278,10 @@ def sweep_attacks(settings: RobustnessSettings) -> list[Attack]:
             budget = settings.budget(steps, epsilon=eps)
             run = lambda m, x, y, g, b=budget: pgd_attack(m, x, y, b, "ce", g, True)
             same = f"pgd{steps}" if budget == settings.budget(steps) else None
-        attacks.append(Attack(f"sweep_{eps:.6f}", f"PGD-{steps} at eps {eps * 255:g}/255", run, same_as=same))
+        passes = 0 if eps == 0 or same else steps
+        attacks.append(
+            Attack(f"sweep_{eps:.6f}", f"PGD-{steps} at eps {eps * 255:g}/255", run, same_as=same, passes=passes)
+        )
     return attacks
 
 
@@ -282,6 +304,7 @@ def evaluate_batch(
     first_index: int = 0,
     seconds: dict[str, float] | None = None,
     cost: dict[str, dict[str, int]] | None = None,
+    watch=None,
 ) -> dict[str, torch.Tensor]:
     """Per-image correctness (bool, on the CPU) of `model` on one batch, clean ("natural") and under each attack.
 
@@ -289,14 +312,17 @@ def evaluate_batch(
     batch statistic, runs on all of them); the others count as broken. An attack with
     `max_samples` covers only images whose index in the whole set (`first_index` + position) is below it; its result
     holds just those. `seconds`, if given, accumulates each attack's wall time, and `cost` the images it attacked and
-    the images its forward passes (and backward passes) carried.
+    the images its forward passes (and backward passes) carried. `watch` (a `mimir_hf.progress.ReportProgress`) shows
+    each attack's progress.
     """
     check_pixel_range(images, "images")
     with frozen_parameters(model):  # the attacks differentiate the images only
-        return _evaluate_batch(model, attacks, images, labels, generator, first_index, seconds, cost)
+        return _evaluate_batch(model, attacks, images, labels, generator, first_index, seconds, cost, watch)
 
 
-def _evaluate_batch(model, attacks, images, labels, generator, first_index, seconds, cost) -> dict[str, torch.Tensor]:
+def _evaluate_batch(
+    model, attacks, images, labels, generator, first_index, seconds, cost, watch
+) -> dict[str, torch.Tensor]:
     natural = _predicts(model, images, labels)
     results = {"natural": natural.cpu()}
     counter = _PassCounter(model) if cost is not None else None
@@ -311,12 +337,13 @@ def _evaluate_batch(model, attacks, images, labels, generator, first_index, seco
         if counter is not None:
             counter.reset()
         correct = torch.zeros(count, dtype=torch.bool, device=images.device)
-        if attack.whole_batch:
-            adversarial = attack.run(model, images[:count], labels[:count], generator)
-            correct = natural[:count] & _predicts(model, adversarial, labels[:count])
-        elif (todo := natural[:count].nonzero().squeeze(1)).numel():
-            adversarial = attack.run(model, images[todo], labels[todo], generator)
-            correct[todo] = _predicts(model, adversarial, labels[todo])
+        with watch.attack(attack, count) if watch is not None and attack.passes else contextlib.nullcontext():
+            if attack.whole_batch:
+                adversarial = attack.run(model, images[:count], labels[:count], generator)
+                correct = natural[:count] & _predicts(model, adversarial, labels[:count])
+            elif (todo := natural[:count].nonzero().squeeze(1)).numel():
+                adversarial = attack.run(model, images[todo], labels[todo], generator)
+                correct[todo] = _predicts(model, adversarial, labels[todo])
         results[attack.name] = correct.cpu()
         if seconds is not None:
             seconds[attack.name] = seconds.get(attack.name, 0.0) + time.perf_counter() - start
@@ -369,6 +396,21 @@ def correct_under_attack(
         generator = _batch_generator(device, seed, start // batch_size)
         results.append(evaluate_batch(model, [Attack("attack", "attack", attack)], x, y, generator)["attack"])
     return torch.cat(results)
+
+
+def _seconds_per_pass(model: nn.Module, images: torch.Tensor) -> float:
+    """Seconds of one image's forward and backward pass (input gradient only), timed on `images` after one warm-up:
+    the unit of the report's time estimate."""
+    timings = []
+    with frozen_parameters(model), eval_mode(model), torch.enable_grad():
+        for _ in range(2):
+            start = time.perf_counter()
+            x = images.detach().clone().requires_grad_(True)
+            torch.autograd.grad(logits_of(model, x).sum(), x)
+            if x.device.type == "cuda":
+                torch.cuda.synchronize(x.device)
+            timings.append(time.perf_counter() - start)
+    return timings[-1] / len(images)
 
 
 def _batch_generator(device: torch.device, seed: int, batch_index: int) -> torch.Generator:
@@ -532,9 +574,14 @@ def evaluate_robustness(
     progress: Callable[[str], None] | None = None,
     resume_file: str | None = None,
     num_workers: int = 0,
+    show_progress: bool = False,
 ) -> RobustnessReport:
     """Run the whole battery on `data`: a map-style dataset of {"pixel_values" in [0, 1], "labels"}, a DataLoader
     of such batches, or an `(images, labels)` pair of tensors. Returns the report (accuracies in %).
+
+    `progress` receives the stage list with a time estimate up front, then a line per attack and batch (images per
+    second) and per batch; `show_progress` adds bars: the report's, whose remaining time is its ETA, and each
+    attack's, advancing step by step.
 
     The model is left exactly as it was (weights, train/eval mode, requires_grad, the global RNG); the same model,
     data and settings give the same numbers.
@@ -560,8 +607,23 @@ def evaluate_robustness(
     seconds: dict[str, float] = {}
     cost: dict[str, dict[str, int]] = {}
     short = f"pgd{settings.pgd_steps[0]}"
+    batches = iter(loader)
+    first = next(batches, None)
+    watch = None
+    if (progress is not None or show_progress) and first is not None and shard_size:
+        covered = {
+            a.name: shard_size if a.max_samples < 0 else max(0, min(shard_size, a.max_samples - first_image))
+            for a in attacks + sweep
+        }
+        count = -(-shard_size // settings.eval_batch_size)
+        pace = _seconds_per_pass(model, first["pixel_values"][:8].to(device))
+        watch = ReportProgress(attacks + sweep, covered, count, pace, say, disable=not show_progress)
+        say(watch.plan())
+        watch.start()
     start_time = time.time()
-    for index, batch in enumerate(loader):
+    for index, batch in enumerate(itertools.chain([first] if first is not None else [], batches)):
+        if watch is not None:
+            watch.batch = index
         x = batch["pixel_values"].to(device)
         y = batch["labels"].to(device)
         cached = resume.get(index)
@@ -570,7 +632,7 @@ def evaluate_robustness(
             batch_cost: dict[str, dict[str, int]] = {}
             generator = _batch_generator(device, settings.eval_seed, first_batch + index)
             results = evaluate_batch(
-                model, attacks + sweep, x, y, generator, first_image + num_samples, batch_seconds, batch_cost
+                model, attacks + sweep, x, y, generator, first_image + num_samples, batch_seconds, batch_cost, watch
             )
             resume.add(index, results, batch_seconds, batch_cost)
         else:
@@ -589,6 +651,8 @@ def evaluate_robustness(
             aa_reference += int(results[short][: len(results["autoattack"])].sum())
         num_samples += len(x)
         say(f"batch {index + 1}: {num_samples} images, {time.time() - start_time:.1f} s")
+    if watch is not None:
+        watch.close()
 
     # Sum over processes (one process: unchanged); costs and seconds stay this process's (per image they compare).
     flat = _sum_over_processes(

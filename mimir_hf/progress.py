@@ -9,6 +9,7 @@ elapsed time keeps moving while an attack that reports no steps (AutoAttack's in
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -66,4 +67,78 @@ class Heartbeat:
         self._thread.join()
 
 
-__all__ = ["Heartbeat", "advancing", "attack_bar"]
+class ReportProgress:
+    """The robustness report's progress: its stages and an estimate of their time up front (`plan`), an overall bar
+    whose remaining time is the report's ETA, and per attack and batch a bar of images per second plus one log line.
+
+    `attacks` have `name`, `title` and `passes` (forward-and-backward passes per image, at most: the estimate's
+    unit); `images[name]` is how many images each attack covers; `seconds_per_pass` is what one image's pass took on
+    a probe batch."""
+
+    def __init__(self, attacks, images: dict[str, int], batches: int, seconds_per_pass: float, say, disable: bool):
+        self.attacks, self.images, self.batches = attacks, images, batches
+        self.seconds_per_pass, self.say, self.disable = seconds_per_pass, say, disable
+        self.batch = 0
+        self.overall = None
+
+    def estimate(self, attack) -> float:
+        """Seconds `attack` should take over all its images, at most (early stopping makes most attacks cheaper)."""
+        return attack.passes * self.images.get(attack.name, 0) * self.seconds_per_pass
+
+    def plan(self) -> str:
+        """The stage list with each stage's estimated time, and the total."""
+        lines = [
+            f"The report: {max(self.images.values(), default=0)} images in {self.batches} batch"
+            f"{'es' if self.batches != 1 else ''}; one image's forward and backward pass took "
+            f"{self.seconds_per_pass * 1e3:.2f} ms on a probe batch. Stages, each on the images still standing, with "
+            "their time at most (early stopping makes most of them shorter):"
+        ]
+        for attack in self.attacks:
+            if self.images.get(attack.name, 0) and attack.passes:
+                lines.append(
+                    f"  {attack.title}: {self.images[attack.name]} images, {attack.passes:.3g} pass"
+                    f"{'' if attack.passes == 1 else 'es'} each, "
+                    f"~{_duration(self.estimate(attack))}"
+                )
+        total = sum(self.estimate(attack) for attack in self.attacks)
+        lines.append(f"Estimated time: at most ~{_duration(total)} (the bar below keeps an ETA from the actual pace).")
+        return "\n".join(lines)
+
+    def start(self) -> None:
+        total = sum(self.estimate(attack) for attack in self.attacks)
+        self.overall = tqdm(
+            total=total, desc="Robustness report", unit="s", disable=self.disable, position=0, mininterval=1,
+            bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]",
+        )  # fmt: skip
+
+    @contextmanager
+    def attack(self, attack, count: int) -> Iterator[None]:
+        """Around one attack on one batch of `count` images."""
+        description = f"{attack.title} [batch {self.batch + 1}/{self.batches}]"
+        bar = attack_bar(description, count, self.disable, position=1)
+        bar.leave = False
+        started = time.perf_counter()
+        bars = [bar] + ([self.overall] if self.overall is not None else [])
+        with Heartbeat(bars), advancing(bar, count):
+            yield bar
+        bar.close()
+        seconds = time.perf_counter() - started
+        if self.overall is not None and self.images.get(attack.name):
+            self.overall.update(self.estimate(attack) * count / self.images[attack.name])
+        self.say(f"{description}: {count} images in {seconds:.1f} s ({count / max(seconds, 1e-9):.1f} img/s)")
+
+    def close(self) -> None:
+        if self.overall is not None:
+            self.overall.n = self.overall.total
+            self.overall.close()
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+__all__ = ["Heartbeat", "ReportProgress", "advancing", "attack_bar"]

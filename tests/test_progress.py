@@ -57,3 +57,25 @@ def test_the_heartbeat_redraws_bars_while_nothing_moves():
         time.sleep(0.4)
     assert stream.getvalue().count("\r") >= before + 3  # redrawn: the elapsed time moves
     bar.close()
+
+
+def test_the_report_says_its_stages_and_estimate_first_then_every_attack_with_its_pace(images, labels, capsys):
+    from mimir_hf.evaluation import RobustnessSettings, evaluate_robustness
+
+    model = MimirForImageClassification(tiny_config()).eval()
+    settings = RobustnessSettings(pgd_steps=[3, 6], cw_steps=3, adaptive_steps=3, eps_sweep=[0.0, 8 / 255, 1.0],
+                                  autoattack=False, eval_batch_size=4)  # fmt: skip
+    messages = []
+    report = evaluate_robustness(model, (images, labels), settings, progress=messages.append, show_progress=True)
+    plan = messages[0]
+    assert plan.startswith("The report: 6 images in 2 batches") and "Estimated time: at most" in plan
+    for title in ("FGSM", "PGD-3", "PGD-6", "CW-inf", "PGD-MI", "PGD-feature", "PGD-3 at eps 255/255"):
+        assert f"  {title}" in plan, title
+    paced = [m for m in messages if "img/s)" in m]
+    # one line per attack that costs passes and batch: FGSM, PGD-3, PGD-6, CW, noise, PGD-MI, PGD-feature, sweep 255
+    assert len(paced) == 2 * 8 and paced[0].startswith("FGSM [batch 1/2]: 4 images in")
+    assert [m.split(",")[0] for m in messages if m.startswith("batch ")] == ["batch 1: 4 images", "batch 2: 6 images"]
+    bars = capsys.readouterr().err
+    assert "Robustness report" in bars and "PGD-6 [batch 2/2]" in bars and "img/s" in bars
+    quiet = evaluate_robustness(model, (images, labels), settings)
+    assert quiet.accuracy == report.accuracy  # progress changes nothing measured

@@ -67,6 +67,9 @@ class EvaluationArguments:
                   "skip those batches when the same evaluation runs again (long AutoAttack runs)."},
     )  # fmt: skip
     num_workers: int = field(default=0, metadata={"help": "DataLoader workers reading the evaluation images."})
+    disable_tqdm: bool = field(
+        default=False, metadata={"help": "No progress bars (the stage list and a log line per attack remain)."}
+    )
 
     allow_new_head: bool = field(
         default=False,
@@ -178,7 +181,7 @@ def run(eval_args: EvaluationArguments, data_args: DataArguments, settings: Robu
     device, started = start_processes(eval_args.use_cpu)
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     identity = {**asdict(eval_args), **asdict(data_args), **asdict(settings), "processes": world}
-    for key in ("output_dir", "num_workers"):
+    for key in ("output_dir", "num_workers", "disable_tqdm"):
         identity.pop(key)
     inputs = (*data_args.input_paths, eval_args.model_name_or_path)
     try:
@@ -207,7 +210,7 @@ def evaluate(eval_args, data_args, settings, device, rank: int, world: int):
     say = (lambda message: logger.info(f"[{time.time() - start:6.1f}s] {message}")) if rank == 0 else None
     report = evaluate_robustness(
         model, eval_dataset, settings, progress=say, resume_file=eval_args.resume_file,
-        num_workers=eval_args.num_workers,
+        num_workers=eval_args.num_workers, show_progress=rank == 0 and not eval_args.disable_tqdm,
     )  # fmt: skip
     if rank != 0:
         return report

@@ -199,7 +199,7 @@ def run(run_args: MimirRunArguments, model_args, data_args, recipe: AdversarialR
         report_dir = os.path.join(run_args.output_dir, "report")
         evaluation = run_evaluation.EvaluationArguments(
             model_name_or_path=os.path.join(run_args.output_dir, "finetune"), output_dir=report_dir,
-            use_cpu=run_args.use_cpu,
+            use_cpu=run_args.use_cpu, disable_tqdm=run_args.disable_tqdm,
         )  # fmt: skip
         report_start = time.time()
         report = run_evaluation.run(evaluation, data_args, settings, RunArguments(overwrite_output_dir=True))
