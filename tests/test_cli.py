@@ -1,0 +1,46 @@
+"""The `mimir-hf` command itself: its commands, `--help`, `--version`, recipes by name, and one-line refusals."""
+
+import subprocess
+import sys
+
+import mimir_hf
+from mimir_hf.commands.cli import COMMANDS, main
+from mimir_hf.commands.common import recipe_names, resolve_recipe
+
+
+def test_help_lists_every_command_and_the_shipped_recipes(capsys):
+    assert main(["--help"]) == 0
+    text = capsys.readouterr().out
+    assert all(f"  {name}" in text for name in ("run", "pretrain", "finetune", "evaluate", "convert"))
+    assert "demo" in text and "cifar10/finetune_vit_small" in text
+    assert main([]) == 2  # no command: the usage, and a status that says so
+    assert main(["--version"]) == 0 and mimir_hf.__version__ in capsys.readouterr().out
+
+
+def test_unknown_commands_and_recipes_are_one_line(capsys):
+    assert main(["trian"]) == 2
+    error = capsys.readouterr().err
+    assert (
+        error == "mimir-hf: error: unknown command 'trian'; choose one of run, pretrain, finetune, evaluate, convert.\n"
+    )
+    assert main(["finetune", "cifar10/finetune_vit_huge"]) == 1
+    error = capsys.readouterr().err
+    assert (
+        error.startswith("mimir-hf finetune: error: No recipe 'cifar10/finetune_vit_huge'") and error.count("\n") == 1
+    )
+    assert "cifar10/finetune_vit_small" in error
+
+
+def test_recipes_resolve_by_name_or_file(tmp_path):
+    assert "demo" in recipe_names() and all(not name.endswith(".yaml") for name in recipe_names())
+    assert resolve_recipe("demo") == resolve_recipe("demo.yaml") and resolve_recipe("demo").endswith(
+        "recipes/demo.yaml"
+    )
+    own = tmp_path / "mine.yaml"
+    own.write_text("pretrain_epochs: 2\n")
+    assert resolve_recipe(str(own)) == str(own)
+
+
+def test_python_m_mimir_hf_is_the_same_command():
+    result = subprocess.run([sys.executable, "-m", "mimir_hf", "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and all(name in result.stdout for name in COMMANDS)
