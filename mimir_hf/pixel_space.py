@@ -14,7 +14,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-_PIXEL_SCALE = 1 / 255
+from .threat_model import GREY_LEVEL
+
 _RESAMPLE_NAMES = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic"}  # PIL's codes
 
 
@@ -95,10 +96,7 @@ def pixel_space_classifier(model: nn.Module, processor) -> tuple[nn.Module, obje
     it is. A processor that does not map 8-bit images to [0, 1] (`do_rescale` with factor 1/255) is refused: the
     attacks' budgets would not be in pixel units."""
     name = type(processor).__name__
-    if (
-        not getattr(processor, "do_rescale", False)
-        or abs(getattr(processor, "rescale_factor", 0) - _PIXEL_SCALE) > 1e-9
-    ):
+    if not getattr(processor, "do_rescale", False) or abs(getattr(processor, "rescale_factor", 0) - GREY_LEVEL) > 1e-9:
         raise ValueError(
             f"{name} does not rescale 8-bit pixels by 1/255 (do_rescale={getattr(processor, 'do_rescale', None)}, "
             f"rescale_factor={getattr(processor, 'rescale_factor', None)}), so its outputs are not [0, 1] pixels and "

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 PIXEL_TOLERANCE = 1e-3  # rounding slack around [0, 1]
+GREY_LEVEL = 1 / 255  # one level of an 8-bit image, in pixel units: what image processors rescale by
 
 CIFAR_EPSILON = 8 / 255  # the paper's CIFAR-10 L-inf radius (ImageNet uses 2/255 and 4/255)
 
@@ -93,6 +94,7 @@ EVALUATION_ATTACK = AttackBudget(epsilon=CIFAR_EPSILON, step_size=2 / 255, steps
 
 __all__ = [
     "ADVERSARIAL_TRAINING_ATTACK",
+    "GREY_LEVEL",
     "CIFAR_EPSILON",
     "EVALUATION_ATTACK",
     "PRETRAINING_ATTACK",
