@@ -22,10 +22,10 @@ from transformers import PretrainedConfig
 from transformers.models.vit_mae.modeling_vit_mae import build_2d_sinusoidal_position_embedding
 from transformers.utils import ModelOutput, logging
 
+from .configuration_common import HUB_KWARGS
 from .mutual_information import mutual_information
 
 logger = logging.get_logger(__name__)
-_HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "proxies", "revision", "subfolder", "token")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -397,7 +397,7 @@ class MimirLoadingMixin:
         """`PreTrainedModel.from_pretrained` with MIMIR's checks (see the class docstring)."""
         path = pretrained_model_name_or_path
         if not isinstance(kwargs.get("config"), PretrainedConfig):
-            hub_kwargs = {k: kwargs[k] for k in _HUB_KWARGS if k in kwargs}
+            hub_kwargs = {k: kwargs[k] for k in HUB_KWARGS if k in kwargs}
             try:
                 config_dict, _ = PretrainedConfig.get_config_dict(path, **hub_kwargs)
             except OSError as error:
