@@ -12,6 +12,8 @@ import math
 from .threat_model import AttackBudget, check_budget
 
 MI_ESTIMATORS = ("hsic", "renyi", "none")
+# `from_pretrained` keyword arguments that say where a checkpoint's files are (passed on when reading its other files).
+HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "proxies", "revision", "subfolder", "token")
 
 
 class MimirConfigMixin:
@@ -102,4 +104,4 @@ class MimirConfigMixin:
                 raise ValueError(f"image_std must be positive, got {list(self.image_std)}.")
 
 
-__all__ = ["MI_ESTIMATORS", "MimirConfigMixin"]
+__all__ = ["HUB_KWARGS", "MI_ESTIMATORS", "MimirConfigMixin"]

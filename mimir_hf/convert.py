@@ -4,6 +4,7 @@
     python -m mimir_hf.convert swin_base.pth out/mimir-swin-base --use_ema          # the EMA weights of a timm file
     python -m mimir_hf.convert finetuned.pth out/classifier --num_attention_heads 6 # a bare state dict: say the heads
     python -m mimir_hf.convert convit_small.pth out/mimir-convit-s                  # CaiT and ConViT the same way
+    mimir-hf convert swin_base.pth out/mimir-swin-base --label_names imagenet      # class names in id2label
 
 Files are read with `torch.load(weights_only=True)` and an allow-list of exactly what the authors' training scripts
 pickle besides tensors (`argparse.Namespace`, their saved arguments): nothing else in a file is ever unpickled or run.
@@ -14,7 +15,9 @@ what they cannot tell is guessed, said in a warning and recorded in the output's
 
 Each family's key layout is handled by its own module (`mimir_hf/models/<family>/convert_*.py`); this module reads the
 file, picks the family, checks that every tensor found its place (only a new head may be left at its initialisation)
-and saves the model with its image processor and a model card.
+and saves the model with its image processor and a model card. `--label_names` names a classifier's classes
+(`id2label`, shown by `pipeline("image-classification")`): cifar10, imagenet, a JSON file or a comma-separated list
+(`mimir_hf.class_names`).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from dataclasses import dataclass
 import torch
 from transformers.utils import logging
 
+from .class_names import label_config_fields, resolve_class_names
 from .data import image_processor_for
 from .models.cait.convert_cait import convert_cait_checkpoint
 from .models.conversion import Conversion
@@ -138,19 +142,26 @@ def convert_checkpoint(
     output_dir: str | None = None,
     use_ema: bool = False,
     family: str | None = None,
+    label_names=None,
     **config_overrides,
 ):
     """Read `path`, convert it with its family's converter, check that every tensor found its place, and (with
     `output_dir`) save the model, its image processor and a model card. Returns the model, in eval mode.
 
+    `label_names` names a classifier's classes in index order (its `id2label` / `label2id`): "cifar10", "imagenet",
+    a JSON file (a list, or an {index: name} mapping), a comma-separated string, or a list (see
+    `mimir_hf.class_names.resolve_class_names`); their number must be the model's number of classes.
     `config_overrides` set config fields the file cannot tell or that should change (`num_attention_heads` for a
     ViT file without `args`, `image_mean`/`image_std` for a run trained on normalised inputs, ...).
     """
+    names = resolve_class_names(label_names) if label_names is not None else None
     checkpoint = read_checkpoint(path, use_ema=use_ema)
     family = family or detect_family(checkpoint)
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {sorted(FAMILIES)}, got {family!r}.")
     conversion = FAMILIES[family](checkpoint.state_dict, checkpoint.args, **config_overrides)
+    if names is not None:
+        name_classes(conversion, names, path)
     model = load_conversion(conversion, path)
     for note in conversion.notes:
         logger.warning(f"{os.path.basename(path)}: {note}")
@@ -162,6 +173,23 @@ def convert_checkpoint(
         image_processor_for(conversion.config, crop_pct=crop_pct).save_pretrained(output_dir)
         write_conversion_card(output_dir, checkpoint, family, conversion, model)
     return model
+
+
+def name_classes(conversion: Conversion, names: list[str], path: str = "the checkpoint") -> None:
+    """Set the converted classifier's `id2label` / `label2id` to `names`: one per class, else a `ValueError`."""
+    if "ForImageClassification" not in conversion.model_class.__name__:
+        raise ValueError(
+            f"{path} converts to {conversion.model_class.__name__}, which has no classes to name; label names apply to "
+            "classifiers (fine-tuned checkpoints)."
+        )
+    num_labels = conversion.config.num_labels
+    if len(names) != num_labels:
+        raise ValueError(
+            f"{len(names)} label names given for a classifier of {num_labels} classes ({path}); give one name per "
+            "class, in index order."
+        )
+    for name, value in label_config_fields(names).items():
+        setattr(conversion.config, name, value)
 
 
 def load_conversion(conversion: Conversion, path: str = "the checkpoint"):
@@ -245,15 +273,20 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     parser.add_argument("--image_mean", type=_floats, help="Per-channel mean the model was trained with, e.g. "
                         "0.485,0.456,0.406 (applied inside the model; inputs stay [0, 1] pixels).")  # fmt: skip
     parser.add_argument("--image_std", type=_floats, help="Per-channel std, with --image_mean.")
+    parser.add_argument("--label_names", help="Class names of a classifier, in index order (id2label): cifar10, "
+                        "imagenet (the 1000 ImageNet-1k names), a .json file (a list, or {index: name}) or a "
+                        "comma-separated list.")  # fmt: skip
     parser.add_argument("--qkv_bias", type=_bool, help="false: drop the file's query/key/value biases (listed in "
                         "the README), e.g. a ConViT pre-training encoder for bias-free fine-tuning.")  # fmt: skip
     args = parser.parse_args(argv)
     overrides = {
         name: value
         for name, value in vars(args).items()
-        if name not in ("checkpoint", "output_dir", "use_ema", "family") and value is not None
+        if name not in ("checkpoint", "output_dir", "use_ema", "family", "label_names") and value is not None
     }
-    model = convert_checkpoint(args.checkpoint, args.output_dir, args.use_ema, args.family, **overrides)
+    model = convert_checkpoint(
+        args.checkpoint, args.output_dir, args.use_ema, args.family, label_names=args.label_names, **overrides
+    )
     size = sum(p.numel() for p in model.parameters()) / 1e6
     print(
         f"Converted {args.checkpoint} -> {args.output_dir}: {type(model).__name__} ({model.config.model_type}), "
@@ -261,7 +294,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     )
 
 
-__all__ = ["Checkpoint", "convert_checkpoint", "detect_family", "load_conversion", "read_checkpoint"]
+__all__ = ["Checkpoint", "convert_checkpoint", "detect_family", "load_conversion", "name_classes", "read_checkpoint"]
 
 
 if __name__ == "__main__":

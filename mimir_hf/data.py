@@ -8,6 +8,7 @@ stacked by `transformers.default_data_collator`.
 
 from __future__ import annotations
 
+import logging
 import os
 
 import numpy as np
@@ -17,7 +18,7 @@ from PIL import Image as PILImage
 from transformers import default_data_collator
 
 from .augmentation import TrainAugmentation
-from .image_processing_mimir import MimirImageProcessor
+from .image_processing_mimir import MimirImageProcessor, carried_preprocessing, saved_image_processor
 
 DIGITS_SEED = 0
 DIGITS_TEST_FRACTION = 0.2
@@ -249,8 +250,6 @@ def image_problem(value) -> str | None:
 def drop_unreadable_images(dataset: Dataset, image_column: str, split: str = "train") -> Dataset:
     """`dataset` without the images that cannot be read (see `image_problem`), each named in one warning line with
     the count, so that a run never dies mid-epoch on one bad file. A fast scan (JPEGs decode at 1/8 scale)."""
-    import logging
-
     if not isinstance(dataset.features.get(image_column), Image):
         return dataset
     from tqdm.auto import tqdm
@@ -381,6 +380,60 @@ def image_processor_for(config, crop_pct: float | None = None) -> MimirImageProc
     )
 
 
+def checkpoint_image_processor(model_name_or_path: str | None, config, **hub_kwargs) -> MimirImageProcessor:
+    """The image processor of a model started from the checkpoint `model_name_or_path` (a folder or Hub id, or None
+    for a new model), `config` being the model's (as loaded): what pretrain and finetune train with and save next to
+    the model, and what evaluating it should feed it.
+
+    - No checkpoint, or a checkpoint without a saved image processor: `image_processor_for(config)`.
+    - The checkpoint's saved processor (a MIMIR folder's `MimirImageProcessor`, e.g. a converted ImageNet model's
+      resize 256 / crop 224; a ViTMAE folder's `ViTImageProcessor`): a `MimirImageProcessor` with its resize (size,
+      resample filter, centre crop), the config's channels, [0, 1] pixels and no normalisation: that is
+      `config.image_mean` / `image_std`, inside the model. A processor that normalises otherwise than the config, or
+      does what `MimirImageProcessor` cannot (see `carried_preprocessing`), is a `ValueError` naming the fix.
+    - A model whose input size differs from the processor's output (e.g. `--image_size` changed on a checkpoint) gets
+      the same filter and crop fraction at its own size, said in one log line.
+    """
+    if not hasattr(config, "image_size_hw"):
+        raise ValueError(
+            f"checkpoint_image_processor serves MIMIR models (their configs normalise inside); {type(config).__name__} "
+            "is not one: use the checkpoint's own image processor."
+        )
+    if not model_name_or_path:
+        return image_processor_for(config)
+    saved = saved_image_processor(model_name_or_path, **hub_kwargs)
+    if saved is None:
+        return image_processor_for(config)
+    carried = carried_preprocessing(saved, model_name_or_path, config.num_channels)
+    inside = (config.image_mean, config.image_std)
+    if carried.image_mean is not None and (
+        None in inside or not np.allclose([carried.image_mean, carried.image_std], inside, rtol=0, atol=1e-7)
+    ):
+        raise ValueError(
+            f"The image processor of {model_name_or_path} normalises with mean {carried.image_mean}, std "
+            f"{carried.image_std}, but the model normalises inside with image_mean={config.image_mean}, "
+            f"image_std={config.image_std}: give the model the processor's values, or save a processor that does not "
+            "normalise."
+        )
+    if carried.output_size == config.image_size_hw:
+        return MimirImageProcessor(num_channels=config.num_channels, **carried.resize)
+    crop_pct = None
+    if carried.resize["do_center_crop"]:
+        size = carried.resize["size"]
+        side = size.get("shortest_edge") or min(size.get("height", 0), size.get("width", 0))
+        crop_pct = min(carried.output_size) / side if side >= min(carried.output_size) else None
+    processor = image_processor_for(config, crop_pct)
+    processor.resample = carried.resize["resample"]
+    height, width = config.image_size_hw
+    kept = f"filter and crop fraction {crop_pct:.3g}" if crop_pct else "filter"
+    logging.getLogger("mimir_hf.data").warning(
+        f"The image processor of {model_name_or_path} ({carried.describe_resize()}) makes "
+        f"{carried.output_size[0]}x{carried.output_size[1]} images but the model takes {height}x{width}: resizing with "
+        f"its {kept} to the model's size instead."
+    )
+    return processor
+
+
 def tensors(dataset: Dataset, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The first `limit` (default: all) `pixel_values` and `labels` of a transformed dataset, stacked (for small sets:
     plots, quick checks; evaluation streams through a DataLoader instead)."""
@@ -393,6 +446,7 @@ def tensors(dataset: Dataset, limit: int | None = None) -> tuple[torch.Tensor, t
 __all__ = [
     "check_labels_fit",
     "preprocessing_change",
+    "checkpoint_image_processor",
     "drop_unreadable_images",
     "image_processor_for",
     "label_names",

@@ -6,13 +6,20 @@ PIL images are first brought to 8-bit pixels of the model's channels ("L" for 1,
 that nothing is silently clipped or zeroed: 16-bit images are divided by 65535, float ("F") images are read as [0, 1],
 [0, 255] or [0, 65535] by their range, images with transparency are composited on white (so content drawn in the
 alpha channel stays visible), and what cannot be converted is refused with the file's name.
+
+`carried_preprocessing` reads another image processor (a ViTMAE checkpoint's `ViTImageProcessor`) as what MIMIR can
+carry over: its resize for a `MimirImageProcessor`, its normalisation for the model's `image_mean` / `image_std`.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+from typing import NoReturn
+
 import numpy as np
 from PIL import Image
-from transformers.image_processing_backends import PilBackend
+from transformers.image_processing_backends import PilBackend, TorchvisionBackend
 from transformers.image_utils import PILImageResampling
 
 
@@ -26,7 +33,8 @@ class MimirImageProcessor(PilBackend):
             resize 256, crop 224).
         crop_size (`dict`, *optional*): `{"height": ..., "width": ...}` of the crop.
 
-    Resizing is bicubic; pixels are rescaled to [0, 1] and never normalised.
+    Resizing is bicubic unless `resample` says otherwise (a processor carried over from a checkpoint keeps its
+    filter); pixels are rescaled to [0, 1] and never normalised.
     """
 
     resample = PILImageResampling.BICUBIC
@@ -59,6 +67,114 @@ class MimirImageProcessor(PilBackend):
         return super().process_image(
             image, do_convert_rgb=do_convert_rgb, input_data_format=input_data_format, **kwargs
         )
+
+
+PREPROCESSOR_FILE = "preprocessor_config.json"
+# The steps of transformers' standard image pipeline (resize -> centre crop -> rescale -> normalise -> pad); a processor
+# that changes any of them does something MimirImageProcessor cannot reproduce.
+_STANDARD_STEPS = ("preprocess", "_preprocess", "resize", "center_crop", "rescale", "normalize")
+
+
+@dataclass
+class CarriedPreprocessing:
+    """What a MIMIR model keeps of another image processor: `resize` (`MimirImageProcessor` keyword arguments: size,
+    resample, centre crop), the `output_size` (height, width) it gives, and its normalisation (`image_mean` /
+    `image_std`, `None` when it does not normalise), which MIMIR applies inside the model."""
+
+    resize: dict
+    output_size: tuple[int, int]
+    image_mean: list[float] | None = None
+    image_std: list[float] | None = None
+
+    def describe_resize(self) -> str:
+        """The resize in words, e.g. "resize to 224x224 (bilinear)"."""
+        size, filter_name = self.resize["size"], PILImageResampling(self.resize["resample"]).name.lower()
+        if "height" in size and "width" in size:
+            text = f"resize to {size['height']}x{size['width']} ({filter_name})"
+        else:
+            text = f"resize ({', '.join(f'{k} {v}' for k, v in size.items())}, {filter_name})"
+        if self.resize.get("do_center_crop"):
+            text += f", centre crop {self.output_size[0]}x{self.output_size[1]}"
+        return text
+
+
+def carried_preprocessing(processor, source: str, num_channels: int = 3) -> CarriedPreprocessing:
+    """Read an image processor (`source` names where it came from, for the messages) as resize + [0, 1] rescale +
+    optional normalisation, the steps a MIMIR model can reproduce: the resize in a `MimirImageProcessor`, the
+    normalisation inside the model. A processor that does anything else (no resize to a fixed size, another rescale,
+    padding, its own preprocessing code) is refused with a `ValueError` naming the fix."""
+    kind = type(processor).__name__.removesuffix("Pil")  # as its file names it
+
+    def refuse(reason: str) -> NoReturn:
+        raise ValueError(
+            f"The image processor of {source} ({kind}) {reason}, which a MIMIR model cannot reproduce (it takes [0, 1] "
+            f"pixels resized, and optionally centre-cropped, to its size, and normalises inside). Save a "
+            f"ViTImageProcessor (resize, rescale 1/255, normalise) as its {PREPROCESSOR_FILE}, or remove that file "
+            "and give the model image_mean/image_std yourself."
+        )
+
+    base = next((cls for cls in (PilBackend, TorchvisionBackend) if isinstance(processor, cls)), None)
+    if base is None:
+        refuse("is not one of transformers' standard image processors")
+    changed = [name for name in _STANDARD_STEPS if getattr(type(processor), name) is not getattr(base, name)]
+    if changed:
+        refuse(f"runs preprocessing code of its own ({', '.join(changed)})")
+    if not processor.do_resize:
+        refuse("does not resize (do_resize=False)")
+    size = {key: int(value) for key, value in dict(processor.size).items()}
+    crop = {key: int(value) for key, value in dict(processor.crop_size or {}).items()}
+    if processor.do_center_crop:
+        if set(crop) != {"height", "width"}:
+            refuse(f"centre-crops to {crop or 'no size'} (expected a height and a width)")
+        output_size = (crop["height"], crop["width"])
+    elif set(size) == {"height", "width"}:
+        output_size = (size["height"], size["width"])
+    else:
+        refuse(f"resizes to {size} without a centre crop, so its images have no fixed size")
+    to_unit_range = MimirImageProcessor.rescale_factor  # 8-bit pixels -> [0, 1]
+    if not processor.do_rescale or not math.isclose(processor.rescale_factor or 0.0, to_unit_range):
+        refuse(f"does not rescale 8-bit pixels to [0, 1] (do_rescale={processor.do_rescale}, rescale_factor="
+               f"{processor.rescale_factor})")  # fmt: skip
+    if getattr(processor, "do_pad", None):
+        refuse("pads its images (do_pad=True)")
+    # None: the PIL backend's default filter
+    resample = int(processor.resample if processor.resample is not None else PILImageResampling.BILINEAR)
+    resize = dict(size=size, resample=resample, do_center_crop=bool(processor.do_center_crop))
+    if processor.do_center_crop:
+        resize["crop_size"] = crop
+    mean = std = None
+    if processor.do_normalize:
+        mean, std = (_per_channel(value, num_channels) for value in (processor.image_mean, processor.image_std))
+        if mean is None or std is None:
+            refuse(f"normalises with {processor.image_mean} / {processor.image_std}, not one value per channel "
+                   f"({num_channels})")  # fmt: skip
+    return CarriedPreprocessing(resize, output_size, mean, std)
+
+
+def _per_channel(value, num_channels: int) -> list[float] | None:
+    """`value` (a number, or a sequence of one or `num_channels` numbers) as `num_channels` floats; None otherwise."""
+    values = [value] if isinstance(value, (int, float)) else list(value or [])
+    if len(values) == 1:
+        values = values * num_channels
+    return [float(v) for v in values] if len(values) == num_channels else None
+
+
+def saved_image_processor(path: str, **hub_kwargs):
+    """The image processor saved with a checkpoint (a folder or Hub id), with transformers' PIL backend (the one
+    `MimirImageProcessor` uses), or None when the checkpoint has none. A file that cannot be loaded is a `ValueError`
+    naming it."""
+    from transformers import AutoImageProcessor
+    from transformers.utils import cached_file
+
+    try:
+        if cached_file(path, PREPROCESSOR_FILE, _raise_exceptions_for_missing_entries=False, **hub_kwargs) is None:
+            return None
+        return AutoImageProcessor.from_pretrained(path, backend="pil", **hub_kwargs)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        reason = str(error).split("\n")[0][:200]
+        raise ValueError(
+            f"The {PREPROCESSOR_FILE} of {path} cannot be loaded as an image processor ({reason}); fix or remove it."
+        ) from None
 
 
 _16_BIT = ("I;16", "I;16B", "I;16L", "I;16N")
@@ -111,4 +227,11 @@ def to_model_mode(image: Image.Image, num_channels: int) -> Image.Image:
     return image.convert(target)
 
 
-__all__ = ["MimirImageProcessor", "to_model_mode"]
+__all__ = [
+    "PREPROCESSOR_FILE",
+    "CarriedPreprocessing",
+    "MimirImageProcessor",
+    "carried_preprocessing",
+    "saved_image_processor",
+    "to_model_mode",
+]

@@ -10,22 +10,23 @@ installed (transformers' own code copying only follows `from .x import` within o
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import sys
 from dataclasses import dataclass
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from torch import nn
 from transformers import PretrainedConfig
 from transformers.models.vit_mae.modeling_vit_mae import build_2d_sinusoidal_position_embedding
 from transformers.utils import ModelOutput, logging
 
+from .configuration_common import HUB_KWARGS
 from .mutual_information import mutual_information
 
 logger = logging.get_logger(__name__)
-_HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "proxies", "revision", "subfolder", "token")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -393,11 +394,19 @@ class MimirLoadingMixin:
     _auto_classes: dict[str, str] = {}
 
     @classmethod
+    def _init_kwargs_for(cls, path, config_dict: dict, hub_kwargs: dict) -> dict:
+        """Constructor arguments this class needs to hold the checkpoint at `path` (whose config is `config_dict`):
+        none by default; see `MimirModel` (the encoder of a mean-pooling classifier has no final norm)."""
+        return {}
+
+    @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         """`PreTrainedModel.from_pretrained` with MIMIR's checks (see the class docstring)."""
         path = pretrained_model_name_or_path
-        if not isinstance(kwargs.get("config"), PretrainedConfig):
-            hub_kwargs = {k: kwargs[k] for k in _HUB_KWARGS if k in kwargs}
+        hub_kwargs = {k: kwargs[k] for k in HUB_KWARGS if k in kwargs}
+        if isinstance(kwargs.get("config"), PretrainedConfig):  # e.g. from an Auto class
+            config_dict = kwargs["config"].to_dict()
+        else:
             try:
                 config_dict, _ = PretrainedConfig.get_config_dict(path, **hub_kwargs)
             except OSError as error:
@@ -411,6 +420,8 @@ class MimirLoadingMixin:
                     f"{' or '.join(repr(t) for t in loadable)} checkpoints. The authors' .pth files convert with "
                     "`python -m mimir_hf.convert`."
                 )
+        for name, value in cls._init_kwargs_for(path, config_dict, hub_kwargs).items():
+            kwargs.setdefault(name, value)
         if cls._checkpoint_key_mapping is not None:
             kwargs.setdefault("key_mapping", cls._checkpoint_key_mapping)
         wants_info = kwargs.pop("output_loading_info", False)
@@ -433,9 +444,15 @@ class MimirLoadingMixin:
         missing = sorted(info["missing_keys"])
         unexplained = [key for key in missing if not key.startswith(cls._new_weights_allowed)]
         if unexplained:
+            saved_as = [name for name in config_dict.get("architectures") or [] if name != cls.__name__]
+            hint = (
+                f"It is a {saved_as[0]} checkpoint, which has no such weights: load it with {saved_as[0]}."
+                if saved_as and saved_as[0] in cls._auto_classes.values()
+                else "Is it a checkpoint of another shape or model?"
+            )
             raise ValueError(
                 f"{path} does not hold {len(unexplained)} weights {cls.__name__} needs (e.g. {unexplained[:6]}); "
-                "refusing to return a half-loaded model. Is it a checkpoint of another shape or model?"
+                f"refusing to return a half-loaded model. {hint}"
             )
         mismatched = sorted(key for key, *_ in info.get("mismatched_keys", ()))
         if mismatched:
@@ -466,6 +483,26 @@ class MimirLoadingMixin:
             importlib.import_module(processor_module)
             export_code(save_directory, [type(self.config).__module__, type(self).__module__, processor_module])
         return result
+
+
+def checkpoint_weight_names(path, **hub_kwargs) -> set[str] | None:
+    """The tensor names of a checkpoint's safetensors weights (a folder or Hub id; from the shard index or the file's
+    header, no tensor is read), or None when it has no readable safetensors file."""
+    from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, cached_file
+
+    def find(name):
+        return cached_file(path, name, _raise_exceptions_for_missing_entries=False, **hub_kwargs)
+
+    try:
+        if index := find(SAFE_WEIGHTS_INDEX_NAME):
+            with open(index, encoding="utf-8") as f:
+                return set(json.load(f)["weight_map"])
+        if single := find(SAFE_WEIGHTS_NAME):
+            with safe_open(single, "pt") as f:
+                return set(f.keys())
+    except (OSError, ValueError, KeyError, SafetensorError):
+        pass  # unreadable: from_pretrained says so in its own words
+    return None
 
 
 _RELATIVE_IMPORT = re.compile(r"^(\s*from\s+)(\.+[\w.]*)(\s+import\b)", flags=re.MULTILINE)
@@ -509,6 +546,7 @@ __all__ = [
     "check_labels",
     "classification_loss",
     "check_pixel_values",
+    "checkpoint_weight_names",
     "export_code",
     "masked_reconstruction_loss",
     "mimir_pretraining_output",

@@ -166,3 +166,67 @@ def test_output_folder_works_with_auto_classes_and_the_pipeline(tmp_path):
     pixels = torch.tensor([200, 40, 90], dtype=torch.float32).div(255).view(1, 3, 1, 1).expand(1, 3, 32, 32)
     assert best["label"] == model.config.id2label[int(reference(pixels).argmax())]
     assert json.load(open(tmp_path / "out" / "preprocessor_config.json"))["do_normalize"] is False
+
+
+@pytest.mark.parametrize("form", ["cifar10", "imagenet", "json list", "json mapping", "comma-separated"])
+def test_label_names_set_id2label_and_the_pipeline_shows_them(tmp_path, form):
+    from PIL import Image
+
+    from mimir_hf.class_names import CIFAR10_CLASSES
+
+    classes = 1000 if form == "imagenet" else 10
+    reference = randomised(ReferenceViT(classes=classes))
+    path = training_file(tmp_path / "ft.pth", reference.state_dict(), model="vit_custom")
+    own = [f"class {index}" for index in range(10)]
+    spec = {
+        "cifar10": "cifar10",
+        "imagenet": "imagenet",
+        "json list": str(tmp_path / "names.json"),
+        "json mapping": str(tmp_path / "mapping.json"),
+        "comma-separated": ",".join(own),
+    }[form]
+    (tmp_path / "names.json").write_text(json.dumps(own))
+    (tmp_path / "mapping.json").write_text(json.dumps({str(i): name for i, name in reversed(list(enumerate(own)))}))
+    out = tmp_path / "out"
+    if form == "json mapping":  # the Python API takes the same forms
+        convert_checkpoint(path, str(out), num_attention_heads=4, label_names=spec)
+    else:
+        assert cli(["convert", path, str(out), "--num_attention_heads", "4", "--label_names", spec]) == 0
+    expected = {"cifar10": list(CIFAR10_CLASSES)}.get(form, own)
+    config = json.loads((out / "config.json").read_text())
+    names = [config["id2label"][str(index)] for index in range(classes)]
+    if form == "imagenet":  # the standard order: the sorted wnids
+        assert names[:2] == ["tench, Tinca tinca", "goldfish, Carassius auratus"] and names[407] == "ambulance"
+        assert names[999] == "toilet tissue, toilet paper, bathroom tissue" and len(set(names)) == 1000
+        assert names[134] == "crane (n02012849)" and names[517] == "crane (n03126707)"  # distinct for label2id
+    else:
+        assert names == expected
+    assert config["label2id"] == {name: index for index, name in enumerate(names)}
+    classify = pipeline("image-classification", model=str(out), device="cpu")
+    best = classify(Image.new("RGB", (16, 16), (200, 40, 90)), top_k=1)[0]
+    pixels = torch.tensor([200, 40, 90], dtype=torch.float32).div(255).view(1, 3, 1, 1).expand(1, 3, 16, 16)
+    assert best["label"] == names[int(reference(pixels).argmax())]
+
+
+def test_label_names_that_do_not_fit_are_one_clear_error(tmp_path, capsys):
+    reference = randomised(ReferenceViT())  # 4 classes
+    path = training_file(tmp_path / "ft.pth", reference.state_dict(), model="vit_custom")
+    for spec, message in [
+        ("cifar10", "10 label names given for a classifier of 4 classes"),
+        ("a,b,a,c", "must be distinct.*repeated: \\['a'\\]"),
+        ("cats", "expected cifar10, imagenet, a .json file"),
+        (str(tmp_path / "absent.json"), "No label-names file"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            convert_checkpoint(path, num_attention_heads=4, label_names=spec)
+        assert cli(["convert", path, str(tmp_path / "out"), "--num_attention_heads", "4", "--label_names", spec]) == 1
+        error = capsys.readouterr().err
+        assert error.startswith("mimir-hf convert: error: ") and error.count("\n") == 1, error
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "gap.json").write_text(json.dumps({"0": "a", "1": "b", "3": "d", "4": "e"}))
+    with pytest.raises(ValueError, match="cover the indices 0..3; it lacks \\[2\\]"):
+        convert_checkpoint(path, num_attention_heads=4, label_names=str(tmp_path / "gap.json"))
+    mae = randomised(ReferenceMAE(heads=4, decoder_dim=32, decoder_heads=16))
+    pretraining = training_file(tmp_path / "pt.pth", mae.state_dict(), model="mae_vit_custom")
+    with pytest.raises(ValueError, match="MimirForPreTraining, which has no classes to name"):
+        convert_checkpoint(pretraining, num_attention_heads=4, label_names="a,b")

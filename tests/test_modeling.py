@@ -321,3 +321,73 @@ def test_every_family_refuses_a_mask_ratio_that_leaves_no_patch_visible(family):
     with pytest.raises(StrictDataclassError, match="leaves 0 of 16 patches visible"):
         config_class(**shape, mask_ratio=0.95)
     assert config_class(**shape, mask_ratio=0.75).num_visible_patches == 4
+
+
+def _classifier_and_head(family: str):
+    """A tiny classifier of `family` with random weights, and how its head reads the base model's output."""
+    from mimir_hf import (
+        MimirCaitForImageClassification,
+        MimirConvitForImageClassification,
+        MimirSwinConfig,
+        MimirSwinForImageClassification,
+    )
+
+    from .test_cait import tiny_config as tiny_cait_config
+    from .test_convit import tiny_config as tiny_convit_config
+
+    swin = MimirSwinConfig(image_size=16, patch_size=4, embed_dim=16, depths=[2, 2], num_heads=[2, 2], window_size=2,
+                           num_labels=4)  # fmt: skip
+    classifier = {
+        "vit-mean": lambda: MimirForImageClassification(tiny_config()),
+        "vit-cls": lambda: MimirForImageClassification(tiny_config(classifier_pooling="cls")),
+        "swin": lambda: MimirSwinForImageClassification(swin),
+        "cait": lambda: MimirCaitForImageClassification(tiny_cait_config()),
+        "convit": lambda: MimirConvitForImageClassification(tiny_convit_config()),
+    }[family]()
+    with torch.no_grad():
+        for parameter in classifier.parameters():
+            parameter.normal_(std=0.2)
+    head = {
+        "vit-mean": lambda base, x: classifier.classifier(
+            classifier.fc_norm(base(x, apply_masking=False).last_hidden_state[:, 1:].mean(dim=1))
+        ),
+        "vit-cls": lambda base, x: classifier.classifier(base(x, apply_masking=False).last_hidden_state[:, 0]),
+    }.get(family, lambda base, x: classifier.classifier(base(x).pooler_output))
+    return classifier.eval(), head
+
+
+@pytest.mark.parametrize("family", ["vit-mean", "vit-cls", "swin", "cait", "convit"])
+def test_auto_model_on_a_classifier_folder_gives_its_encoder(tmp_path, images, family):
+    """AutoModel on a saved classifier gives the family's base model holding the classifier's encoder, exactly: its
+    head on the base model's output reproduces the classifier's logits. A mean-pooling ViT classifier has no final
+    encoder norm (fc_norm normalises the pooled feature), so its MimirModel is built without one, said in a log line,
+    and that encoder saves and loads again."""
+    from mimir_hf.models.vit.modeling_mimir import logger as vit_logger
+
+    classifier, head = _classifier_and_head(family)
+    classifier.save_pretrained(tmp_path / "classifier")
+    with CaptureLogger(vit_logger) as captured:
+        base = AutoModel.from_pretrained(tmp_path / "classifier").eval()
+    assert type(base).__name__ == type(classifier).__name__.replace("ForImageClassification", "Model")
+    with torch.no_grad():
+        expected = classifier(images).logits
+        torch.testing.assert_close(head(base, images), expected)
+    no_final_norm = family == "vit-mean"
+    assert ("use_final_norm=False" in captured.out) == no_final_norm
+    if no_final_norm:
+        assert isinstance(base.layernorm, torch.nn.Identity)
+        assert "mean-pooling MimirForImageClassification" in captured.out and "apply_masking=False" in captured.out
+        base.save_pretrained(tmp_path / "encoder")
+        with CaptureLogger(vit_logger) as captured:
+            again = AutoModel.from_pretrained(tmp_path / "encoder").eval()
+        assert "an encoder saved without a final norm" in captured.out
+        with torch.no_grad():
+            torch.testing.assert_close(head(again, images), expected)
+
+
+def test_loading_a_classifier_as_a_pretraining_model_names_the_class_to_use(tmp_path):
+    """A mean-pooling classifier has no final encoder norm, which MimirForPreTraining needs: refused, naming the
+    class the checkpoint is."""
+    MimirForImageClassification(tiny_config()).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"vit\.layernorm.*half-loaded.*load it with MimirForImageClassification\.$"):
+        MimirForPreTraining.from_pretrained(tmp_path)

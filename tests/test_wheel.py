@@ -47,6 +47,8 @@ SCRIPT = textwrap.dedent(
     assert "mimir_hf" in card and "arXiv:2312.04960" in card
     from mimir_hf.robustbench import subset_ids
     assert len(subset_ids("robustbench-imagenet-5000")) == 5000  # read from the installed package, sha256 checked
+    from mimir_hf.class_names import imagenet_classes
+    assert imagenet_classes()[0] == "tench, Tinca tinca"  # the ImageNet-1k names, package data, sha256 checked
     print("WHEEL OK", sorted(os.listdir("run")))
     """
 )
@@ -65,6 +67,7 @@ def test_wheel_installs_into_a_fresh_venv_and_runs_outside_the_source_tree(tmp_p
     assert "mimir_hf/templates/finetuned.md" in names and "mimir_hf/models/vit/modeling_mimir.py" in names
     assert "mimir_hf/data_files/imagenet_test_image_ids.txt" in names  # RobustBench's ids, package data
     assert "mimir_hf/recipes/demo.yaml" in names and "mimir_hf/recipes/cifar10/finetune_vit_small.yaml" in names
+    assert "mimir_hf/data_files/imagenet_classes.txt" in names  # ImageNet-1k's class names, package data
 
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)  # with pip: it writes the console script

@@ -408,12 +408,15 @@ def read_data(data_args: DataArguments, seed: int = 0, need_labels: bool = True,
     return Data(parts["train"], parts["test"], image_column, label_column, names, data_args.uses_default_data)
 
 
-def load_data(data_args: DataArguments, config, seed: int = 0, augmentation=None, need_labels: bool = True):
-    """(train, test, class names): `read_data`'s splits through the config's image processor; `augmentation`
-    (`AugmentationArguments`) augments the training split only."""
+def load_data(
+    data_args: DataArguments, config, seed: int = 0, augmentation=None, need_labels: bool = True, image_processor=None
+):
+    """(train, test, class names): `read_data`'s splits through `image_processor` (default: the config's);
+    `augmentation` (`AugmentationArguments`) augments the training split only."""
     data = read_data(data_args, seed, need_labels)
     extra = augmentation.build(config.image_size_hw, config.num_channels) if augmentation else None
-    return (*data.transformed(image_processor_for(config), augmentation=extra), data.names)
+    image_processor = image_processor if image_processor is not None else image_processor_for(config)
+    return (*data.transformed(image_processor, augmentation=extra), data.names)
 
 
 def default_num_channels(data_args: DataArguments) -> int:
@@ -735,14 +738,17 @@ def log_effective_settings(settings: dict) -> None:
     logger.info("Effective settings:\n" + "\n".join(f"  {name}: {value}" for name, value in settings.items()))
 
 
-def load_aux_data(data_args: DataArguments, config, augmentation=None, num_labels: int | None = None):
+def load_aux_data(
+    data_args: DataArguments, config, augmentation=None, num_labels: int | None = None, image_processor=None
+):
     """The auxiliary training data of `--aux_data_file`, through the same transform as the training split (labels
-    checked against `num_labels` when given); or None."""
+    checked against `num_labels` when given; `image_processor` default: the config's); or None."""
     if not data_args.aux_data_file:
         return None
     from mimir_hf.auxiliary_data import AuxiliaryImages
     from mimir_hf.data import pixel_transform
 
     extra = augmentation.build(config.image_size_hw, config.num_channels) if augmentation else None
-    transform = pixel_transform("image", "label", image_processor_for(config), extra)
+    image_processor = image_processor if image_processor is not None else image_processor_for(config)
+    transform = pixel_transform("image", "label", image_processor, extra)
     return AuxiliaryImages(data_args.aux_data_file, transform, num_labels=num_labels)

@@ -7,8 +7,9 @@
 
 Arguments: `ModelArguments` and `DataArguments` (`common.py`) and the library's `MimirAdversarialTrainingArguments`
 (PGD-AT at 8/255, 10 steps of 2/255 by default) and `AugmentationArguments`. Fine-tunes a MIMIR ViT, CaiT or ConViT,
-or a MIMIR Swin from a converted checkpoint (`--model_name_or_path`). Writes the classifier (safetensors + config with
-id2label), a quick natural / PGD-20 measurement (of the EMA weights too, saved in `ema/`, with --ema_decay) and a
+or a MIMIR Swin from a converted checkpoint (`--model_name_or_path`, whose image processor's resize is kept, e.g. a
+converted ImageNet model's 256 / crop 224: `checkpoint_image_processor`). Writes the classifier (safetensors + config
+with id2label), a quick natural / PGD-20 measurement (of the EMA weights too, saved in `ema/`, with --ema_decay) and a
 model card `README.md`. For the full robustness report run `mimir-hf evaluate` on the output. Runs under `torchrun`
 and `accelerate launch`.
 """
@@ -19,10 +20,10 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import AutoConfig, default_data_collator
 
-from mimir_hf import MimirForImageClassification, MimirSwinForImageClassification
+from mimir_hf import MimirConfig, MimirForImageClassification, MimirSwinForImageClassification
 from mimir_hf.attacks import pgd_attack
 from mimir_hf.augmentation import AugmentationArguments
-from mimir_hf.data import image_processor_for
+from mimir_hf.data import checkpoint_image_processor
 from mimir_hf.evaluation import Attack, evaluate_batch
 from mimir_hf.model_card import accuracy_results, write_model_card
 from mimir_hf.progress import Heartbeat, advancing, attack_bar
@@ -124,10 +125,15 @@ def run(
     if model_args.model_name_or_path:  # the checkpoint decides the input shape
         checkpoint_config(model_args.model_name_or_path)  # a missing or unreadable config: one clear error
         config = AutoConfig.from_pretrained(model_args.model_name_or_path)
+        if config.model_type == "vit_mae":  # read as the MIMIR ViT it becomes (its normalisation carried over)
+            config = MimirConfig.from_pretrained(model_args.model_name_or_path)
     else:
         config = new_config(model_args, default_num_channels(data_args))
-    train_dataset, eval_dataset, names = load_data(data_args, config, training_args.seed, augmentation)
-    aux_dataset = load_aux_data(data_args, config, augmentation, num_labels=len(names))
+    image_processor = checkpoint_image_processor(model_args.model_name_or_path, config)
+    train_dataset, eval_dataset, names = load_data(
+        data_args, config, training_args.seed, augmentation, image_processor=image_processor
+    )
+    aux_dataset = load_aux_data(data_args, config, augmentation, num_labels=len(names), image_processor=image_processor)
     model = build_classifier(model_args, config.num_channels, names, config)
     logger.info(
         f"Adversarial fine-tuning ({training_args.adversarial_method}, {training_args.adversarial_budget.describe()}) "
@@ -145,7 +151,7 @@ def run(
     ema_dir = trainer.save_ema_model() if trainer.ema is not None else None
     if trainer.is_world_process_zero():
         for folder in filter(None, (training_args.output_dir, ema_dir)):
-            image_processor_for(config).save_pretrained(folder)
+            image_processor.save_pretrained(folder)
     metrics = dict(result.metrics)
     if trainer.is_world_process_zero():
         if evaluate:

@@ -5,7 +5,9 @@
     mimir-hf pretrain cifar10/pretrain_vit_small --bf16     # a paper row (a recipe): its values are the defaults
 
 Arguments: `ModelArguments` and `DataArguments` (`common.py`) and the library's `MimirPreTrainingArguments` and
-`AugmentationArguments`. Writes the model (safetensors + config), its image processor, `reconstructions.png` and a
+`AugmentationArguments`. A checkpoint to start from (`--model_name_or_path`: MIMIR, or a transformers ViTMAE such as
+facebook/vit-mae-base) keeps its image processor's resize and normalisation (`checkpoint_image_processor`). Writes the
+model (safetensors + config), its image processor, `reconstructions.png` and a
 model card `README.md` in --output_dir (and the EMA weights in `ema/` with --ema_decay). Runs unchanged under
 `torchrun` and `accelerate launch`.
 """
@@ -20,7 +22,7 @@ import torch
 from mimir_hf import MimirForPreTraining
 from mimir_hf.attacks import eval_mode, mae_attack
 from mimir_hf.augmentation import AugmentationArguments
-from mimir_hf.data import image_processor_for, tensors
+from mimir_hf.data import checkpoint_image_processor, tensors
 from mimir_hf.model_card import write_model_card
 from mimir_hf.trainer import MimirPreTrainingArguments, MimirPreTrainingTrainer
 
@@ -127,8 +129,11 @@ def run(
     resume = start_training_run("run_pretraining", model_args, data_args, training_args, run_args, augmentation)
     model = build_model(model_args, default_num_channels(data_args))
     config = model.config
-    train_dataset, eval_dataset, _ = load_data(data_args, config, training_args.seed, augmentation, need_labels=False)
-    aux_dataset = load_aux_data(data_args, config, augmentation)
+    image_processor = checkpoint_image_processor(model_args.model_name_or_path, config)
+    train_dataset, eval_dataset, _ = load_data(
+        data_args, config, training_args.seed, augmentation, need_labels=False, image_processor=image_processor
+    )
+    aux_dataset = load_aux_data(data_args, config, augmentation, image_processor=image_processor)
     logger.info(
         f"MIMIR pre-training: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
         f"{len(train_dataset)} training images, attack {config.attack_budget.describe()}, MI: {config.mi_estimator} "
@@ -152,9 +157,9 @@ def run(
     if trainer.ema is not None:
         ema_dir = trainer.save_ema_model()
         if trainer.is_world_process_zero():
-            image_processor_for(config).save_pretrained(ema_dir)
+            image_processor.save_pretrained(ema_dir)
     if trainer.is_world_process_zero():
-        image_processor_for(config).save_pretrained(training_args.output_dir)
+        image_processor.save_pretrained(training_args.output_dir)
     trainer.log_metrics("train", metrics)
     trainer.save_metrics("all", metrics)
 

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from huggingface_hub.dataclasses import strict
 from transformers import PretrainedConfig
+from transformers.utils import logging
 
-from ...configuration_common import MimirConfigMixin
+from ...configuration_common import HUB_KWARGS, MimirConfigMixin
+from ...image_processing_mimir import carried_preprocessing, saved_image_processor
 from ...mutual_information import DEFAULT_MI_ALPHA, DEFAULT_MI_SIGMA, DEFAULT_MI_WEIGHT
 from ...threat_model import PRETRAINING_ATTACK
+
+logger = logging.get_logger(__name__)
 
 CLASSIFIER_POOLINGS = ("mean", "cls")
 
@@ -165,6 +169,17 @@ class MimirConfig(MimirConfigMixin, PretrainedConfig):
 
     presets = PRESETS
 
+    @classmethod
+    def get_config_dict(cls, pretrained_model_name_or_path, **kwargs) -> tuple[dict, dict]:
+        """`PretrainedConfig.get_config_dict`, with a transformers ViTMAE checkpoint read as a MIMIR ViT (see
+        `config_dict_from_vit_mae`): every `from_pretrained` of the ViT family goes through here."""
+        hub_kwargs = {name: kwargs[name] for name in HUB_KWARGS if kwargs.get(name) is not None}
+        config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
+        if config_dict.get("model_type") == "vit_mae":
+            source = str(pretrained_model_name_or_path)
+            config_dict = config_dict_from_vit_mae(config_dict, source, hub_kwargs, given=set(kwargs))
+        return config_dict, kwargs
+
     def validate_architecture(self):
         """Checks run by `@strict` at construction: each names the field, the value and what is expected."""
         for name in ("num_channels", "num_hidden_layers", "intermediate_size", "decoder_num_hidden_layers"):
@@ -177,4 +192,53 @@ class MimirConfig(MimirConfigMixin, PretrainedConfig):
             )
 
 
-__all__ = ["MimirConfig", "PRESETS"]
+def config_dict_from_vit_mae(config_dict: dict, source: str, hub_kwargs: dict, given: set[str] = frozenset()) -> dict:
+    """A transformers ViTMAE checkpoint's config (`config_dict`, from `source`) as a `MimirConfig` dict, so that the
+    MIMIR encoder computes what ViTMAE's does on the same images:
+
+    - every `ViTMAEConfig` field (MimirConfig has them all, under the same names) takes ViTMAE's value, its default
+      where the file is silent: `layer_norm_eps` 1e-12, `norm_pix_loss` False and the 512-wide decoder differ from
+      MimirConfig's defaults;
+    - the normalisation of the checkpoint's image processor (a `ViTImageProcessor`: ImageNet mean/std in the
+      facebook/vit-mae-* folders) becomes `image_mean` / `image_std`, applied inside the model, so that it takes
+      [0, 1] pixels like every MIMIR model; a processor whose steps MIMIR cannot reproduce is refused (see
+      `carried_preprocessing`). Its resize is kept by `mimir_hf.data.checkpoint_image_processor`.
+
+    Fields in `given` (the caller's keyword arguments) are the caller's: an `image_mean` / `image_std` given there
+    replaces the processor's. What carried over is said in one log line.
+    """
+    from transformers import ViTMAEConfig
+
+    vit_mae = ViTMAEConfig.from_dict(dict(config_dict)).to_dict()
+    shared = [name for name in ViTMAEConfig.__dataclass_fields__ if name not in PretrainedConfig.__dataclass_fields__]
+    result = {**config_dict, **{name: vit_mae[name] for name in shared}, "model_type": MimirConfig.model_type}
+    defaults = MimirConfig.__dataclass_fields__
+    differing = [f"{name}={vit_mae[name]!r}" for name in shared if vit_mae[name] != defaults[name].default]
+    if {"image_mean", "image_std"} & given:
+        normalisation = "image_mean/image_std as given (the checkpoint's image processor is not read)"
+    elif (processor := saved_image_processor(source, **hub_kwargs)) is None:
+        normalisation = (
+            "it has no image processor, so image_mean/image_std stay unset and the patch embedding sees [0, 1] pixels "
+            "(give image_mean/image_std if it was trained on normalised ones)"
+        )
+    else:
+        carried = carried_preprocessing(processor, source, vit_mae["num_channels"])
+        result.update(image_mean=carried.image_mean, image_std=carried.image_std)
+        done = (
+            f"normalises with image_mean={carried.image_mean}, image_std={carried.image_std}, now applied inside the "
+            "model (inputs stay [0, 1] pixels)"
+            if carried.image_mean is not None
+            else "does not normalise"
+        )
+        normalisation = (
+            f"its {type(processor).__name__.removesuffix('Pil')} {done}; its {carried.describe_resize()} is what the "
+            "mimir-hf commands train with and save"
+        )
+    logger.warning_once(
+        f"{source} is a ViTMAE checkpoint, read as a MIMIR ViT: ViTMAE's {', '.join(differing) or 'fields'} carry "
+        f"over (where MimirConfig's defaults differ); {normalisation}."
+    )
+    return result
+
+
+__all__ = ["MimirConfig", "PRESETS", "config_dict_from_vit_mae"]

@@ -24,7 +24,7 @@ from transformers.models.vit_mae.modeling_vit_mae import (
     ViTMAEEmbeddings,
     ViTMAELayer,
 )
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, logging
 
 from ...modeling_common import (
     DropPath,
@@ -34,11 +34,14 @@ from ...modeling_common import (
     PixelNormalisation,
     check_num_labels,
     check_pixel_values,
+    checkpoint_weight_names,
     classification_loss,
     mimir_pretraining_output,
     sincos_position_embedding,
 )
 from .configuration_mimir import MimirConfig
+
+logger = logging.get_logger(__name__)
 
 # ViTMAE's on-disk key layout -> module names (applied when loading only; regexes, in order).
 VIT_MAE_KEY_MAPPING = {
@@ -198,8 +201,37 @@ class MimirModel(MimirPreTrainedModel):
     """The MIMIR ViT encoder: embeddings, `num_hidden_layers` layers, final LayerNorm (or none, see below).
 
     `use_final_norm=False` replaces the final norm by `nn.Identity()`: the mean-pooling classifier normalises the
-    pooled feature with its own `fc_norm` instead, as in MAE fine-tuning.
+    pooled feature with its own `fc_norm` instead, as in MAE fine-tuning. `from_pretrained` picks it for a checkpoint
+    without a final norm (a mean-pooling classifier's folder, or such an encoder saved on its own), and says so.
     """
+
+    # A classifier's head, or a pre-training checkpoint's decoder, is not part of the encoder.
+    _keys_to_ignore_on_load_unexpected = [r"^fc_norm\.", r"^classifier\.", r"^decoder\."]
+
+    @classmethod
+    def _init_kwargs_for(cls, path, config_dict: dict, hub_kwargs: dict) -> dict:
+        """`use_final_norm=False` for a checkpoint that has no final norm: the encoder of a mean-pooling classifier."""
+        if config_dict.get("classifier_pooling", "mean") != "mean":
+            return {}
+        architectures = config_dict.get("architectures") or []
+        if "MimirForImageClassification" in architectures:
+            what = (
+                "is a mean-pooling MimirForImageClassification: its encoder has no final norm (the classifier "
+                "normalises the pooled patch tokens with fc_norm)"
+            )
+        elif "MimirModel" in architectures:
+            names = checkpoint_weight_names(path, **hub_kwargs)
+            if names is None or {"layernorm.weight", "vit.layernorm.weight"} & names:
+                return {}
+            what = "holds an encoder saved without a final norm"
+        else:
+            return {}
+        logger.warning(
+            f"MimirModel: {path} {what}, so MimirModel is built without one (use_final_norm=False) and "
+            "last_hidden_state is the last layer's output; a classifier head (fc_norm, classifier) is not loaded. "
+            "Call it with apply_masking=False to see every patch in order, as the classifier does."
+        )
+        return {"use_final_norm": False}
 
     def __init__(self, config: MimirConfig, use_final_norm: bool = True):
         super().__init__(config)
