@@ -116,8 +116,6 @@ def load_image_dataset(
 def _hold_out(train: Dataset, fraction: float, seed: int, require_train: bool) -> DatasetDict:
     """`train` split into training and evaluation images (`fraction` held out, said in one log line), or kept whole
     with `fraction` 0 (no evaluation split then)."""
-    import logging
-
     logger = logging.getLogger("mimir_hf.data")
     if fraction == 0:
         logger.info(f"The dataset has no evaluation split; all {len(train)} images are training images.")

@@ -370,7 +370,7 @@ def test_evaluation_uses_the_saved_image_processor_and_spares_a_read_only_model_
     def no_guessing(*args, **kwargs):
         raise AssertionError("the saved preprocessor_config.json must be used")
 
-    monkeypatch.setattr(run_evaluation, "image_processor_for", no_guessing)
+    monkeypatch.setattr("mimir_hf.data.image_processor_for", no_guessing)  # used when no processor was saved
     real_access = os.access
     monkeypatch.setattr(run_evaluation.os, "access", lambda path, mode: False if str(path) == str(ft) else
                         real_access(path, mode))  # fmt: skip

@@ -31,11 +31,12 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.distributed as dist
-from transformers import AutoImageProcessor, AutoModelForImageClassification, set_seed
+from transformers import AutoModelForImageClassification, set_seed
 
 import mimir_hf  # noqa: F401  (registers the MIMIR classes)
-from mimir_hf.data import image_processor_for
+from mimir_hf.data import checkpoint_image_processor
 from mimir_hf.evaluation import RobustnessSettings, evaluate_robustness, report_markdown, write_report
+from mimir_hf.image_processing_mimir import saved_image_processor
 from mimir_hf.model_card import robustness_eval_results, write_model_card
 from mimir_hf.pixel_space import pixel_space_classifier
 
@@ -129,9 +130,9 @@ def load_classifier(eval_args: EvaluationArguments, device, names: list[str]):
         labels = dict(id2label=dict(enumerate(names)), label2id={name: i for i, name in enumerate(names)})
         model = AutoModelForImageClassification.from_pretrained(path, num_labels=len(names), **labels)
     if model_type in MIMIR_MODEL_TYPES:
-        processor = _saved_image_processor(path) or image_processor_for(model.config)
+        processor = checkpoint_image_processor(path, model.config)
     else:
-        processor = _saved_image_processor(path)
+        processor = saved_image_processor(path)  # transformers' PIL backend (no torchvision needed)
         if processor is None:
             raise ValueError(
                 f"{path} has no image processor (preprocessor_config.json): the report needs it to know the model's "
@@ -253,17 +254,6 @@ def _card_is_writable(model_path: str) -> bool:
         f"{model_path} is read-only: its model card will not be updated; the report goes to --output_dir only."
     )
     return False
-
-
-def _saved_image_processor(model_path: str):
-    """The image processor saved with the model (its resize, crop, channels), or None to derive one from the
-    config."""
-    if os.path.isdir(model_path) and not os.path.isfile(os.path.join(model_path, "preprocessor_config.json")):
-        return None
-    try:
-        return AutoImageProcessor.from_pretrained(model_path)
-    except (OSError, ValueError):
-        return None
 
 
 def main(argv: list[str] | None = None, prog: str | None = None):
