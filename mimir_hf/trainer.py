@@ -16,9 +16,12 @@ import os
 import random
 import re
 from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
+from typing import ClassVar
 
+import huggingface_hub
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -64,11 +67,19 @@ class _MimirArguments(TrainingArguments):
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Keep dataset columns (lazy image transforms read the image column)."}
     )
+    learning_rate: float | None = field(
+        default=None,
+        metadata={
+            "help": "The learning rate itself (of the head, with layer decay). Unset: base_learning_rate's rule. "
+            "Give one of the two."
+        },
+    )
     base_learning_rate: float | None = field(
         default=None,
         metadata={
-            "help": "Base learning rate (the papers' blr): when set, learning_rate = base_learning_rate x effective "
-            "batch / base_batch_size, the effective batch being per-device batch x accumulation x processes."
+            "help": "Base learning rate (the papers' blr): learning_rate = base_learning_rate x effective batch / "
+            "base_batch_size, the effective batch being per-device batch x accumulation x processes. Unset, with "
+            "learning_rate unset too: the class's default (MIMIR pre-training 1.5e-4, fine-tuning 1e-3)."
         },
     )
     base_batch_size: int = field(
@@ -83,9 +94,30 @@ class _MimirArguments(TrainingArguments):
         metadata={"help": "Fraction of every batch drawn from the trainer's aux_dataset, when it has one."},
     )
 
+    # The base learning rate used when neither rate is given, and where it comes from (set by each subclass).
+    default_base_learning_rate: ClassVar[float] = 1e-3
+    default_base_learning_rate_source: ClassVar[str] = "MAE fine-tuning's blr"
+
     def __post_init__(self):
         if not _accelerator_available():  # pinning needs an accelerator; without one torch warns on every loader
             self.dataloader_pin_memory = False
+            if not self.use_cpu:  # else transformers sets up one non-distributed process per rank and refuses bf16
+                self.use_cpu = True
+                logger.info("No GPU or other accelerator here: training on the CPU (use_cpu=True).")
+        if self.learning_rate is not None and self.base_learning_rate is not None:
+            raise ValueError(
+                f"Both learning_rate ({self.learning_rate:g}) and base_learning_rate ({self.base_learning_rate:g}) are "
+                "set; give one: learning_rate is the rate itself, base_learning_rate the rate per base_batch_size "
+                "images, scaled by the effective batch (to override a recipe's base rate, pass --base_learning_rate)."
+            )
+        self.base_learning_rate_is_default = self.learning_rate is None and self.base_learning_rate is None
+        if self.base_learning_rate_is_default:
+            self.base_learning_rate = self.default_base_learning_rate
+        if self.push_to_hub and huggingface_hub.constants.HF_HUB_OFFLINE:
+            raise ValueError(
+                "push_to_hub is set but HF_HUB_OFFLINE=1 keeps the Hugging Face Hub out of reach; train without "
+                "--push_to_hub (the model is saved in --output_dir) and push it later, online, with `hf upload`."
+            )
         super().__post_init__()
         if not 0 < self.layer_decay <= 1:
             raise ValueError(f"layer_decay must be in (0, 1], got {self.layer_decay}.")
@@ -110,10 +142,24 @@ class _MimirArguments(TrainingArguments):
 
     def scaled_learning_rate(self, world_size: int | None = None) -> float:
         """The learning rate the run uses: base_learning_rate x effective batch / base_batch_size when
-        `base_learning_rate` is set, `learning_rate` otherwise."""
+        `base_learning_rate` is set (given, or the class's default), `learning_rate` otherwise."""
         if self.base_learning_rate is None:
             return self.learning_rate
         return self.base_learning_rate * self.effective_batch_size(world_size) / self.base_batch_size
+
+    def learning_rate_rule(self, world_size: int | None = None) -> str:
+        """Where the run's learning rate comes from, in words with the numbers."""
+        if self.base_learning_rate is None:
+            return "learning_rate, as given"
+        source = (
+            f" ({type(self).__name__}'s default: {self.default_base_learning_rate_source})"
+            if getattr(self, "base_learning_rate_is_default", False)
+            else ""
+        )
+        return (
+            f"base_learning_rate {self.base_learning_rate:g}{source} x effective batch "
+            f"{self.effective_batch_size(world_size)} / base_batch_size {self.base_batch_size}"
+        )
 
 
 @dataclass
@@ -125,6 +171,9 @@ class MimirPreTrainingArguments(_MimirArguments):
     (`attack_epsilon`, ..., `mi_weight`); this class has no adversarial-training fields, so none can be set and
     silently ignored.
     """
+
+    default_base_learning_rate: ClassVar[float] = 1.5e-4
+    default_base_learning_rate_source: ClassVar[str] = "MIMIR and MAE pre-training's blr"
 
     adam_beta2: float = field(default=0.95, metadata={"help": "AdamW beta2 (MAE/MIMIR pre-training: 0.95)."})
     warmup_steps: float = field(
@@ -201,6 +250,9 @@ class AdversarialRecipe:
 class MimirAdversarialTrainingArguments(_MimirArguments, AdversarialRecipe):
     """`TrainingArguments` of `MimirAdversarialTrainer`: the adversarial recipe (`AdversarialRecipe`'s fields) plus
     MIMIR fine-tuning's optimiser defaults (layer decay 0.65, weight decay 0.05, 10% warm-up then cosine)."""
+
+    default_base_learning_rate: ClassVar[float] = 1e-3
+    default_base_learning_rate_source: ClassVar[str] = "MAE and MIMIR fine-tuning's blr"
 
     layer_decay: float = field(
         default=0.65, metadata={"help": "Layer-wise lr decay (MIMIR fine-tuning: 0.65; 1.0 = none)."}
@@ -456,6 +508,22 @@ class _MimirTrainerBase(Trainer):
             loss_so_far = self._previous_loss_sum + self._total_loss_scalar + self._tr_loss.item()
             write_marker(folder, {"global_step": self.state.global_step, "loss_sum": loss_so_far})
 
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Trainer's, without its upload of each saved model: with `push_to_hub`, the folder is uploaded once, by
+        `push_to_hub()`, after everything it holds (the MIMIR model card too) is written; a Hub failure then never
+        costs the training (checkpoint uploads during training, `hub_strategy`, are Trainer's as usual)."""
+        super().save_model(output_dir, _internal_call=True)
+
+    def init_hf_repo(self, *args, **kwargs) -> None:
+        """Trainer's, with a Hub failure as one line (at construction, before any training)."""
+        with hub_errors(self.args, trained=False):
+            super().init_hf_repo(*args, **kwargs)
+
+    def push_to_hub(self, *args, **kwargs):
+        """Trainer's, with a Hub failure as one line naming the Hub, the repository and the way to push later."""
+        with hub_errors(self.args, trained=True):
+            return super().push_to_hub(*args, **kwargs)
+
     def create_model_card(self, *args, **kwargs):
         """Keep a model card written by mimir_hf (e.g. by the example scripts); otherwise Trainer's generic one."""
         card = os.path.join(self.args.output_dir, "README.md")
@@ -623,6 +691,37 @@ class MimirAdversarialTrainer(_MimirTrainerBase):
             self._store(model, natural_accuracy=_percent_correct(clean_logits, labels))
         self._store(model, adversarial_accuracy=_percent_correct(adversarial_logits, labels))
         return loss, ImageClassifierOutput(loss=loss, logits=adversarial_logits)
+
+
+_NETWORK_MODULES = ("httpx", "httpx2", "httpcore", "huggingface_hub", "requests", "urllib3")
+
+
+def _is_hub_error(error: BaseException) -> bool:
+    """A failure to reach or use the Hub: a network or HTTP error, or one of huggingface_hub's."""
+    modules = {klass.__module__.split(".")[0] for klass in type(error).__mro__}
+    return isinstance(error, (OSError, ConnectionError, TimeoutError)) or bool(modules & set(_NETWORK_MODULES))
+
+
+@contextmanager
+def hub_errors(args: TrainingArguments, trained: bool):
+    """Turn a Hub failure inside the block into one `ValueError` line: the Hub, the repository, and the offline way."""
+    try:
+        yield
+    except Exception as error:
+        if not _is_hub_error(error):
+            raise
+        repo = args.hub_model_id or os.path.basename(os.path.abspath(args.output_dir))
+        reason = (str(error).strip().splitlines() or [""])[0][:200]
+        state = (
+            f"The model is saved in {args.output_dir}; push it later, online and logged in (`hf auth login`), with "
+            f"`hf upload {repo} {args.output_dir}`"
+            if trained
+            else "Nothing was trained. Log in (`hf auth login`) and check the network, or train without --push_to_hub"
+        )
+        raise ValueError(
+            f"The Hugging Face Hub could not be reached for the repository {repo} ({type(error).__name__}: {reason}). "
+            f"{state}; to work offline, leave --push_to_hub out (HF_HUB_OFFLINE=1 keeps every step local)."
+        ) from None
 
 
 def _percent_correct(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -199,3 +199,56 @@ def test_cifar_shaped_run_with_augmentation_ema_aux_data_and_the_report_under_to
 
     single = run_evaluation.main(report_args[1:] + ["--output_dir", str(tmp_path / "report1")])
     assert single.accuracy == first["accuracy"] and single.robust_accuracy == first["robust_accuracy"]
+
+
+def test_accelerate_launch_that_starts_one_process_for_several_is_refused_at_once(tmp_path, monkeypatch, capsys):
+    """`accelerate launch --num_processes 2` (or `--cpu --num_processes 2`) without GPUs starts one process (its
+    simple launcher wants mpirun for several): refused before any work, naming the launches that work. Once for
+    real, once with the launcher's environment on this process (and not refused under torchrun's)."""
+    accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [accelerate, "launch", "--cpu", "--num_processes", "2", "-m", "mimir_hf", "pretrain", "--output_dir", str(out)],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"},
+    )  # fmt: skip
+    assert result.returncode != 0 and not out.exists()
+    assert "mimir-hf pretrain: error: accelerate launch asked for several processes but started only this one" in (
+        result.stderr
+    ), result.stderr[-2000:]
+    assert "--multi_gpu --num_processes N" in result.stderr and "torchrun --nproc_per_node N" in result.stderr
+
+    from mimir_hf.commands.cli import main as cli
+
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "False")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert cli(["evaluate", "--model_name_or_path", "x", "--output_dir", str(out)]) == 1
+    assert "accelerate launch asked for several processes" in capsys.readouterr().err and not out.exists()
+    monkeypatch.setenv("WORLD_SIZE", "1")  # torchrun's environment: the launch formed its group
+    from mimir_hf.commands.common import check_launch
+
+    check_launch()
+
+
+def test_the_output_lock_never_blames_a_sibling_process_of_the_same_launch(tmp_path, monkeypatch):
+    from mimir_hf.commands import common
+
+    folder = tmp_path / "busy"
+    folder.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from mimir_hf.commands import common; "
+         "common.lock_output_dir(sys.argv[1]); print('locked', flush=True); time.sleep(60)", str(folder)],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "TORCHELASTIC_RUN_ID": "launch-7", "RANK": "1"},
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        monkeypatch.setenv("TORCHELASTIC_RUN_ID", "launch-7")
+        with pytest.raises(ValueError, match="held by another process of this same launch .*rank 1.*did not form one"):
+            common.lock_output_dir(str(folder))
+        monkeypatch.setenv("TORCHELASTIC_RUN_ID", "launch-8")  # another launch: another run
+        with pytest.raises(ValueError, match="is in use by another run"):
+            common.lock_output_dir(str(folder))
+    finally:
+        holder.kill()
+        holder.wait()

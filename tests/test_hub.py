@@ -243,3 +243,76 @@ def test_importing_mimir_hf_reaches_no_network():
     env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
     assert result.returncode == 0 and "imported" in result.stdout, result.stderr[-2000:]
+
+
+TINY_FINETUNE = ["--max_train_samples", "32", "--max_eval_samples", "8", "--num_train_epochs", "1",
+                 "--adversarial_steps", "1", "--image_size", "8", "--patch_size", "2", "--hidden_size", "32",
+                 "--num_hidden_layers", "1", "--num_attention_heads", "2", "--disable_tqdm", "true", "--report_to",
+                 "none", "--save_strategy", "no", "--push_to_hub", "true", "--hub_model_id", "me/mimir-test",
+                 "--hub_token", "hf_fake_token"]  # fmt: skip
+
+
+def one_error_line(capsys, argv) -> str:
+    """The one error line of a `mimir-hf` command that must fail (exit status 1, no traceback)."""
+    from mimir_hf.commands.cli import main as cli
+
+    capsys.readouterr()
+    assert cli(argv) == 1
+    errors = capsys.readouterr().err
+    lines = [line for line in errors.splitlines() if ": error: " in line]
+    assert len(lines) == 1 and "Traceback" not in errors, errors[-3000:]
+    return lines[0]
+
+
+@pytest.fixture
+def unreachable_hub(monkeypatch):
+    """Every request to the Hub fails to connect, as on a machine without network."""
+    httpx = http_client()
+    from huggingface_hub.utils import close_session, set_client_factory
+
+    def refuse(request):
+        raise httpx.ConnectError("[Errno -3] Temporary failure in name resolution", request=request)
+
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    set_client_factory(lambda: httpx.Client(transport=httpx.MockTransport(refuse)))
+    close_session()
+    yield
+    set_client_factory(httpx.Client)
+    close_session()
+
+
+def test_an_unreachable_hub_is_one_line_and_the_run_is_closed_as_failed(tmp_path, capsys, unreachable_hub):
+    out = tmp_path / "out"
+    error = one_error_line(capsys, ["finetune", "--output_dir", str(out)] + TINY_FINETUNE)
+    assert "The Hugging Face Hub could not be reached for the repository me/mimir-test (ConnectError" in error
+    assert "hf auth login" in error and "HF_HUB_OFFLINE=1" in error and "Nothing was trained" in error
+    record = json.load(open(out / "mimir_run.json"))
+    assert record["status"] == "failed" and "ConnectError" in record["error"]
+    assert not (out / ".mimir_run.lock").exists()  # the folder is released: a rerun may start at once
+
+
+def test_a_failed_upload_after_training_keeps_the_model_and_says_how_to_push_it(tmp_path, capsys, fake_hub):
+    def no_commits(request, answer=fake_hub.handler):  # the token may create the repository but not write to it
+        if "/commit/" in request.url.path:
+            return http_client().Response(403, json={"error": "You don't have the rights to write to me/mimir-test"})
+        return answer(request)
+
+    fake_hub.handler = no_commits
+    out = tmp_path / "out"
+    error = one_error_line(capsys, ["finetune", "--output_dir", str(out)] + TINY_FINETUNE)
+    assert f"The model is saved in {out}" in error and f"hf upload me/mimir-test {out}" in error
+    record = json.load(open(out / "mimir_run.json"))
+    assert record["status"] == "complete" and record["push_to_hub"].startswith("failed: The Hugging Face Hub"), (
+        record,
+        error,
+    )
+    assert (out / "model.safetensors").is_file()
+
+
+def test_push_to_hub_while_offline_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    error = one_error_line(capsys, ["finetune", "--output_dir", str(tmp_path / "out")] + TINY_FINETUNE)
+    assert "push_to_hub is set but HF_HUB_OFFLINE=1" in error and "hf upload" in error
+    assert not (tmp_path / "out").exists()

@@ -14,7 +14,7 @@ from mimir_hf import MimirForImageClassification, MimirForPreTraining
 from mimir_hf.auxiliary_data import AuxiliaryImages, MixedBatchSampler, RealAndAuxiliary, load_npz
 from mimir_hf.data import image_processor_for, pixel_transform
 from mimir_hf.ema import EMA_FILE, WeightEMA
-from mimir_hf.trainer import MimirAdversarialTrainer, MimirPreTrainingTrainer
+from mimir_hf.trainer import MimirAdversarialTrainer, MimirPreTrainingArguments, MimirPreTrainingTrainer
 
 from .conftest import tiny_config
 from .test_trainer import arguments, dataset
@@ -27,11 +27,19 @@ def write_npz(path, n=30, size=16, classes=4, seed=0):
 
 
 def test_learning_rate_is_the_base_rate_times_the_effective_batch(tmp_path):
-    args = arguments(tmp_path, base_learning_rate=0.05, per_device_train_batch_size=32, gradient_accumulation_steps=2)
+    args = arguments(
+        tmp_path,
+        learning_rate=None,
+        base_learning_rate=0.05,
+        per_device_train_batch_size=32,
+        gradient_accumulation_steps=2,
+    )
     assert args.effective_batch_size() == 64 and args.effective_batch_size(world_size=4) == 256
     assert args.scaled_learning_rate() == pytest.approx(0.05 * 64 / 256)
     assert args.scaled_learning_rate(world_size=2) == pytest.approx(0.05 * 128 / 256)
-    ares = arguments(tmp_path, base_learning_rate=5e-4, base_batch_size=512, per_device_train_batch_size=64)
+    ares = arguments(
+        tmp_path, learning_rate=None, base_learning_rate=5e-4, base_batch_size=512, per_device_train_batch_size=64
+    )
     assert ares.scaled_learning_rate(world_size=8) == pytest.approx(5e-4)
     trainer = MimirAdversarialTrainer(model=MimirForImageClassification(tiny_config()), args=args)
     assert trainer.args.learning_rate == pytest.approx(0.0125)
@@ -39,7 +47,7 @@ def test_learning_rate_is_the_base_rate_times_the_effective_batch(tmp_path):
     assert max(group["lr"] for group in trainer.optimizer.param_groups) == pytest.approx(0.0125)
     assert arguments(tmp_path).scaled_learning_rate() == arguments(tmp_path).learning_rate  # no base rate: as given
     with pytest.raises(ValueError, match="base_learning_rate must be > 0"):
-        arguments(tmp_path, base_learning_rate=-1.0)
+        arguments(tmp_path, learning_rate=None, base_learning_rate=-1.0)
 
 
 def test_weight_ema_is_the_exponential_average_of_the_steps():
@@ -216,3 +224,25 @@ def test_trainers_draw_each_batch_from_real_and_auxiliary_data(tmp_path, trainer
     logged = [entry for entry in trainer.state.log_history if "loss" in entry]
     assert logged and all(np.isfinite(entry["loss"]) for entry in logged)
     json.dumps(trainer.args.to_dict())  # the run's arguments (aux_fraction included) serialise
+
+
+def test_every_learning_rate_says_where_it_came_from_and_none_falls_back_silently(tmp_path):
+    """Neither rate given: the class's documented base rate (not transformers' 5e-5); one given: that one; both:
+    refused, naming the fix."""
+    pre = MimirPreTrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=64)
+    assert pre.scaled_learning_rate() == pytest.approx(1.5e-4 * 64 / 256)
+    assert pre.learning_rate_rule() == (
+        "base_learning_rate 0.00015 (MimirPreTrainingArguments's default: MIMIR and MAE pre-training's blr) x "
+        "effective batch 64 / base_batch_size 256"
+    )
+    fine = arguments(tmp_path, learning_rate=None, per_device_train_batch_size=128)
+    assert fine.scaled_learning_rate() == pytest.approx(1e-3 * 128 / 256) and "default" in fine.learning_rate_rule()
+    given = arguments(tmp_path, learning_rate=2e-3)
+    assert given.scaled_learning_rate() == 2e-3 and given.learning_rate_rule() == "learning_rate, as given"
+    base = arguments(tmp_path, learning_rate=None, base_learning_rate=0.05, per_device_train_batch_size=32)
+    assert base.learning_rate_rule() == "base_learning_rate 0.05 x effective batch 32 / base_batch_size 256"
+    with pytest.raises(ValueError, match="Both learning_rate .* and base_learning_rate .* are set; give one"):
+        arguments(tmp_path, learning_rate=1e-3, base_learning_rate=0.05)
+    trainer = MimirPreTrainingTrainer(model=MimirForPreTraining(tiny_config()), args=pre)
+    trainer.create_optimizer()  # the optimizer gets the rule's rate, not 5e-5
+    assert max(group["lr"] for group in trainer.optimizer.param_groups) == pytest.approx(1.5e-4 * 64 / 256)

@@ -289,6 +289,7 @@ def parse(argument_classes: tuple, argv: list[str] | None = None, prog: str | No
     """Dataclasses from the command line. A first argument that is not a flag is a recipe (a .yaml/.json file, or
     the name of a recipe shipped with mimir_hf, e.g. `demo`): its values become the defaults, and the flags after it
     override them (`mimir-hf run demo --output_dir out`)."""
+    check_launch()
     parser = HfArgumentParser(argument_classes, prog=prog)
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and not argv[0].startswith("-"):
@@ -495,15 +496,50 @@ def lock_output_dir(output_dir: str) -> None:
         handle.seek(0)
         holder = handle.read().strip() or "another process"
         handle.close()
+        launch = _launch()
+        if launch and f"launch {launch}," in holder:
+            raise ValueError(
+                f"--output_dir {output_dir} is held by another process of this same launch ({holder}): the processes "
+                "did not form one process group, so each one took itself for the only one. Launch with `torchrun "
+                "--nproc_per_node N` or `accelerate launch --multi_gpu --num_processes N`, which set up the group."
+            ) from None
         raise ValueError(
             f"--output_dir {output_dir} is in use by another run ({holder}); wait for it to finish or choose another "
             "directory."
         ) from None
     handle.seek(0)
     handle.truncate()
-    handle.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+    launch = f", launch {_launch()}, rank {os.environ.get('RANK', 0)}" if _launch() else ""
+    handle.write(f"pid {os.getpid()} on {socket.gethostname()}{launch}, since {time.strftime('%Y-%m-%d %H:%M:%S')}")
     handle.flush()
     _held_locks[key] = handle
+
+
+def _launch() -> str | None:
+    """The identity of this process's launch (torchrun's run id, or the rendezvous address), if launched."""
+    if os.environ.get("TORCHELASTIC_RUN_ID") not in (None, "", "none"):
+        return os.environ["TORCHELASTIC_RUN_ID"]
+    if "MASTER_ADDR" in os.environ:
+        return f"{os.environ['MASTER_ADDR']}:{os.environ.get('MASTER_PORT', '')}"
+    return None
+
+
+_MPI_SIZES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE", "PMIX_RANK")
+
+
+def check_launch() -> None:
+    """Refuse, before any work, a launch that asked for several processes but started one: `accelerate launch
+    --num_processes N` (or `--cpu`) on a machine without GPUs uses its simple launcher, which starts a single process
+    (it expects mpirun for several CPU processes) while setting MASTER_ADDR."""
+    env = os.environ
+    if "WORLD_SIZE" in env or any(name in env for name in _MPI_SIZES):
+        return
+    if "ACCELERATE_USE_CPU" in env and "MASTER_ADDR" in env:
+        raise ValueError(
+            "accelerate launch asked for several processes but started only this one: without GPUs (or with --cpu) "
+            "it needs mpirun for that. Use `accelerate launch --multi_gpu --num_processes N ...` (it then starts N "
+            "processes that train on the CPU with gloo) or `torchrun --nproc_per_node N ...`."
+        )
 
 
 def _release_lock(output_dir: str) -> None:
@@ -638,6 +674,51 @@ def mark_complete(output_dir: str, **extra) -> None:
     _release_lock(output_dir)
 
 
+def mark_failed(output_dir: str, reason: str) -> None:
+    """Close a run this process holds, unfinished, as failed (with `reason`, one line), and release its folder; a
+    rerun of the same run resumes it as it would an interrupted one."""
+    run_file = os.path.join(output_dir, RUN_FILE)
+    with contextlib.suppress(OSError, ValueError):
+        with open(run_file) as f:
+            record = json.load(f)
+        if record.get("status") != "complete":
+            record.update(status="failed", error=reason)
+            with open(run_file + ".tmp", "w") as f:
+                json.dump(record, f, indent=2)
+            os.replace(run_file + ".tmp", run_file)
+    _release_lock(output_dir)
+
+
+def push_to_hub(trainer, message: str) -> None:
+    """`trainer.push_to_hub` after a complete run; a Hub failure (one line, from the trainer) is also written into
+    the run record, whose training stays complete: a rerun is not needed, only the upload."""
+    try:
+        trainer.push_to_hub(commit_message=message)
+    except ValueError as error:
+        run_file = os.path.join(trainer.args.output_dir, RUN_FILE)
+        if trainer.is_world_process_zero() and os.path.isfile(run_file):
+            with open(run_file) as f:
+                record = json.load(f)
+            record["push_to_hub"] = f"failed: {error}"
+            with open(run_file + ".tmp", "w") as f:
+                json.dump(record, f, indent=2)
+            os.replace(run_file + ".tmp", run_file)
+        raise
+
+
+@contextlib.contextmanager
+def failures_recorded():
+    """Around a command: if it stops with an error, every run folder it holds is marked failed (never left
+    "running"), naming the error."""
+    try:
+        yield
+    except BaseException as error:
+        reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        for folder in list(_held_locks):
+            mark_failed(folder, reason)
+        raise
+
+
 _WHERE_OR_HOW = {
     "output_dir", "overwrite_output_dir", "logging_dir", "resume_from_checkpoint", "push_to_hub", "hub_token",
     "disable_tqdm", "report_to", "logging_steps", "dataloader_num_workers",
@@ -704,11 +785,7 @@ def effective_settings(args, augmentation, config=None, aux_data_file: str | Non
         "effective batch": f"{args.effective_batch_size()} (per device {args.per_device_train_batch_size} x "
         f"accumulation {args.gradient_accumulation_steps} x {args.world_size} processes)",
         "learning rate": args.scaled_learning_rate(),
-        "learning rate rule": (
-            f"base {args.base_learning_rate:g} x effective batch / {args.base_batch_size}"
-            if args.base_learning_rate is not None
-            else "as given"
-        ),
+        "learning rate rule": args.learning_rate_rule(),
         "epochs": epochs if args.max_steps <= 0 else f"max_steps {args.max_steps}",
         "warm-up": f"{warmup * epochs:g} epochs" if 0 < warmup < 1 else f"{warmup:g} steps",
         "schedule": f"{getattr(args.lr_scheduler_type, 'value', args.lr_scheduler_type)} "

@@ -44,6 +44,7 @@ from .common import (
     DataArguments,
     RunArguments,
     checkpoint_config,
+    failures_recorded,
     logger,
     mark_complete,
     parse,
@@ -257,7 +258,9 @@ def _card_is_writable(model_path: str) -> bool:
 
 
 def main(argv: list[str] | None = None, prog: str | None = None):
-    return run(*parse((EvaluationArguments, DataArguments, RobustnessSettings, RunArguments), argv, prog))
+    """The command: its arguments parsed (a recipe first, if any), then `run`; a failure marks its runs failed."""
+    with failures_recorded():
+        return run(*parse((EvaluationArguments, DataArguments, RobustnessSettings, RunArguments), argv, prog))
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ from .common import (
     default_num_channels,
     effective_settings,
     encoder_description,
+    failures_recorded,
     load_aux_data,
     load_data,
     log_effective_settings,
@@ -47,6 +48,7 @@ from .common import (
     mark_complete,
     new_config,
     parse,
+    push_to_hub,
     start_training_run,
     train,
 )
@@ -207,15 +209,17 @@ def run(
         )  # fmt: skip
         mark_complete(training_args.output_dir, metrics=metrics, card_training=training, effective_settings=settings)
     if training_args.push_to_hub:
-        trainer.push_to_hub(commit_message="MIMIR adversarial fine-tuning")
+        push_to_hub(trainer, "MIMIR adversarial fine-tuning")
     return metrics
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
-    argument_classes = (
-        ModelArguments, DataArguments, MimirAdversarialTrainingArguments, RunArguments, AugmentationArguments
-    )  # fmt: skip
-    return run(*parse(argument_classes, argv, prog))
+    """The command: its arguments parsed (a recipe first, if any), then `run`; a failure marks its runs failed."""
+    with failures_recorded():
+        argument_classes = (
+            ModelArguments, DataArguments, MimirAdversarialTrainingArguments, RunArguments, AugmentationArguments
+        )  # fmt: skip
+        return run(*parse(argument_classes, argv, prog))
 
 
 if __name__ == "__main__":

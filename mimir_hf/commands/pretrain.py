@@ -36,6 +36,7 @@ from .common import (
     default_num_channels,
     effective_settings,
     encoder_description,
+    failures_recorded,
     load_aux_data,
     load_data,
     log_effective_settings,
@@ -43,6 +44,7 @@ from .common import (
     mark_complete,
     new_config,
     parse,
+    push_to_hub,
     start_training_run,
     train,
 )
@@ -196,16 +198,20 @@ def run(
         )  # fmt: skip
         mark_complete(training_args.output_dir, metrics=metrics, effective_settings=settings)
     if training_args.push_to_hub:
-        trainer.push_to_hub(commit_message="MIMIR pre-training")
+        push_to_hub(trainer, "MIMIR pre-training")
     return metrics
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
-    return run(
-        *parse(
-            (ModelArguments, DataArguments, MimirPreTrainingArguments, RunArguments, AugmentationArguments), argv, prog
+    """The command: its arguments parsed (a recipe first, if any), then `run`; a failure marks its runs failed."""
+    with failures_recorded():
+        return run(
+            *parse(
+                (ModelArguments, DataArguments, MimirPreTrainingArguments, RunArguments, AugmentationArguments),
+                argv,
+                prog,
+            )
         )
-    )
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ from .common import (
     DataArguments,
     ModelArguments,
     RunArguments,
+    failures_recorded,
     logger,
     mark_complete,
     parse,
@@ -55,8 +56,14 @@ class MimirRunArguments:
     overwrite_output_dir: bool = field(default=False, metadata={"help": "Replace an output dir holding another run."})
     pretrain_epochs: float = field(default=30, metadata={"help": "Pre-training epochs."})
     finetune_epochs: float = field(default=10, metadata={"help": "Adversarial fine-tuning epochs."})
-    pretrain_learning_rate: float = field(default=1e-3, metadata={"help": "Pre-training learning rate."})
-    finetune_learning_rate: float = field(default=2e-3, metadata={"help": "Fine-tuning learning rate (head)."})
+    pretrain_learning_rate: float | None = field(
+        default=None,
+        metadata={"help": "Pre-training learning rate (unset: MimirPreTrainingArguments' base-rate rule, logged)."},
+    )
+    finetune_learning_rate: float | None = field(
+        default=None,
+        metadata={"help": "Fine-tuning learning rate of the head (unset: MimirAdversarialTrainingArguments' rule)."},
+    )
     batch_size: int = field(default=64, metadata={"help": "Per-device batch size of both trainings."})
     seed: int = field(default=0, metadata={"help": "Seed of the single run."})
     compare: bool = field(default=False, metadata={"help": "Run the 4-recipe x seeds comparison instead."})
@@ -227,9 +234,13 @@ def run(run_args: MimirRunArguments, model_args, data_args, recipe: AdversarialR
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
-    return run(
-        *parse((MimirRunArguments, ModelArguments, DataArguments, AdversarialRecipe, RobustnessSettings), argv, prog)
-    )
+    """The command: its arguments parsed (a recipe first, if any), then `run`; a failure marks its runs failed."""
+    with failures_recorded():
+        return run(
+            *parse(
+                (MimirRunArguments, ModelArguments, DataArguments, AdversarialRecipe, RobustnessSettings), argv, prog
+            )
+        )
 
 
 if __name__ == "__main__":
