@@ -39,6 +39,7 @@ from .attacks import (
     pgd_attack,
     projected_gradient_ascent,
 )
+from .autoattack import IMPLEMENTATIONS, AutoAttackRunner, plan_autoattack
 from .progress import ReportProgress
 from .threat_model import EVALUATION_ATTACK, AttackBudget, check_budget, check_pixel_range
 
@@ -71,14 +72,19 @@ class RobustnessSettings:
         default_factory=lambda: [e / 255 for e in DEFAULT_SWEEP_255],
         metadata={"help": "eps values (in [0, 1]) of the PGD sweep."},
     )
-    autoattack: bool = field(default=True, metadata={"help": "Run AutoAttack when torchattacks is installed."})
+    autoattack: bool = field(default=True, metadata={"help": "Run AutoAttack (standard version)."})
     autoattack_max_samples: int = field(
         default=-1, metadata={"help": "AutoAttack on the first N images only: -1 = all, 0 = none."}
     )
+    autoattack_implementation: str = field(
+        default="reference",
+        metadata={"help": "'reference': Croce and Hein's code (pyautoattack); 'torchattacks': its re-implementation "
+                  "(pip install --no-deps torchattacks), whose numbers differ (docs/autoattack.md)."},
+    )  # fmt: skip
     autoattack_iterations: int = field(
-        default=10,
-        metadata={"help": "Iterations of AutoAttack's APGD-CE, APGD-T and FAB-T: 10 is torchattacks' standard version, "
-                  "100 Croce & Hein's reference package (about 10x their cost; Square always makes 5000 queries)."},
+        default=100,
+        metadata={"help": "Iterations of AutoAttack's APGD-CE, APGD-T and FAB-T: 100 is the reference's standard "
+                  "version (Square always makes 5000 queries); fewer is cheaper and weaker, and the report says so."},
     )  # fmt: skip
     eval_batch_size: int = field(default=256, metadata={"help": "Images per evaluation batch (per process)."})
     eval_seed: int = field(default=0, metadata={"help": "Seed of the attacks' random starts."})
@@ -101,8 +107,12 @@ class RobustnessSettings:
             raise ValueError(f"eval_batch_size must be >= 1, got {self.eval_batch_size}.")
         if self.autoattack_iterations < 1:
             raise ValueError(
-                f"autoattack_iterations must be >= 1 (10: torchattacks, 100: the reference), got "
+                f"autoattack_iterations must be >= 1 (100: the reference's standard version), got "
                 f"{self.autoattack_iterations}."
+            )
+        if self.autoattack_implementation not in IMPLEMENTATIONS:
+            raise ValueError(
+                f"autoattack_implementation must be one of {IMPLEMENTATIONS}, got {self.autoattack_implementation!r}."
             )
 
     def budget(self, steps: int, epsilon: float | None = None) -> AttackBudget:
@@ -153,62 +163,15 @@ def _uniform_noise(epsilon: float) -> AttackFunction:
     return run
 
 
-class _AutoAttack:
-    """AutoAttack "standard" from torchattacks' attacks: APGD-CE, APGD-T and FAB-T (targeted over the other classes)
-    with `iterations` iterations, then Square with 5000 queries, each on the images the previous ones left correct.
-    At 10 iterations it is exactly `torchattacks.AutoAttack(version="standard")`; at 100, the reference package's
-    iteration counts. The global RNG is left untouched (torchattacks reseeds it)."""
-
-    def __init__(self, epsilon: float, seed: int, iterations: int = 10):
-        import torchattacks
-
-        self.torchattacks, self.epsilon, self.seed, self.iterations = torchattacks, epsilon, seed, iterations
-        self.description = (
-            f"torchattacks {torchattacks.__version__} AutoAttack standard (APGD-CE, APGD-T, FAB-T with {iterations} "
-            "iterations, Square with 5000 queries)"
-        )
-
-    def build(self, model: nn.Module, num_classes: int):
-        """The torchattacks ensemble on `model` (which returns logits)."""
-        ta, common = self.torchattacks, dict(eps=self.epsilon, norm="Linf", seed=self.seed, n_restarts=1)
-        return ta.MultiAttack(
-            [
-                ta.APGD(model, loss="ce", steps=self.iterations, **common),
-                ta.APGDT(model, n_classes=num_classes, steps=self.iterations, **common),
-                ta.FAB(model, multi_targeted=True, n_classes=num_classes, steps=self.iterations, **common),
-                ta.Square(model, n_queries=5000, **common),
-            ]
-        )
-
-    def __call__(self, model, x, y, generator):
-        class Logits(nn.Module):  # torchattacks calls model(x) and wants a logits tensor
-            def __init__(self, inner):
-                super().__init__()
-                self.inner = inner
-
-            def forward(self, images):
-                return logits_of(self.inner, images)
-
-        attack = self.build(Logits(model).eval(), model.config.num_labels)
-        devices = [x.device.index] if x.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices), eval_mode(model):
-            return attack(x, y)
-
-
 def autoattack_status(settings: RobustnessSettings) -> str:
-    """Why AutoAttack will not run, or "" when it will."""
-    if not settings.autoattack or settings.autoattack_max_samples == 0:
-        return "skipped: disabled"
-    try:
-        import torchattacks  # noqa: F401
-    except ImportError:
-        return "skipped: not installed (pip install --no-deps torchattacks; pip install scipy requests tqdm)"
-    return ""
+    """Why AutoAttack will not run ("skipped: disabled"), or "" when it will."""
+    return "skipped: disabled" if not settings.autoattack or settings.autoattack_max_samples == 0 else ""
 
 
 def attack_registry(model: nn.Module, settings: RobustnessSettings) -> list[Attack]:
     """Every attack of the report, in order: FGSM, PGD-k for each k, CW-inf, noise, the adaptive PGD-MI and
-    PGD-feature (for models with `features` and `classifier`), AutoAttack (when enabled and installed).
+    PGD-feature (for models with `features` and `classifier`), AutoAttack (when enabled: `mimir_hf.autoattack`
+    plans it, and refuses what cannot run before any attack does).
 
     The iterative attacks stop attacking an image at its first misclassified iterate (AutoAttack's convention: each
     image counts as broken if any iterate broke it), except PGD-MI, whose HSIC term needs the whole batch."""
@@ -254,12 +217,17 @@ def attack_registry(model: nn.Module, settings: RobustnessSettings) -> list[Atta
             )
         )  # fmt: skip
     if not autoattack_status(settings):
+        plan = plan_autoattack(
+            model.config.num_labels, eps, settings.eval_seed, settings.autoattack_implementation,
+            settings.autoattack_iterations,
+        )  # fmt: skip
         attacks.append(
             Attack(
                 "autoattack",
-                "AutoAttack standard",
-                _AutoAttack(eps, settings.eval_seed, settings.autoattack_iterations),
+                "AutoAttack standard" if plan.standard else "AutoAttack (" + ", ".join(plan.attacks).upper() + ")",
+                AutoAttackRunner(plan),
                 max_samples=settings.autoattack_max_samples,
+                passes=plan.passes,
             )
         )
     return attacks
@@ -396,6 +364,20 @@ def correct_under_attack(
         generator = _batch_generator(device, seed, start // batch_size)
         results.append(evaluate_batch(model, [Attack("attack", "attack", attack)], x, y, generator)["attack"])
     return torch.cat(results)
+
+
+def _check_outputs(model: nn.Module, images: torch.Tensor) -> None:
+    """Before the first attack: the model gives one logit per class of its config (AutoAttack's targets and the
+    labels' range depend on it), and the images are pixels in [0, 1]."""
+    check_pixel_range(images, "the evaluation images")
+    num_labels = getattr(getattr(model, "config", None), "num_labels", None)
+    with torch.no_grad(), eval_mode(model):
+        width = logits_of(model, images).shape[-1]
+    if num_labels is not None and width != num_labels:
+        raise ValueError(
+            f"The model gives {width} logits per image but its config says num_labels={num_labels}; fix the config "
+            "(or the head) so that both say the number of classes."
+        )
 
 
 def _seconds_per_pass(model: nn.Module, images: torch.Tensor) -> float:
@@ -609,6 +591,8 @@ def evaluate_robustness(
     short = f"pgd{settings.pgd_steps[0]}"
     batches = iter(loader)
     first = next(batches, None)
+    if first is not None:
+        _check_outputs(model, first["pixel_values"][:2].to(device))
     watch = None
     if (progress is not None or show_progress) and first is not None and shard_size:
         covered = {

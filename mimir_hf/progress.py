@@ -10,12 +10,20 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 
 from tqdm.auto import tqdm
 
 from .attacks import reporting_progress
+
+_status: ContextVar[Callable[[str], None] | None] = ContextVar("attack_status", default=None)
+
+
+def current_status() -> Callable[[str], None] | None:
+    """Where an attack that runs inside a library (AutoAttack) may report what it is doing, if anywhere."""
+    return _status.get()
 
 
 def attack_bar(description: str, images: int, disable: bool = False, position: int | None = None, file=None) -> tqdm:
@@ -119,8 +127,12 @@ class ReportProgress:
         bar.leave = False
         started = time.perf_counter()
         bars = [bar] + ([self.overall] if self.overall is not None else [])
-        with Heartbeat(bars), advancing(bar, count):
-            yield bar
+        token = _status.set(lambda text: bar.set_postfix_str(text[:60], refresh=True))
+        try:
+            with Heartbeat(bars), advancing(bar, count):
+                yield bar
+        finally:
+            _status.reset(token)
         bar.close()
         seconds = time.perf_counter() - started
         if self.overall is not None and self.images.get(attack.name):

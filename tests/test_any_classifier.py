@@ -26,7 +26,7 @@ from mimir_hf.pixel_space import PixelSpaceClassifier, pixel_space_classifier
 NAMES = ["cat", "dog", "owl"]
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 EPSILON = 8 / 255  # the report's default (step 2/255 = eps / 4): PGD-20 breaks some of these images, not all
-REPORT = ["--autoattack", "false", "--pgd_steps", "20", "--cw_steps", "2", "--adaptive_steps", "2",
+REPORT = ["--autoattack_iterations", "10", "--pgd_steps", "20", "--cw_steps", "2", "--adaptive_steps", "2",
           "--eps_sweep", "0", "1"]  # fmt: skip
 
 
@@ -120,6 +120,32 @@ def independent_pgd20(path, folder):
     return natural, robust
 
 
+def independent_autoattack(path, folder):
+    """Croce and Hein's AutoAttack called directly on the plain model behind a normalisation written here, at the
+    report's settings (10 iterations; 3 classes: APGD-T left out, FAB-T with 2 targets): correct predictions."""
+    from pyautoattack import AutoAttack
+
+    model = AutoModelForImageClassification.from_pretrained(path).eval()
+    processor = AutoImageProcessor.from_pretrained(path)
+    images, labels = load_images(folder)
+    pixels = processor(images=images, do_normalize=False, return_tensors="pt")["pixel_values"].clamp(0, 1)
+    mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+
+    class Normalised(torch.nn.Module):
+        def forward(self, x):
+            return model(pixel_values=(x - mean) / std).logits
+
+    attack = AutoAttack(Normalised(), norm="Linf", eps=EPSILON, seed=0, device="cpu")
+    for component in (attack.apgd, attack.apgd_targeted, attack.fab):
+        component.n_iter = 10
+    attack.fab.n_target_classes = 2
+    attack.attacks_to_run = ["apgd-ce", "fab-t", "square"]
+    with torch.random.fork_rng():
+        adversarial, _ = attack.run_standard_evaluation(pixels, labels, batch_size=len(labels))
+    with torch.no_grad():
+        return Normalised()(adversarial).argmax(1) == labels
+
+
 @pytest.mark.parametrize("kind", ["vit", "resnet"])
 def test_report_of_a_plain_transformers_classifier_agrees_with_an_independent_library(tmp_path, folder, kind):
     path = saved_classifier(kind, tmp_path / kind, folder)
@@ -137,6 +163,11 @@ def test_report_of_a_plain_transformers_classifier_agrees_with_an_independent_li
     assert 0 < robust.sum() < natural.sum()
     ours = report["accuracy"]["pgd20"] * images / 100
     assert abs(ours - robust.sum().item()) <= 1, (ours, robust.sum().item())  # within one image
+    # AutoAttack: the reference implementation, at the settings the report names, agrees with it called directly
+    assert report["autoattack"].startswith("reference implementation (pyautoattack")
+    assert "APGD-CE 10 iterations, FAB-T 10 iterations x 2 target classes, Square 5000 queries" in report["autoattack"]
+    direct = independent_autoattack(path, folder).sum().item()
+    assert 0 < direct < natural.sum() and abs(report["accuracy"]["autoattack"] * images / 100 - direct) <= 1
     preprocessing = report["info"]["preprocessing"]
     assert type(AutoImageProcessor.from_pretrained(path)).__name__.split("Pil")[0] in preprocessing
     assert str(IMAGENET_MEAN) in preprocessing and "inside a wrapper" in preprocessing

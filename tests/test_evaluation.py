@@ -108,43 +108,6 @@ def test_an_attack_on_a_prefix_counts_on_its_images_across_batches(model, images
     assert torch.equal(worst_case(first, ["autoattack"]), expected)
 
 
-def test_autoattack_row_when_torchattacks_is_installed(model, images, labels):
-    pytest.importorskip("torchattacks")
-    settings = RobustnessSettings(
-        pgd_steps=[3, 6], cw_steps=3, adaptive_steps=3, eps_sweep=[0.0, 1.0], eval_batch_size=6
-    )
-    report = evaluate_robustness(model, (images, labels), settings)
-    assert "autoattack" in report.accuracy and report.autoattack.startswith("torchattacks")
-    assert report.robust_accuracy <= report.accuracy["autoattack"]
-
-
-def test_autoattack_is_torchattacks_standard_at_10_iterations_and_takes_the_reference_100(model, images, labels):
-    torchattacks = pytest.importorskip("torchattacks")
-    from mimir_hf.evaluation import _AutoAttack
-
-    ours = _AutoAttack(8 / 255, seed=0)
-    x, y = images[:4], labels[:4]
-    with torch.random.fork_rng():
-        reference = torchattacks.AutoAttack(
-            _Logits(model).eval(), norm="Linf", eps=8 / 255, version="standard", n_classes=4, seed=0
-        )(x, y)
-    torch.testing.assert_close(ours(model, x, y, None), reference, rtol=0, atol=0)
-    assert "with 10 iterations" in ours.description
-    steps = [getattr(a, "steps", None) for a in _AutoAttack(8 / 255, 0, 100).build(_Logits(model), 4).attacks]
-    assert steps == [100, 100, 100, None]  # APGD-CE, APGD-T, FAB-T; Square counts queries
-    with pytest.raises(ValueError, match="autoattack_iterations"):
-        RobustnessSettings(autoattack_iterations=0)
-
-
-class _Logits(torch.nn.Module):
-    def __init__(self, inner):
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, images):
-        return self.inner(pixel_values=images).logits
-
-
 def test_sanity_checks_hold_on_a_trained_model(tmp_path):
     """A tiny ViT trained on digits for a few seconds passes every gradient-masking check."""
     from datasets import Dataset
