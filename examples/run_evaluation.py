@@ -2,7 +2,7 @@
 """The robustness report of any image classifier (a MIMIR model or any transformers AutoModelForImageClassification).
 
 The same as `mimir-hf evaluate`: the code is `mimir_hf/commands/evaluate.py`, a straight line over the library's
-dataclasses (`python examples/run_evaluation.py --help` lists them with their defaults).
+dataclasses (`mimir-hf evaluate --help` lists them with their defaults).
 Runs unchanged under `torchrun` and `accelerate launch`.
 """
 

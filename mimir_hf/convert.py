@@ -1,9 +1,9 @@
 """Convert the authors' released MIMIR checkpoints (`.pth`) into `save_pretrained` folders.
 
-    python -m mimir_hf.convert checkpoint-799.pth out/mimir-vit-small-cifar10      # family and shape from the file
-    python -m mimir_hf.convert swin_base.pth out/mimir-swin-base --use_ema          # the EMA weights of a timm file
-    python -m mimir_hf.convert finetuned.pth out/classifier --num_attention_heads 6 # a bare state dict: say the heads
-    python -m mimir_hf.convert convit_small.pth out/mimir-convit-s                  # CaiT and ConViT the same way
+    mimir-hf convert checkpoint-799.pth out/mimir-vit-small-cifar10      # family and shape from the file
+    mimir-hf convert swin_base.pth out/mimir-swin-base --use_ema          # the EMA weights of a timm file
+    mimir-hf convert finetuned.pth out/classifier --num_attention_heads 6 # a bare state dict: say the heads
+    mimir-hf convert convit_small.pth out/mimir-convit-s                  # CaiT and ConViT the same way
     mimir-hf convert swin_base.pth out/mimir-swin-base --label_names imagenet      # class names in id2label
 
 Files are read with `torch.load(weights_only=True)` and an allow-list of exactly what the authors' training scripts
@@ -260,7 +260,7 @@ def _bool(text: str) -> bool:
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> None:
-    """`mimir-hf convert` (also `python -m mimir_hf.convert`): a `ValueError` naming the file for input it refuses."""
+    """`mimir-hf convert` (also `mimir-hf convert`): a `ValueError` naming the file for input it refuses."""
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", help="The .pth file.")
     parser.add_argument("output_dir", help="Where the save_pretrained folder goes.")

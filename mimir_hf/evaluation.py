@@ -50,7 +50,7 @@ _FORWARD = 1 / 3  # a forward pass alone, in forward-and-backward passes (the ti
 @dataclass
 class RobustnessSettings:
     """What `evaluate_robustness` runs. Budgets are in [0, 1] pixel units; the fields are command-line arguments of
-    `run_evaluation.py` and `run_mimir.py` (parsed by `HfArgumentParser`)."""
+    `mimir-hf evaluate` and `mimir-hf run` (parsed by `HfArgumentParser`)."""
 
     epsilon: float = field(
         default=EVALUATION_ATTACK.epsilon, metadata={"help": "L-inf eps of every attack, in [0, 1]."}

@@ -418,7 +418,7 @@ class MimirLoadingMixin:
                 raise ValueError(
                     f"{path} holds a {model_type!r} checkpoint ({architectures}); {cls.__name__} loads "
                     f"{' or '.join(repr(t) for t in loadable)} checkpoints. The authors' .pth files convert with "
-                    "`python -m mimir_hf.convert`."
+                    "`mimir-hf convert`."
                 )
         for name, value in cls._init_kwargs_for(path, config_dict, hub_kwargs).items():
             kwargs.setdefault(name, value)

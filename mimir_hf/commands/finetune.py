@@ -121,7 +121,7 @@ def run(
     """Fine-tune, save the classifier, its image processor and the model card; returns metrics (accuracies in %).
 
     `evaluate=False` skips the quick natural / PGD-20 check, for a caller that runs the full report next
-    (run_evaluation.py writes its results into the card), as run_mimir.py does."""
+    (`mimir-hf evaluate` writes its results into the card), as `mimir-hf run` does."""
     augmentation = augmentation or AugmentationArguments()
     resume = start_training_run("run_finetuning", model_args, data_args, training_args, run_args, augmentation)
     if model_args.model_name_or_path:  # the checkpoint decides the input shape
@@ -197,12 +197,12 @@ def run(
             results = (
                 f"On the {len(eval_dataset)} evaluation images: natural accuracy {metrics['natural_accuracy']:.2f}%, "
                 f"PGD-20 (eps {eps:g}/255, step eps/4, random start) {metrics['pgd20_accuracy']:.2f}%. "
-                "A quick check only: see robustness.md from run_evaluation.py for the full battery."
+                "A quick check only: see robustness.md from `mimir-hf evaluate` for the full battery."
             )
             entries = [("natural accuracy", metrics["natural_accuracy"]),
                        (f"PGD-20 accuracy, Linf eps={eps:g}/255", metrics["pgd20_accuracy"])]  # fmt: skip
         else:
-            results, entries = "Not evaluated yet: run run_evaluation.py on this folder for the robustness report.", []
+            results, entries = "Not evaluated yet: run `mimir-hf evaluate` on this folder for the robustness report.", []
         write_model_card(
             training_args.output_dir, "finetuned", data_args.display_name, training, results,
             accuracy_results(entries, data_args.display_name) or None, model_id=training_args.hub_model_id,

@@ -57,7 +57,7 @@ def build_model(model_args, num_channels: int):
         if model_type == "mimir_swin":
             raise ValueError(
                 f"{model_args.model_name_or_path} is a Swin classifier; mimir_hf has no Swin pre-training model. "
-                "Fine-tune it with run_finetuning.py, or pre-train a ViT, CaiT or ConViT (--model_preset)."
+                "Fine-tune it with mimir-hf finetune, or pre-train a ViT, CaiT or ConViT (--model_preset)."
             )
         model_class = PRETRAINING_CLASSES.get(model_type, MimirForPreTraining)
         return model_class.from_pretrained(

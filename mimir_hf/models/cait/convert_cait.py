@@ -1,4 +1,4 @@
-"""The CaiT family's side of `python -m mimir_hf.convert`: the authors' timm-layout CaiT files -> mimir_hf's names.
+"""The CaiT family's side of `mimir-hf convert`: the authors' timm-layout CaiT files -> mimir_hf's names.
 
 Fine-tuned classifiers (timm's `Cait`, `global_pool="token"`) hold `patch_embed.proj`, `pos_embed` (patches only),
 `cls_token`, `blocks.N.{norm1, attn.qkv, attn.proj_l, attn.proj_w, attn.proj, gamma_1, norm2, mlp.fc1, mlp.fc2,

@@ -1,4 +1,4 @@
-"""The ConViT family's side of `python -m mimir_hf.convert`: the authors' timm-layout ConViT files -> mimir_hf's names.
+"""The ConViT family's side of `mimir-hf convert`: the authors' timm-layout ConViT files -> mimir_hf's names.
 
 Fine-tuned classifiers (timm's `ConVit`, `global_pool="token"`) hold `patch_embed.proj`, `pos_embed` (patches only),
 `cls_token`, GPSA blocks `blocks.N.{norm1, attn.qk, attn.v, attn.proj, attn.pos_proj, attn.gating_param, norm2,

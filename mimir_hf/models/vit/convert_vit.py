@@ -1,4 +1,4 @@
-"""The ViT family's side of `python -m mimir_hf.convert`: the authors' MAE/timm key layout -> mimir_hf's.
+"""The ViT family's side of `mimir-hf convert`: the authors' MAE/timm key layout -> mimir_hf's.
 
 Pre-training checkpoints hold the encoder (`patch_embed.proj`, `cls_token`, `pos_embed`, `blocks.N.*`, `norm`) and
 the decoder (`decoder_*`, `mask_token`); fine-tuned ones hold the encoder with `fc_norm` and `head` (global pooling)
