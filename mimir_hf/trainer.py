@@ -699,7 +699,7 @@ _NETWORK_MODULES = ("httpx", "httpx2", "httpcore", "huggingface_hub", "requests"
 def _is_hub_error(error: BaseException) -> bool:
     """A failure to reach or use the Hub: a network or HTTP error, or one of huggingface_hub's."""
     modules = {klass.__module__.split(".")[0] for klass in type(error).__mro__}
-    return isinstance(error, (OSError, ConnectionError, TimeoutError)) or bool(modules & set(_NETWORK_MODULES))
+    return isinstance(error, (ConnectionError, TimeoutError)) or bool(modules & set(_NETWORK_MODULES))
 
 
 @contextmanager

@@ -202,7 +202,7 @@ def run(
             entries = [("natural accuracy", metrics["natural_accuracy"]),
                        (f"PGD-20 accuracy, Linf eps={eps:g}/255", metrics["pgd20_accuracy"])]  # fmt: skip
         else:
-            results, entries = "Not evaluated yet: run `mimir-hf evaluate` on this folder for the robustness report.", []
+            results, entries = "Not evaluated yet: `mimir-hf evaluate` on this folder gives the robustness report.", []
         write_model_card(
             training_args.output_dir, "finetuned", data_args.display_name, training, results,
             accuracy_results(entries, data_args.display_name) or None, model_id=training_args.hub_model_id,
