@@ -374,6 +374,38 @@ def mimir_pretraining_output(
 # ----------------------------------------------------------------------------------------------------------------
 
 
+class OptimizerGroupsMixin:
+    """How AdamW treats each parameter, declared by the model (as timm's models do), for the trainers' groups.
+
+    `no_weight_decay()` names the parameters kept out of weight decay besides the vectors (biases, norms, LayerScale),
+    which never decay. `layer_id(name)` places a parameter for layer-wise learning-rate decay: 0 for the embeddings,
+    i + 1 for the i-th block of the encoder, `num_layer_ids() - 1` for everything above it (final norm, pooling,
+    head, decoder). The default below is a single stack of blocks at `<base model>.layers.N` (ViT, CaiT's
+    self-attention layers, ConViT); a family laid out otherwise overrides `layer_id` and `num_layer_ids` (Swin).
+    """
+
+    # Name endings kept out of weight decay, set per class: the fine-tuning models' tokens and learned positions
+    # (MAE's and timm's `no_weight_decay()`); none for pre-training, whose AdamW decays every matrix and token.
+    _no_weight_decay_endings: tuple[str, ...] = ()
+
+    def no_weight_decay(self) -> set[str]:
+        """Names of the parameters (besides vectors) that get no weight decay."""
+        endings = self._no_weight_decay_endings
+        return {name for name, _ in self.named_parameters() if endings and name.endswith(endings)}
+
+    def num_layer_ids(self) -> int:
+        """How many layer ids there are: embeddings, each block, and one for everything above."""
+        return self.config.num_hidden_layers + 2
+
+    def layer_id(self, name: str) -> int:
+        """The layer id of the parameter called `name` (see the class docstring)."""
+        prefix = re.escape(self.base_model_prefix)
+        if re.match(rf"^(?:{prefix}\.)?embeddings\.", name):
+            return 0
+        match = re.match(rf"^(?:{prefix}\.)?layers\.(\d+)\.", name)
+        return int(match.group(1)) + 1 if match else self.num_layer_ids() - 1
+
+
 class MimirLoadingMixin:
     """Mixed into every family's `PreTrainedModel` base.
 

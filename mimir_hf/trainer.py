@@ -14,7 +14,6 @@ import errno
 import math
 import os
 import random
-import re
 from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -41,9 +40,6 @@ from .threat_model import ADVERSARIAL_TRAINING_ATTACK, AttackBudget, check_budge
 logger = logging.get_logger(__name__)
 
 ADVERSARIAL_METHODS = ("pgd", "trades", "mart", "none")
-_NO_WEIGHT_DECAY = (
-    "cls_token", "mask_token", "position_embeddings", "decoder_pos_embed", "relative_position_bias_table"
-)  # fmt: skip
 
 
 def _accelerator_available() -> bool:
@@ -53,10 +49,23 @@ def _accelerator_available() -> bool:
 
 @dataclass
 class _MimirArguments(TrainingArguments):
-    """What both MIMIR trainers share: the paper's optimiser defaults (AdamW, weight decay 0.05 except on biases,
-    norms, tokens and position embeddings; warm-up then cosine), layer-wise lr decay, and the non-finite-loss guard."""
+    """What both MIMIR trainers share: the paper's optimiser defaults (AdamW, weight decay 0.05 on what the model's
+    `no_weight_decay()` leaves, warm-up then cosine, no gradient clipping), layer-wise lr decay, the effective batch
+    check of a recipe, and the non-finite-loss guard."""
 
     weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay (MIMIR: 0.05)."})
+    max_grad_norm: float = field(
+        default=0.0, metadata={"help": "Clip the gradient norm to this value (0: no clipping, as the authors train)."}
+    )
+    reference_effective_batch: int = field(
+        default=0,
+        metadata={
+            "help": "The effective batch (per-device batch x accumulation steps x processes) this run must train at, "
+            "as a recipe states its authors' (0: no check). A run at another effective batch stops at once, naming "
+            "the flags that restore it; pass --reference_effective_batch 0 to train at your own effective batch, the "
+            "learning rate following base_learning_rate's rule."
+        },
+    )
     lr_scheduler_type: str = field(default="cosine", metadata={"help": "Learning-rate schedule after warm-up."})
     layer_decay: float = field(
         default=1.0, metadata={"help": "Layer-wise lr decay (MIMIR fine-tuning: 0.65; 1.0 = none)."}
@@ -118,7 +127,18 @@ class _MimirArguments(TrainingArguments):
                 "push_to_hub is set but HF_HUB_OFFLINE=1 keeps the Hugging Face Hub out of reach; train without "
                 "--push_to_hub (the model is saved in --output_dir) and push it later, online, with `hf upload`."
             )
+        if self.fp16 and self.use_cpu:
+            raise ValueError(
+                "fp16 mixed precision needs a GPU and this run is on the CPU, where it would train in fp32. Pass "
+                "--fp16 false to train in fp32, or --bf16 true for bfloat16 mixed precision on the CPU."
+            )
         super().__post_init__()
+        if self.max_grad_norm is None or self.max_grad_norm < 0:
+            raise ValueError(f"max_grad_norm must be >= 0 (0: no clipping), got {self.max_grad_norm}.")
+        if self.reference_effective_batch < 0:
+            raise ValueError(
+                f"reference_effective_batch must be >= 0 (0: no check), got {self.reference_effective_batch}."
+            )
         if not 0 < self.layer_decay <= 1:
             raise ValueError(f"layer_decay must be in (0, 1], got {self.layer_decay}.")
         if self.max_consecutive_nonfinite < 1:
@@ -134,6 +154,33 @@ class _MimirArguments(TrainingArguments):
             raise ValueError(f"ema_decay must be 0 (no EMA) or in (0, 1), got {self.ema_decay}.")
         if not 0 <= self.aux_fraction < 1:
             raise ValueError(f"aux_fraction must be in [0, 1), got {self.aux_fraction}.")
+        self.check_effective_batch()
+
+    def check_effective_batch(self, world_size: int | None = None) -> None:
+        """A `ValueError` naming the flags that restore `reference_effective_batch` when this run's differs."""
+        reference = self.reference_effective_batch
+        processes = self.world_size if world_size is None else world_size
+        actual = self.effective_batch_size(processes)
+        if not reference or actual == reference:
+            return
+        per_device, accumulation = self.per_device_train_batch_size, self.gradient_accumulation_steps
+        fixes = []
+        if reference % (per_device * processes) == 0:
+            fixes.append(f"--gradient_accumulation_steps {reference // (per_device * processes)}")
+        if reference % (accumulation * processes) == 0:
+            fixes.append(f"--per_device_train_batch_size {reference // (accumulation * processes)}")
+        restore = " or ".join(fixes) if fixes else "a per-device batch and accumulation steps whose product is that"
+        lr = (
+            f"learning rate {self.scaled_learning_rate(processes):g} by {self.learning_rate_rule(processes)}"
+            if self.base_learning_rate is not None
+            else f"learning rate {self.learning_rate:g} as given"
+        )
+        raise ValueError(
+            f"This recipe trains at an effective batch of {reference} (reference_effective_batch: the authors' run); "
+            f"this run's is {actual} (per device {per_device} x accumulation {accumulation} x {processes} "
+            f"processes). Pass {restore} to train as they did, or --reference_effective_batch 0 to train at {actual} "
+            f"({lr})."
+        )
 
     def effective_batch_size(self, world_size: int | None = None) -> int:
         """Per-device batch x gradient accumulation x processes (`world_size`, default this run's)."""
@@ -284,38 +331,38 @@ class MimirAdversarialTrainingArguments(_MimirArguments, AdversarialRecipe):
         return self.mixup_alpha > 0 or self.cutmix_alpha > 0
 
 
-def layer_id(name: str, num_layers: int, prefix: str = "vit") -> int:
-    """0 for the embeddings (patch embedding, positions, class token), i + 1 for encoder layer i, num_layers + 1 for
-    everything above (class attention, norms, heads, decoder). `prefix` is the model's `base_model_prefix`."""
-    if name.startswith((f"{prefix}.embeddings.", "embeddings.")):
-        return 0
-    match = re.match(rf"^(?:{re.escape(prefix)}\.)?layers\.(\d+)\.", name)
-    return int(match.group(1)) + 1 if match else num_layers + 1
-
-
 def parameter_groups(
     model: nn.Module, learning_rate: float, weight_decay: float, layer_decay: float = 1.0
 ) -> list[dict]:
-    """AdamW groups: lr * layer_decay^(depth - layer_id), weight decay only on matrices that are not tokens.
+    """AdamW groups from what the model declares (`OptimizerGroupsMixin`, as timm's models do).
 
-    Layer-wise decay follows MAE's fine-tuning for encoders whose layers form one stack (`<base model>.layers.N`: ViT,
-    CaiT, ConViT); a model without such a stack (Swin's stages) gets one learning rate."""
-    num_layers = getattr(getattr(model, "config", None), "num_hidden_layers", 0)
-    prefix = getattr(model, "base_model_prefix", "vit") or "vit"
+    Weight decay on every trainable matrix except the names in `model.no_weight_decay()`; none on vectors (biases,
+    norms, LayerScale). The learning rate of a parameter at `model.layer_id(name)` is
+    `learning_rate * layer_decay ** (top - id)`, top being the head's id: MAE's layer-wise decay for a stack of blocks,
+    SimMIM's for Swin's stages. `layer_decay < 1` on a model that declares no layer ids is a `ValueError`: it would
+    silently train with one learning rate."""
     named = [(name, parameter) for name, parameter in model.named_parameters() if parameter.requires_grad]
-    depths = {name: layer_id(name, num_layers, prefix) for name, _ in named}
-    if not any(0 < depth <= num_layers for depth in depths.values()):
-        depths = dict.fromkeys(depths, num_layers + 1)
+    excluded = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    if hasattr(model, "layer_id"):
+        top = model.num_layer_ids() - 1
+        ids = {name: model.layer_id(name) for name, _ in named}
+    elif layer_decay < 1:
+        raise ValueError(
+            f"layer_decay={layer_decay} needs a model that says which layer each parameter is in (layer_id(), as "
+            f"mimir_hf's models have); {type(model).__name__} does not, so every parameter would get one learning "
+            "rate. Pass layer_decay=1.0 (--layer_decay 1.0) to train with one learning rate."
+        )
+    else:
+        top, ids = 0, {name: 0 for name, _ in named}
     groups: dict[tuple[int, bool], dict] = {}
     for name, parameter in named:
-        decay = parameter.ndim > 1 and not name.endswith(_NO_WEIGHT_DECAY)
-        depth = depths[name]
+        decay = parameter.ndim > 1 and name not in excluded
         group = groups.setdefault(
-            (depth, decay),
+            (ids[name], decay),
             {
                 "params": [],
                 "weight_decay": weight_decay if decay else 0.0,
-                "lr": learning_rate * layer_decay ** (num_layers + 1 - depth),
+                "lr": learning_rate * layer_decay ** (top - ids[name]),
             },
         )
         group["params"].append(parameter)
@@ -356,11 +403,6 @@ class _MimirTrainerBase(Trainer):
         self.nonfinite_stop: str | None = None  # why training stopped early, if it did
         self._first_batch_checked = False
         self._previous_loss_sum = 0.0  # summed step losses of the run before the checkpoint it resumed from
-        if self.args.fp16 and not self.accelerator.native_amp:
-            logger.warning(
-                f"fp16=True has no effect on {self.accelerator.device.type!r}: Accelerate runs fp16 mixed precision on "
-                "GPUs only, so this run trains in fp32. For mixed precision on a CPU, use bf16=True."
-            )
 
     @property
     def ema(self):
@@ -616,6 +658,15 @@ class MimirAdversarialTrainer(_MimirTrainerBase):
     def __init__(self, *positional, **kwargs):
         super().__init__(*positional, **kwargs)
         self._mixing_calls = (-1, 0)  # (global step, micro-batches mixed in it)
+        config = getattr(self.model, "config", None)
+        smoothing = self.args.label_smoothing_factor
+        if hasattr(config, "label_smoothing") and smoothing and smoothing != config.label_smoothing:
+            raise ValueError(
+                f"label_smoothing_factor={smoothing:g} is not what this trainer smooths with: a MIMIR model's label "
+                f"smoothing is its config's label_smoothing ({config.label_smoothing:g} here). Set that instead "
+                "(--label_smoothing on mimir-hf finetune, or config.label_smoothing) and leave label_smoothing_factor "
+                "at 0."
+            )
 
     def _mixing_rng(self) -> random.Random:
         """The mixup / cutmix draws of this micro-batch: seeded by (seed, process, global step, micro-batch), so each

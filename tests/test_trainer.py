@@ -7,7 +7,6 @@ import torch
 import torch.nn.functional as F
 from datasets import Dataset
 from transformers import TrainerCallback, TrainingArguments
-from transformers.testing_utils import CaptureLogger
 
 from mimir_hf import AttackBudget, MimirForImageClassification, MimirForPreTraining
 from mimir_hf.attacks import pgd_attack
@@ -18,7 +17,6 @@ from mimir_hf.trainer import (
     MimirPreTrainingTrainer,
     parameter_groups,
 )
-from mimir_hf.trainer import logger as trainer_logger
 
 from .conftest import tiny_config
 
@@ -158,6 +156,90 @@ def test_optimizer_groups_layer_decay_and_no_weight_decay():
     assert sum(len(g["params"]) for g in groups) == sum(p.requires_grad for p in model.parameters())
 
 
+def decays(groups) -> dict[int, bool]:
+    return {id(p): g["weight_decay"] > 0 for g in groups for p in g["params"]}
+
+
+def test_pretraining_decays_the_tokens_as_the_authors_do():
+    """The authors' pre-training builds AdamW with timm's param_groups_weight_decay and no exclusion list: every
+    matrix and token decays (class and mask tokens included), vectors never; the fixed sin-cos positions train not."""
+    model = MimirForPreTraining(tiny_config())
+    by_parameter = decays(parameter_groups(model, learning_rate=1.0, weight_decay=0.05))
+    named = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    expected = {name: p.ndim > 1 and not name.endswith(".bias") for name, p in named.items()}
+    assert {name: by_parameter[id(p)] for name, p in named.items()} == expected
+    assert expected["vit.embeddings.cls_token"] and expected["decoder.mask_token"]
+    assert "vit.embeddings.position_embeddings" not in named and "decoder.decoder_pos_embed" not in named
+
+
+def swin_layer_ids_by_hand(name: str, depths: list[int]) -> int:
+    """SimMIM's Swin fine-tuning ids, written from its description for the names of a 2-stage model: the patch
+    embedding 0; block b of stage s: blocks of earlier stages + b + 1; a stage's patch merging: the id of the stage's
+    last block; the rest (final norm, head): sum(depths) + 1."""
+    parts = name.split(".")
+    if parts[1] == "embeddings":
+        return 0
+    if parts[1] == "encoder":
+        stage = int(parts[3])
+        if parts[4] == "downsample":
+            return sum(depths[: stage + 1])
+        return sum(depths[:stage]) + int(parts[5]) + 1
+    return sum(depths) + 1
+
+
+def test_swin_gets_simmim_layer_ids_and_a_model_without_ids_is_refused_layer_decay():
+    from transformers import ViTConfig, ViTForImageClassification
+
+    from mimir_hf import MimirSwinConfig, MimirSwinForImageClassification
+
+    depths = [1, 2]
+    config = MimirSwinConfig(image_size=32, patch_size=4, embed_dim=16, depths=depths, num_heads=[2, 2], window_size=4)
+    model = MimirSwinForImageClassification(config)
+    groups = parameter_groups(model, learning_rate=1.0, weight_decay=0.05, layer_decay=0.5)
+    lr = {id(p): g["lr"] for g in groups for p in g["params"]}
+    decay = decays(groups)
+    top = sum(depths) + 1
+    for name, parameter in model.named_parameters():
+        assert lr[id(parameter)] == 0.5 ** (top - swin_layer_ids_by_hand(name, depths)), name
+        # ARES (timm's optimizer) decays the relative-position tables like any matrix
+        assert decay[id(parameter)] == (parameter.ndim > 1), name
+    assert len(set(lr.values())) == top + 1  # 0 .. top all used
+
+    plain = ViTForImageClassification(ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                                intermediate_size=64, image_size=16, patch_size=4))  # fmt: skip
+    with pytest.raises(ValueError, match="layer_decay=0.65 needs a model that says which layer.*--layer_decay 1.0"):
+        parameter_groups(plain, learning_rate=1.0, weight_decay=0.05, layer_decay=0.65)
+    assert len(parameter_groups(plain, learning_rate=1.0, weight_decay=0.05)) == 2  # decay or not, one rate
+
+
+def test_effective_batch_of_a_recipe_is_kept_or_refused_naming_the_flags(tmp_path):
+    arguments(tmp_path, per_device_train_batch_size=8, gradient_accumulation_steps=4, reference_effective_batch=32)
+    with pytest.raises(ValueError) as error:
+        arguments(tmp_path, per_device_train_batch_size=8, reference_effective_batch=32, learning_rate=None,
+                  base_learning_rate=0.05)  # fmt: skip
+    message = str(error.value)
+    assert "effective batch of 32" in message
+    assert "this run's is 8 (per device 8 x accumulation 1 x 1 processes)" in message
+    assert "--gradient_accumulation_steps 4" in message and "--per_device_train_batch_size 32" in message
+    assert "--reference_effective_batch 0 to train at 8 (learning rate 0.0015625" in message
+    arguments(tmp_path, per_device_train_batch_size=8, reference_effective_batch=0)
+
+
+def test_no_clipping_by_default_and_fp16_on_a_cpu_is_refused_naming_the_fix(tmp_path):
+    assert arguments(tmp_path).max_grad_norm == 0  # the authors never clip
+    with pytest.raises(ValueError, match="fp16 mixed precision needs a GPU.*--fp16 false.*--bf16 true"):
+        arguments(tmp_path, fp16=True)
+    with pytest.raises(ValueError, match="max_grad_norm must be >= 0"):
+        arguments(tmp_path, max_grad_norm=-1.0)
+
+
+def test_label_smoothing_factor_is_refused_with_the_field_to_use(tmp_path):
+    model = MimirForImageClassification(tiny_config())
+    with pytest.raises(ValueError, match="label_smoothing_factor=0.3 is not.*config's label_smoothing \\(0.1"):
+        MimirAdversarialTrainer(model=model, args=arguments(tmp_path, label_smoothing_factor=0.3), train_dataset=[])
+    MimirAdversarialTrainer(model=model, args=arguments(tmp_path, label_smoothing_factor=0.1), train_dataset=[])
+
+
 def test_bad_training_arguments_are_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="adversarial_method.*pgd"):
         arguments(tmp_path, adversarial_method="fast")
@@ -188,6 +270,13 @@ def dtypes_seen_by(model):
     return seen
 
 
+def fp16_as_on_a_gpu(args):
+    """The arguments refuse fp16 on a CPU (Accelerate would train in fp32), so the GPU case is simulated: fp16 is
+    switched on after they are checked, and `with_grad_scaler` gives the trainer what a GPU's Accelerator has."""
+    args.fp16, args.mixed_precision = True, "fp16"
+    return args
+
+
 def with_grad_scaler(trainer):
     """What the Accelerator does for fp16 on a GPU -- autocast to float16 and a dynamic GradScaler -- on the CPU, so
     the fp16 path (scaled backward, skipped steps on overflow) runs in CI."""
@@ -208,9 +297,11 @@ def test_both_trainers_train_under_mixed_precision(tmp_path, trainer_class, mode
     torch.manual_seed(0)
     model = model_class(tiny_config())
     seen = dtypes_seen_by(model)
-    trainer = trainer_class(
-        model=model, args=arguments_for(trainer_class, tmp_path, **{precision: True}), train_dataset=dataset()
-    )
+    if precision == "fp16":
+        args = fp16_as_on_a_gpu(arguments_for(trainer_class, tmp_path))
+    else:
+        args = arguments_for(trainer_class, tmp_path, bf16=True)
+    trainer = trainer_class(model=model, args=args, train_dataset=dataset())
     if precision == "fp16":
         with_grad_scaler(trainer)
     trainer.train()
@@ -218,18 +309,6 @@ def test_both_trainers_train_under_mixed_precision(tmp_path, trainer_class, mode
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     assert len(losses) >= 2 and all(map(math.isfinite, losses)) and losses[-1] < losses[0], losses
     assert all(torch.isfinite(p).all() for p in model.parameters())
-
-
-def test_fp16_on_cpu_warns_that_it_trains_in_fp32(tmp_path):
-    model = MimirForImageClassification(tiny_config())
-    seen = dtypes_seen_by(model)
-    with CaptureLogger(trainer_logger) as captured:
-        trainer = MimirAdversarialTrainer(
-            model=model, args=arguments(tmp_path, fp16=True, max_steps=1), train_dataset=dataset()
-        )
-    assert "fp16=True has no effect on 'cpu'" in captured.out and "bf16=True" in captured.out
-    trainer.train()
-    assert set(seen) == {torch.float32}
 
 
 def test_resume_from_checkpoint_reaches_the_same_weights(tmp_path):
@@ -306,7 +385,9 @@ def test_a_nonfinite_loss_skips_its_step_and_training_goes_on(tmp_path, fp16_sca
     model = MimirForImageClassification(tiny_config())
     snapshots = Snapshots()
     FlakyTrainer.nan_steps = {2}
-    args = arguments(tmp_path, max_steps=5, per_device_train_batch_size=4, fp16=fp16_scaler)
+    args = arguments(tmp_path, max_steps=5, per_device_train_batch_size=4)
+    if fp16_scaler:
+        fp16_as_on_a_gpu(args)
     trainer = FlakyTrainer(model=model, args=args, train_dataset=dataset(), callbacks=[snapshots])
     if fp16_scaler:
         with_grad_scaler(trainer)

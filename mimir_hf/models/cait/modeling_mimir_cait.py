@@ -30,6 +30,7 @@ from ...modeling_common import (
     MimirForPreTrainingOutput,
     MimirLoadingMixin,
     MimirPreTrainingMixin,
+    OptimizerGroupsMixin,
     PixelNormalisation,
     check_num_labels,
     check_pixel_values,
@@ -265,7 +266,7 @@ class MimirCaitDecoder(nn.Module):
         return self.decoder_pred(self.decoder_norm(hidden_states))[:, 1:]
 
 
-class MimirCaitPreTrainedModel(MimirLoadingMixin, PreTrainedModel):
+class MimirCaitPreTrainedModel(OptimizerGroupsMixin, MimirLoadingMixin, PreTrainedModel):
     """What the MIMIR CaiT models share: the config class, the init, mimir_hf's loading checks and code export."""
 
     config_class = MimirCaitConfig
@@ -279,6 +280,8 @@ class MimirCaitPreTrainedModel(MimirLoadingMixin, PreTrainedModel):
     _supports_sdpa = True
     # Losses are batch means: Trainer must divide them by the gradient-accumulation steps itself.
     accepts_loss_kwargs = False
+    # Fine-tuning keeps the class token and the learned positions out of weight decay (MAE, timm).
+    _no_weight_decay_endings = ("cls_token", "position_embeddings")
     _auto_classes = {
         "AutoModel": "MimirCaitModel",
         "AutoModelForPreTraining": "MimirCaitForPreTraining",
@@ -430,6 +433,9 @@ class MimirCaitForPreTraining(MimirPreTrainingMixin, MimirCaitPreTrainedModel):
     `MimirPreTrainingTrainer`). Initialised as the authors' MAE is: xavier-uniform linear layers, sin-cos (learnable)
     encoder positions, fixed sin-cos decoder positions, N(0, 0.02) class and mask tokens.
     """
+
+    # The authors' pre-training decays every matrix and token (timm's param_groups_weight_decay, no list).
+    _no_weight_decay_endings = ()
 
     _mae_initialization = True
     _keys_to_ignore_on_load_unexpected = [r"^classifier\."]  # starting from a fine-tuned classifier

@@ -31,6 +31,7 @@ from ...modeling_common import (
     MimirForPreTrainingOutput,
     MimirLoadingMixin,
     MimirPreTrainingMixin,
+    OptimizerGroupsMixin,
     PixelNormalisation,
     check_num_labels,
     check_pixel_values,
@@ -267,7 +268,7 @@ class MimirConvitDecoder(nn.Module):
         return self.decoder_pred(self.decoder_norm(hidden_states))
 
 
-class MimirConvitPreTrainedModel(MimirLoadingMixin, PreTrainedModel):
+class MimirConvitPreTrainedModel(OptimizerGroupsMixin, MimirLoadingMixin, PreTrainedModel):
     """What the MIMIR ConViT models share: the config class, the init, mimir_hf's loading checks and code export."""
 
     config_class = MimirConvitConfig
@@ -281,6 +282,8 @@ class MimirConvitPreTrainedModel(MimirLoadingMixin, PreTrainedModel):
     _supports_sdpa = True
     # Losses are batch means: Trainer must divide them by the gradient-accumulation steps itself.
     accepts_loss_kwargs = False
+    # Fine-tuning keeps the class token and the learned positions out of weight decay (MAE, timm).
+    _no_weight_decay_endings = ("cls_token", "position_embeddings")
     _auto_classes = {
         "AutoModel": "MimirConvitModel",
         "AutoModelForPreTraining": "MimirConvitForPreTraining",
@@ -454,6 +457,9 @@ class MimirConvitForPreTraining(MimirPreTrainingMixin, MimirConvitPreTrainedMode
     init of every GPSA layer, sin-cos (learnable) encoder positions, fixed sin-cos decoder positions, N(0, 0.02) class
     and mask tokens. The authors pre-train with `qkv_bias=True`.
     """
+
+    # The authors' pre-training decays every matrix and token (timm's param_groups_weight_decay, no list).
+    _no_weight_decay_endings = ()
 
     _mae_initialization = True
     _keys_to_ignore_on_load_unexpected = [r"^classifier\."]  # starting from a fine-tuned classifier

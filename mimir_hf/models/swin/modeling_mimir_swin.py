@@ -22,6 +22,8 @@ normalisation happens inside the model, so attacks act on pixels.
 
 from __future__ import annotations
 
+import re
+
 import torch
 from torch import nn
 from transformers.modeling_outputs import ImageClassifierOutput
@@ -37,6 +39,7 @@ from transformers.models.swin.modeling_swin import (
 
 from ...modeling_common import (
     MimirLoadingMixin,
+    OptimizerGroupsMixin,
     PixelNormalisation,
     check_num_labels,
     check_pixel_values,
@@ -77,7 +80,7 @@ def follow_microsoft_swin(model: SwinModel, config: MimirSwinConfig) -> None:
                 block.mlp = MimirSwinMLPWithDropPath(block.mlp, block.drop_path.drop_prob)
 
 
-class MimirSwinPreTrainedModel(MimirLoadingMixin, SwinPreTrainedModel):
+class MimirSwinPreTrainedModel(OptimizerGroupsMixin, MimirLoadingMixin, SwinPreTrainedModel):
     """What the MIMIR Swin models share: the config class, mimir_hf's loading checks and code export, and the init of
     the pixel-normalisation buffers."""
 
@@ -97,6 +100,29 @@ class MimirSwinPreTrainedModel(MimirLoadingMixin, SwinPreTrainedModel):
         super()._init_weights(module)
         if isinstance(module, PixelNormalisation):
             module.reset()
+
+    # ARES's Swin fine-tuning (timm's optimizer) keeps only the absolute positions (unused by the released models)
+    # out of weight decay; the relative-position tables decay like any matrix.
+    _no_weight_decay_endings = ("position_embeddings",)
+
+    def num_layer_ids(self) -> int:
+        """The patch embedding, each block of every stage, and one for the final norm and head: SimMIM's ids."""
+        return sum(self.config.depths) + 2
+
+    def layer_id(self, name: str) -> int:
+        """SimMIM's Swin fine-tuning ids: 0 for the patch embedding (and mask token), the running block number + 1
+        for a block, the stage's last block's id for its patch merging, the top id for the final norm and head."""
+        prefix = re.escape(self.base_model_prefix)
+        if re.match(rf"^(?:{prefix}\.)?embeddings\.", name):
+            return 0
+        match = re.match(rf"^(?:{prefix}\.)?encoder\.layers\.(\d+)\.(blocks\.(\d+)|downsample)\.", name)
+        if not match:
+            return self.num_layer_ids() - 1
+        stage, block = int(match.group(1)), match.group(3)
+        blocks_before = sum(self.config.depths[:stage])
+        if block is None:  # patch merging at the end of the stage
+            return blocks_before + self.config.depths[stage]
+        return blocks_before + int(block) + 1
 
 
 class MimirSwinModel(SwinModel, MimirSwinPreTrainedModel):

@@ -31,6 +31,7 @@ from ...modeling_common import (
     MimirForPreTrainingOutput,
     MimirLoadingMixin,
     MimirPreTrainingMixin,
+    OptimizerGroupsMixin,
     PixelNormalisation,
     check_num_labels,
     check_pixel_values,
@@ -159,7 +160,7 @@ class MimirDecoder(ViTMAEDecoder):
         init.normal_(self.mask_token, std=self.config.initializer_range)
 
 
-class MimirPreTrainedModel(MimirLoadingMixin, PreTrainedModel):
+class MimirPreTrainedModel(OptimizerGroupsMixin, MimirLoadingMixin, PreTrainedModel):
     config_class = MimirConfig
     config: MimirConfig
     base_model_prefix = "vit"
@@ -173,6 +174,8 @@ class MimirPreTrainedModel(MimirLoadingMixin, PreTrainedModel):
     _supports_attention_backend = True
     # Losses are batch means: Trainer must divide them by the gradient-accumulation steps itself.
     accepts_loss_kwargs = False
+    # Fine-tuning keeps the class token and the learned positions out of weight decay (MAE, timm).
+    _no_weight_decay_endings = ("cls_token", "position_embeddings")
 
     _loadable_model_types = ("mimir", "vit_mae")
     _checkpoint_key_mapping = VIT_MAE_KEY_MAPPING
@@ -281,6 +284,9 @@ class MimirForPreTraining(MimirPreTrainingMixin, MimirPreTrainedModel):
     `loss = reconstruction_loss + config.mi_weight * I(X'; Z)`, with Z the encoder tokens (CLS + visible patches).
     The adversarial images come from outside (see `mimir_hf.attacks.mae_attack` and `MimirPreTrainingTrainer`).
     """
+
+    # The authors' pre-training decays every matrix and token (timm's param_groups_weight_decay, no list).
+    _no_weight_decay_endings = ()
 
     _new_weights_allowed = ("decoder.",)  # e.g. starting pre-training from an encoder-only checkpoint
 
