@@ -44,3 +44,22 @@ def test_recipes_resolve_by_name_or_file(tmp_path):
 def test_python_m_mimir_hf_is_the_same_command():
     result = subprocess.run([sys.executable, "-m", "mimir_hf", "--help"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and all(name in result.stdout for name in COMMANDS)
+
+
+def test_run_has_one_epsilon_for_its_three_stages(monkeypatch, capsys):
+    """`mimir-hf run --epsilon` sets the pre-training, fine-tuning and report budgets; another value given for one of
+    them is refused before any work, naming it."""
+    from mimir_hf.commands import run as run_command
+
+    seen = []
+    monkeypatch.setattr(run_command, "run", lambda *arguments: seen.append(arguments) or {})
+    run_command.main(["demo", "--output_dir", "unused", "--epsilon", "0.0156862745"])
+    _, model_args, _, recipe, settings = seen[-1]
+    assert model_args.attack_epsilon == recipe.adversarial_epsilon == settings.epsilon == 0.0156862745
+    run_command.main(["demo", "--output_dir", "unused"])
+    _, model_args, _, recipe, settings = seen[-1]
+    assert model_args.attack_epsilon == recipe.adversarial_epsilon == settings.epsilon == 8 / 255
+    assert main(["run", "demo", "--output_dir", "unused", "--adversarial_epsilon", "0.0156862745"]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("mimir-hf run: error: --adversarial_epsilon 0.0156863 differs from --epsilon 0.0313725")
+    assert "Give --epsilon alone" in error and error.count("\n") == 1 and len(seen) == 2

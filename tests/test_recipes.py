@@ -53,12 +53,13 @@ def fraction(cell: str) -> float:
 
 
 def load(recipe: str):
-    """The parsed arguments of a recipe, as its script parses them."""
+    """The parsed arguments of a recipe, as its script parses them on one process of this CPU machine: with `--bf16`
+    for the recipe's fp16 (which needs a GPU) and no effective-batch check (the recipe's values stay as they are)."""
     if os.path.basename(recipe).startswith("pretrain_"):
         classes = (common.ModelArguments, common.DataArguments, MimirPreTrainingArguments, common.RunArguments)
     else:
         classes = (common.ModelArguments, common.DataArguments, MimirAdversarialTrainingArguments, common.RunArguments)
-    return common.parse((*classes, AugmentationArguments), [recipe])
+    return common.parse((*classes, AugmentationArguments), [recipe, "--bf16", "--reference_effective_batch", "0"])
 
 
 def test_the_table_lists_every_recipe_and_the_scripts_not_found():
@@ -80,6 +81,10 @@ def test_recipe_effective_settings_match_the_readme_table(recipe):
     else:
         assert args.scaled_learning_rate(world_size=int(gpus)) == pytest.approx(lr)
     assert args.num_train_epochs == int(row["epochs"])
+    # the authors' run: fp16 autocast with a grad scaler, no gradient clipping, the effective batch of their GPUs
+    values = common.load_recipe(common.resolve_recipe(recipe))
+    assert values["fp16"] is True and "bf16" not in values and args.max_grad_norm == 0
+    assert values["reference_effective_batch"] == (0 if gpus == "?" else int(per_gpu) * int(gpus))
     assert args.warmup_steps * args.num_train_epochs == pytest.approx(int(row["warm-up"]))
     if isinstance(args, MimirAdversarialTrainingArguments):
         budget, ramp = args.adversarial_budget, args.adversarial_step_size_ramp_epochs
@@ -188,7 +193,8 @@ def test_recipe_code_path_runs_two_steps_on_tiny_data(recipe, checkpoints, tmp_p
     `CODE_PATHS[recipe]`, which differ from it only in the model's size)."""
     monkeypatch.setattr(common, "load_image_dataset", fake_image_dataset)
     _, data_args, args, _, _ = load(recipe)
-    argv = [recipe, "--max_steps", "2", "--per_device_train_batch_size", "4"]
+    argv = [recipe, "--max_steps", "2", "--per_device_train_batch_size", "4", "--reference_effective_batch", "0"]
+    argv += ["--bf16"]  # the recipes' fp16 needs a GPU; --bf16 replaces it
     argv += ["--max_eval_samples", "4", "--output_dir", str(tmp_path / "out"), *QUIET]
     if data_args.aux_data_file:
         argv += ["--aux_data_file", checkpoints["aux"]]
@@ -208,9 +214,51 @@ def test_recipe_code_path_runs_two_steps_on_tiny_data(recipe, checkpoints, tmp_p
     )
     assert "Effective settings" in caplog.text and f"learning rate: {settings['learning rate']}" in caplog.text
     assert settings["epochs"] == "max_steps 2"
+    assert settings["precision"] == "bf16 mixed" and settings["gradient clipping"] == "off"
     if data_args.aux_data_file:
         assert checkpoints["aux"] in settings["auxiliary data"]
     if args.ema_decay > 0:
         assert os.path.isfile(tmp_path / "out" / "ema" / "model.safetensors") and "ema_pgd20_accuracy" in metrics
     if not pretraining:
         assert 0 <= metrics["pgd20_accuracy"] <= metrics["natural_accuracy"] <= 100
+
+
+def test_a_recipe_run_at_another_batch_or_in_fp16_on_a_cpu_stops_at_once_naming_the_flags():
+    recipe = "cifar10/finetune_vit_small"  # 32 per GPU x 4 GPUs in the authors' run
+    with pytest.raises(ValueError) as error:
+        load_with(recipe, "--bf16")
+    assert "effective batch of 128" in str(error.value) and "--gradient_accumulation_steps 4" in str(error.value)
+    with pytest.raises(ValueError, match="fp16 mixed precision needs a GPU.*--bf16 true"):
+        load_with(recipe, "--gradient_accumulation_steps", "4")
+    args = load_with(recipe, "--gradient_accumulation_steps", "4", "--bf16")[2]
+    assert args.bf16 and not args.fp16 and args.scaled_learning_rate() == pytest.approx(0.025)  # the authors' lr
+    args = load_with(recipe, "--reference_effective_batch", "0", "--fp16", "false")[2]
+    assert not args.fp16 and args.scaled_learning_rate() == pytest.approx(0.00625)  # 0.05 x 32 / 256, said so
+
+
+def load_with(recipe: str, *flags: str):
+    return common.parse(
+        (common.ModelArguments, common.DataArguments, MimirAdversarialTrainingArguments, common.RunArguments,
+         AugmentationArguments),
+        [recipe, "--output_dir", "unused", *flags],
+    )  # fmt: skip
+
+
+def test_the_documented_recipe_commands_train_at_the_authors_effective_batch():
+    """docs/recipes.md's example commands, parsed as their processes would parse them (`--nproc_per_node` of them)."""
+    text = open(DOC, encoding="utf-8").read()
+    block = text.split("## Paper recipes")[1].split("```bash\n")[1].split("```")[0]
+    commands = [line.split("#")[0].split() for line in block.splitlines() if line.strip()]
+    assert len(commands) == 3
+    for words in commands:
+        processes = int(words[words.index("--nproc_per_node") + 1]) if words[0] == "torchrun" else 1
+        stage = words.index("pretrain") if "pretrain" in words else words.index("finetune")
+        recipe, flags = words[stage + 1], words[stage + 2 :]
+        arguments_class = MimirPreTrainingArguments if words[stage] == "pretrain" else MimirAdversarialTrainingArguments
+        classes = (common.ModelArguments, common.DataArguments, arguments_class, common.RunArguments)
+        on_this_cpu = ["--reference_effective_batch", "0"] + ([] if "--bf16" in flags else ["--fp16", "false"])
+        parsed = common.parse((*classes, AugmentationArguments), [recipe, *flags, *on_this_cpu])
+        args = parsed[2]
+        args.reference_effective_batch = common.load_recipe(common.resolve_recipe(recipe))["reference_effective_batch"]
+        assert args.reference_effective_batch > 0
+        args.check_effective_batch(world_size=processes)  # raises if the command trains at another batch

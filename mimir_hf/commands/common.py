@@ -117,6 +117,21 @@ ModelArguments = make_dataclass(
                "checkpoint's or the library's value)."},
 )  # fmt: skip
 
+FineTuningModelArguments = make_dataclass(
+    "FineTuningModelArguments",
+    [("drop_path_rate", float, field(default=0.1, metadata={"help": "Stochastic depth of the fine-tuned encoder "
+      "(MIMIR fine-tuning: 0.1; the configs' default, 0.0, is pre-training's)."}))],
+    bases=(ModelArguments,),
+    namespace={"__doc__": "ModelArguments of fine-tuning: the same, with fine-tuning's drop path by default."},
+)  # fmt: skip
+
+
+def fine_tuning_model_arguments(model_args, **changes):
+    """`FineTuningModelArguments` from `ModelArguments`: an unset drop path becomes fine-tuning's default."""
+    values = {name: value for name, value in asdict(model_args).items() if value is not None}
+    return FineTuningModelArguments(**{**values, **changes})
+
+
 # The small shape used when no preset or checkpoint is given: sized for the 8x8 digits upsampled to 16x16, so
 # pre-training, fine-tuning and the full report run in minutes on 2 CPU cores. Patch 4: 16 patches of 2x2 digit pixels
 # (patch 2 gave 64 patches, 3.6x the compute per image, and a weaker model in the same time; docs/benchmarks.md).
@@ -299,11 +314,39 @@ def parse(argument_classes: tuple, argv: list[str] | None = None, prog: str | No
         unknown = sorted(set(values) - set(known))
         if unknown:
             raise ValueError(f"{argv[0]} sets unknown arguments {unknown}; see --help for the valid names.")
+        argv = argv[1:]
+        for mine, other in (("fp16", "bf16"), ("bf16", "fp16")):  # one precision flag given replaces the other
+            if values.get(mine) and _flag_value(argv, other) and _flag_value(argv, mine) is None:
+                del values[mine]
+                logger.info(f"--{other} on the command line replaces the recipe's {mine}.")
         parser.set_defaults(**values)
         for name in values:
             known[name].required = False
-        argv = argv[1:]
     return parser.parse_args_into_dataclasses(args=argv)
+
+
+def given_names(argv: list[str] | None = None) -> set[str]:
+    """The argument names set explicitly by `argv` (as `parse` reads it): its flags, and the recipe's names when the
+    first argument is a recipe."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    names = {arg[2:].partition("=")[0] for arg in argv if arg.startswith("--")}
+    if argv and not argv[0].startswith("-"):
+        names |= set(load_recipe(resolve_recipe(argv[0])))
+    return names
+
+
+def _flag_value(argv: list[str], name: str) -> bool | None:
+    """Whether a boolean flag `--name` is switched on in `argv` (`--name`, `--name true`, `--name=yes`), off
+    (`--name false`), or None when it is not given."""
+    for index, arg in enumerate(argv):
+        flag, equals, value = arg.partition("=")
+        if flag != f"--{name}":
+            continue
+        if not equals:
+            following = argv[index + 1] if index + 1 < len(argv) else ""
+            value = "" if following.startswith("-") else following
+        return value.lower() not in ("false", "no", "0", "f", "n")
+    return None
 
 
 def load_recipe(path: str) -> dict:
@@ -792,6 +835,8 @@ def effective_settings(args, augmentation, config=None, aux_data_file: str | Non
         f"{dict(args.lr_scheduler_kwargs or {})}",
         "optimizer": f"AdamW betas ({args.adam_beta1}, {args.adam_beta2}), weight decay "
         f"{args.weight_decay}, layer decay {args.layer_decay}",
+        "precision": "fp16 mixed (grad scaler)" if args.fp16 else "bf16 mixed" if args.bf16 else "fp32",
+        "gradient clipping": f"max norm {args.max_grad_norm:g}" if args.max_grad_norm > 0 else "off",
         "augmentation": augmentation.describe(),
         "EMA": f"decay {args.ema_decay}" if args.ema_decay > 0 else "off",
         "auxiliary data": f"{aux_data_file}, fraction {args.aux_fraction}" if aux_data_file else "none",

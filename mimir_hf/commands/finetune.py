@@ -3,15 +3,15 @@
     mimir-hf finetune --model_name_or_path out/pretrain --output_dir out/finetune      # the built-in digits
     mimir-hf finetune --model_name_or_path out/pretrain --train_dir photos/train --validation_dir photos/val \
         --adversarial_method trades --output_dir out/finetune
-    mimir-hf finetune cifar10/finetune_vit_small --bf16     # a paper row (a recipe); flags override it
+    mimir-hf finetune cifar10/finetune_vit_small --gradient_accumulation_steps 4   # a paper row on one GPU
 
-Arguments: `ModelArguments` and `DataArguments` (`common.py`) and the library's `MimirAdversarialTrainingArguments`
-(PGD-AT at 8/255, 10 steps of 2/255 by default) and `AugmentationArguments`. Fine-tunes a MIMIR ViT, CaiT or ConViT,
-or a MIMIR Swin from a converted checkpoint (`--model_name_or_path`, whose image processor's resize is kept, e.g. a
-converted ImageNet model's 256 / crop 224: `checkpoint_image_processor`). Writes the classifier (safetensors + config
-with id2label), a quick natural / PGD-20 measurement (of the EMA weights too, saved in `ema/`, with --ema_decay) and a
-model card `README.md`. For the full robustness report run `mimir-hf evaluate` on the output. Runs under `torchrun`
-and `accelerate launch`.
+Arguments: `FineTuningModelArguments` (`ModelArguments`, drop path 0.1) and `DataArguments` (`common.py`) and the
+library's `MimirAdversarialTrainingArguments` (PGD-AT at 8/255, 10 steps of 2/255 by default) and
+`AugmentationArguments`. Fine-tunes a MIMIR ViT, CaiT or ConViT, or a MIMIR Swin from a converted checkpoint
+(`--model_name_or_path`, whose image processor's resize is kept, e.g. a converted ImageNet model's 256 / crop 224:
+`checkpoint_image_processor`). Writes the classifier (safetensors + config with id2label), a quick natural / PGD-20
+measurement (of the EMA weights too, saved in `ema/`, with --ema_decay) and a model card `README.md`. For the full
+robustness report run `mimir-hf evaluate` on the output. Runs under `torchrun` and `accelerate launch`.
 """
 
 from __future__ import annotations
@@ -24,16 +24,16 @@ from mimir_hf import MimirConfig, MimirForImageClassification, MimirSwinForImage
 from mimir_hf.attacks import pgd_attack
 from mimir_hf.augmentation import AugmentationArguments
 from mimir_hf.data import checkpoint_image_processor
-from mimir_hf.evaluation import Attack, evaluate_batch
+from mimir_hf.evaluation import Attack, RobustnessSettings, evaluate_batch
 from mimir_hf.model_card import accuracy_results, write_model_card
 from mimir_hf.progress import Heartbeat, advancing, attack_bar
-from mimir_hf.threat_model import EVALUATION_ATTACK, AttackBudget
+from mimir_hf.threat_model import EVALUATION_ATTACK
 from mimir_hf.trainer import MimirAdversarialTrainer, MimirAdversarialTrainingArguments
 
 from .common import (
     CLASSIFIER_CLASSES,
     DataArguments,
-    ModelArguments,
+    FineTuningModelArguments,
     RunArguments,
     checkpoint_config,
     config_overrides,
@@ -53,9 +53,6 @@ from .common import (
     train,
 )
 
-FINETUNING_DROP_PATH = 0.1  # MIMIR.md: drop path 0.1 in fine-tuning
-
-
 # Of the config overrides, those a Swin checkpoint takes (the others describe a ViT's shape or its pre-training).
 SWIN_OVERRIDES = ("drop_path_rate", "label_smoothing")
 
@@ -65,8 +62,7 @@ def build_classifier(model_args, num_channels: int, names: list[str], config=Non
     a new one of the preset's family."""
     labels = dict(num_labels=len(names), id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
     if not model_args.model_name_or_path:
-        drop_path = {} if model_args.drop_path_rate is not None else {"drop_path_rate": FINETUNING_DROP_PATH}
-        config = new_config(model_args, num_channels, **drop_path, **labels)
+        config = new_config(model_args, num_channels, **labels)
         return CLASSIFIER_CLASSES[config.model_type](config)
     model_class = CLASSIFIER_CLASSES.get(getattr(config, "model_type", None), MimirForImageClassification)
     if model_class is MimirSwinForImageClassification:
@@ -79,9 +75,10 @@ def build_classifier(model_args, num_channels: int, names: list[str], config=Non
         return model_class.from_pretrained(
             model_args.model_name_or_path,
             ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
-            **{"drop_path_rate": FINETUNING_DROP_PATH, **overrides, **labels},
+            **overrides,
+            **labels,
         )
-    overrides = {"drop_path_rate": FINETUNING_DROP_PATH, **config_overrides(model_args, model_class.config_class)}
+    overrides = config_overrides(model_args, model_class.config_class)
     return model_class.from_pretrained(
         model_args.model_name_or_path,
         ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
@@ -92,7 +89,7 @@ def build_classifier(model_args, num_channels: int, names: list[str], config=Non
 
 def quick_robustness(model, dataset, epsilon: float, batch_size: int = 256, disable: bool = False) -> dict:
     """Natural and PGD-20 accuracy (%) at the training eps (step eps/4, random start), streamed batch by batch."""
-    budget = AttackBudget(epsilon, max(epsilon / 4, 1e-6), EVALUATION_ATTACK.steps)
+    budget = RobustnessSettings().budget(EVALUATION_ATTACK.steps, epsilon)  # the report's PGD-20 at this eps
     attack = Attack("pgd20", "PGD-20", lambda m, x, y, g: pgd_attack(m, x, y, budget, generator=g))
     device = next(model.parameters()).device
     counts = {"natural": 0, "pgd20": 0}
@@ -217,7 +214,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     """The command: its arguments parsed (a recipe first, if any), then `run`; a failure marks its runs failed."""
     with failures_recorded():
         argument_classes = (
-            ModelArguments, DataArguments, MimirAdversarialTrainingArguments, RunArguments, AugmentationArguments
+            FineTuningModelArguments, DataArguments, MimirAdversarialTrainingArguments, RunArguments,
+            AugmentationArguments,
         )  # fmt: skip
         return run(*parse(argument_classes, argv, prog))
 

@@ -2,7 +2,7 @@
 
     mimir-hf pretrain --output_dir out/pretrain --num_train_epochs 30                   # the built-in digits
     mimir-hf pretrain --train_dir photos/train --model_preset vit-small-patch16-224 --output_dir out/pretrain
-    mimir-hf pretrain cifar10/pretrain_vit_small --bf16     # a paper row (a recipe): its values are the defaults
+    mimir-hf pretrain cifar10/pretrain_vit_small --gradient_accumulation_steps 4   # a paper row (a recipe), 1 GPU
 
 Arguments: `ModelArguments` and `DataArguments` (`common.py`) and the library's `MimirPreTrainingArguments` and
 `AugmentationArguments`. A checkpoint to start from (`--model_name_or_path`: MIMIR, or a transformers ViTMAE such as

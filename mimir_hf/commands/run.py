@@ -37,9 +37,12 @@ from . import finetune as run_finetuning
 from . import pretrain as run_pretraining
 from .common import (
     DataArguments,
+    FineTuningModelArguments,
     ModelArguments,
     RunArguments,
     failures_recorded,
+    fine_tuning_model_arguments,
+    given_names,
     logger,
     mark_complete,
     parse,
@@ -102,14 +105,21 @@ def run_recipe(
     start = time.time()
     if pretrain:
         run_pretraining.run(model_args, data_args, pretrain_args, again)
-        finetune_model = ModelArguments(model_name_or_path=pretrain_args.output_dir)  # its config carries the rest
+        finetune_model = FineTuningModelArguments(  # the checkpoint's config carries the rest
+            model_name_or_path=pretrain_args.output_dir, **drop_path(model_args)
+        )
     else:  # from scratch: the architecture comes from the model arguments
-        finetune_model = model_args
+        finetune_model = fine_tuning_model_arguments(model_args)
     times["pretraining_seconds"] = round(time.time() - start, 1)
     start = time.time()
     metrics = run_finetuning.run(finetune_model, data_args, finetune_args, again, evaluate=evaluate)
     times["finetuning_seconds"] = round(time.time() - start, 1)
     return {**metrics, **times}
+
+
+def drop_path(model_args) -> dict:
+    """`--drop_path_rate`, when given, for fine-tuning too (else fine-tuning's default)."""
+    return {} if model_args.drop_path_rate is None else {"drop_path_rate": model_args.drop_path_rate}
 
 
 RECIPES = {
@@ -233,14 +243,30 @@ def run(run_args: MimirRunArguments, model_args, data_args, recipe: AdversarialR
     return result
 
 
+def one_epsilon(model_args, recipe: AdversarialRecipe, settings: RobustnessSettings, given: set[str]) -> None:
+    """`mimir-hf run` trains and measures at one eps: `--epsilon` (the report's) also sets the pre-training attack's
+    (`attack_epsilon`) and the adversarial training's (`adversarial_epsilon`) unless they are given; a value given for
+    either that differs from `--epsilon` is refused, naming it."""
+    holders = {"attack_epsilon": model_args, "adversarial_epsilon": recipe}
+    for name, holder in holders.items():
+        value = getattr(holder, name)
+        if name not in given:
+            setattr(holder, name, settings.epsilon)
+        elif value != settings.epsilon:
+            raise ValueError(
+                f"--{name} {value:g} differs from --epsilon {settings.epsilon:g}: mimir-hf run pre-trains, fine-tunes "
+                f"and reports at one eps. Give --epsilon alone (it sets {' and '.join(holders)} too); to train and "
+                "measure at different budgets, run mimir-hf pretrain / finetune / evaluate one by one."
+            )
+
+
 def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     """The command: its arguments parsed (a recipe first, if any), then `run`; a failure marks its runs failed."""
     with failures_recorded():
-        return run(
-            *parse(
-                (MimirRunArguments, ModelArguments, DataArguments, AdversarialRecipe, RobustnessSettings), argv, prog
-            )
-        )
+        classes = (MimirRunArguments, ModelArguments, DataArguments, AdversarialRecipe, RobustnessSettings)
+        run_args, model_args, data_args, recipe, settings = parse(classes, argv, prog)
+        one_epsilon(model_args, recipe, settings, given_names(argv))
+        return run(run_args, model_args, data_args, recipe, settings)
 
 
 if __name__ == "__main__":
