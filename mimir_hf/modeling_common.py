@@ -14,12 +14,14 @@ import json
 import os
 import re
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 from transformers import PretrainedConfig
+from transformers.modeling_outputs import ImageClassifierOutput
 from transformers.models.vit_mae.modeling_vit_mae import build_2d_sinusoidal_position_embedding
 from transformers.utils import ModelOutput, logging
 
@@ -228,20 +230,23 @@ def masked_reconstruction_loss(prediction: torch.Tensor, target: torch.Tensor, m
 @dataclass
 class MimirEncoderOutput(ModelOutput):
     """
-    Output of an encoder that can also run MAE-masked (the CaiT and ConViT trunks).
+    Output of every MIMIR encoder that can also run MAE-masked (the ViT, CaiT and ConViT trunks).
 
     Args:
         last_hidden_state (`torch.FloatTensor` of shape `(batch_size, 1 + num_tokens, hidden_size)`):
             Class token first, then the patch tokens, after the final norm; with masking only the visible patches, in
             shuffled order.
         pooler_output (`torch.FloatTensor` of shape `(batch_size, hidden_size)`):
-            The class token after the final norm (the feature the classifier reads).
+            The pooled feature the family's classifier starts from: the class token (CaiT, ConViT, a ViT with
+            `classifier_pooling="cls"`) or the mean of the patch tokens (a ViT with `"mean"`, before its `fc_norm`).
         mask (`torch.FloatTensor` of shape `(batch_size, num_patches)`, *optional*):
             0 for a visible patch, 1 for a masked one; `None` without masking.
         ids_restore (`torch.LongTensor` of shape `(batch_size, num_patches)`, *optional*):
             Permutation that puts the shuffled tokens back in patch order; `None` without masking.
-        hidden_states (`tuple(torch.FloatTensor)`, *optional*):
-            The tokens entering every layer and leaving the last one, when asked for.
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*, with `output_hidden_states=True`):
+            The tokens entering every layer and leaving the last one (before the final norm).
+        attentions (`tuple(torch.FloatTensor)`, *optional*, with `output_attentions=True`):
+            Every layer's attention probabilities, `(batch_size, num_heads, tokens, tokens)`.
     """
 
     last_hidden_state: torch.FloatTensor | None = None
@@ -249,6 +254,99 @@ class MimirEncoderOutput(ModelOutput):
     mask: torch.FloatTensor | None = None
     ids_restore: torch.LongTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+def output_flags(config, output_hidden_states: bool | None, output_attentions: bool | None, return_dict: bool | None):
+    """The three output switches of a forward call, unset ones taken from the config (as transformers' models do)."""
+    hidden = config.output_hidden_states if output_hidden_states is None else output_hidden_states
+    attentions = config.output_attentions if output_attentions is None else output_attentions
+    as_dict = config.use_return_dict if return_dict is None else return_dict
+    return bool(hidden), bool(attentions), bool(as_dict)
+
+
+@contextmanager
+def recording_attentions(modules: list[nn.Module], enabled: bool):
+    """Within the block, the attention probabilities each module returns (its output's second element), in call
+    order: a list filled by forward hooks, or None when not `enabled`. A module that computed its attention with a
+    fused kernel (SDPA, flash) returns no probabilities: a `ValueError` names the fix."""
+    if not enabled:
+        yield None
+        return
+    weights: list = []
+    handles = [module.register_forward_hook(lambda _, __, output: weights.append(output[1])) for module in modules]
+    try:
+        yield weights
+    finally:
+        for handle in handles:
+            handle.remove()
+    if any(weight is None for weight in weights):
+        raise ValueError(
+            "output_attentions=True needs attention probabilities, which the fused attention kernels (sdpa, flash) "
+            "do not return; load the model with attn_implementation='eager' (or call "
+            "model.set_attn_implementation('eager'))."
+        )
+
+
+def finish_output(output: ModelOutput, return_dict: bool):
+    """`output` itself, or its tuple of the fields that are set (transformers' `return_dict=False`)."""
+    return output if return_dict else output.to_tuple()
+
+
+class MimirImageClassifierMixin:
+    """The classification head of every MIMIR family, written once: the trunk (`self.base_model`) gives
+    `pooler_output`, `head_input` prepares it (ViT's `fc_norm` for mean pooling; nothing for the class-token
+    families and Swin's mean-pooled final norm), and `self.classifier` maps it to logits. The loss is the
+    label-smoothed cross-entropy of `config.label_smoothing`, on class indices or soft targets (mixup / cutmix)."""
+
+    def head_input(self, pooler_output: torch.Tensor) -> torch.Tensor:
+        return pooler_output
+
+    def features(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
+        """The feature the head reads, `[batch_size, hidden_size]`: what adaptive attacks (PGD-feature, PGD-MI) use."""
+        outputs = self.base_model(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True)
+        return self.head_input(outputs.pooler_output)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool = False,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+    ):
+        r"""
+        pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
+            Images in [0, 1].
+        labels (`torch.LongTensor` of shape `(batch_size,)`, or `torch.FloatTensor` `(batch_size, num_labels)`):
+            Class indices in `[0, config.num_labels)`, or soft targets (mixup/cutmix); the loss is label-smoothed
+            by `config.label_smoothing`.
+        interpolate_pos_encoding (`bool`, defaults to `False`):
+            Resize the position embeddings to the input's patch grid (the trunks that have them).
+        output_hidden_states, output_attentions, return_dict (`bool`, *optional*):
+            As in transformers (unset: the config's): the trunk's hidden states and attentions.
+
+        Returns `ImageClassifierOutput` (`loss` with `labels`, `logits`, `hidden_states`, `attentions`).
+        """
+        output_hidden_states, output_attentions, return_dict = output_flags(
+            self.config, output_hidden_states, output_attentions, return_dict
+        )
+        outputs = self.base_model(
+            pixel_values,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            return_dict=True,
+        )
+        logits = self.classifier(self.head_input(outputs.pooler_output))
+        loss = None
+        if labels is not None:
+            loss = classification_loss(logits, labels, self.config.num_labels, self.config.label_smoothing)
+        output = ImageClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+        return finish_output(output, return_dict)
 
 
 def random_masking(

@@ -78,7 +78,7 @@ def test_pretraining_outputs_and_mimir_loss(config, images):
     torch.testing.assert_close(out.mi_loss, hsic(out.latent, adversarial))
     torch.testing.assert_close(out.loss, out.reconstruction_loss + config.mi_weight * out.mi_loss)
     # the encoder reads X', the target is the clean X
-    encoder_only = model.vit(adversarial, noise=noise).last_hidden_state
+    encoder_only = model.vit(adversarial, noise=noise, apply_masking=True).last_hidden_state
     torch.testing.assert_close(out.latent, encoder_only)
     target = model.patchify(images)
     target = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True) + 1e-6) ** 0.5
@@ -376,7 +376,10 @@ def test_auto_model_on_a_classifier_folder_gives_its_encoder(tmp_path, images, f
     assert ("use_final_norm=False" in captured.out) == no_final_norm
     if no_final_norm:
         assert isinstance(base.layernorm, torch.nn.Identity)
-        assert "mean-pooling MimirForImageClassification" in captured.out and "apply_masking=False" in captured.out
+        assert (
+            "mean-pooling MimirForImageClassification" in captured.out
+            and "before the classifier's fc_norm" in captured.out
+        )
         base.save_pretrained(tmp_path / "encoder")
         with CaptureLogger(vit_logger) as captured:
             again = AutoModel.from_pretrained(tmp_path / "encoder").eval()

@@ -22,22 +22,24 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import ImageClassifierOutput
 from transformers.models.vit.modeling_vit import ViTAttention, ViTMLP, ViTPatchEmbeddings
 
 from ...modeling_common import (
     DropPath,
     MimirEncoderOutput,
     MimirForPreTrainingOutput,
+    MimirImageClassifierMixin,
     MimirLoadingMixin,
     MimirPreTrainingMixin,
     OptimizerGroupsMixin,
     PixelNormalisation,
     check_num_labels,
     check_pixel_values,
-    classification_loss,
+    finish_output,
     mimir_pretraining_output,
+    output_flags,
     random_masking,
+    recording_attentions,
     resize_patch_positions,
     sincos_position_embedding,
     unshuffle_with_mask_tokens,
@@ -357,8 +359,10 @@ class MimirConvitModel(MimirConvitPreTrainedModel):
         noise: torch.Tensor | None = None,
         apply_masking: bool = False,
         interpolate_pos_encoding: bool = False,
-        output_hidden_states: bool = False,
-    ) -> MimirEncoderOutput:
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> MimirEncoderOutput | tuple:
         r"""
         pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
             Images in [0, 1].
@@ -368,13 +372,21 @@ class MimirConvitModel(MimirConvitPreTrainedModel):
             Hide `config.mask_ratio` of the patches (MAE pre-training). `False`: every patch, in order.
         interpolate_pos_encoding (`bool`, defaults to `False`):
             Resize the position embeddings to the input's patch grid (GPSA's offsets always follow the input grid).
-        output_hidden_states (`bool`, defaults to `False`):
+        output_hidden_states (`bool`, *optional*):
             Also return the tokens entering every layer and leaving the last one (patches only before layer
             `local_up_to_layer`, class token first from there on).
+        output_attentions (`bool`, *optional*):
+            Also return every layer's attention probabilities (unset: the config's), GPSA and ordinary layers
+            alike; the ordinary ones need `attn_implementation="eager"`.
+        return_dict (`bool`, *optional*):
+            A `MimirEncoderOutput`, or its tuple with `False` (unset: the config's).
 
         Returns `last_hidden_state` `[batch, 1 + num_tokens, hidden]` (class token first, after the final norm) and
         `pooler_output` `[batch, hidden]` (the normalised class token), plus `mask` and `ids_restore` with masking.
         """
+        output_hidden_states, output_attentions, return_dict = output_flags(
+            self.config, output_hidden_states, output_attentions, return_dict
+        )
         hidden_states, mask, ids_restore = self.embeddings(
             pixel_values, noise=noise, apply_masking=apply_masking, interpolate_pos_encoding=interpolate_pos_encoding
         )
@@ -385,25 +397,28 @@ class MimirConvitModel(MimirConvitPreTrainedModel):
         relative_offsets = relative_patch_offsets(grid, device=hidden_states.device, dtype=hidden_states.dtype)
 
         all_hidden_states = (hidden_states,) if output_hidden_states else None
-        for index, layer in enumerate(self.layers):
-            if index == self.config.local_up_to_layer:
-                class_token = self.embeddings.cls_token.expand(hidden_states.shape[0], -1, -1)
-                hidden_states = torch.cat([class_token, hidden_states], dim=1)
-            hidden_states = layer(hidden_states, relative_offsets)
-            if output_hidden_states:
-                all_hidden_states += (hidden_states,)
+        with recording_attentions([layer.attention for layer in self.layers], output_attentions) as attentions:
+            for index, layer in enumerate(self.layers):
+                if index == self.config.local_up_to_layer:
+                    class_token = self.embeddings.cls_token.expand(hidden_states.shape[0], -1, -1)
+                    hidden_states = torch.cat([class_token, hidden_states], dim=1)
+                hidden_states = layer(hidden_states, relative_offsets)
+                if output_hidden_states:
+                    all_hidden_states += (hidden_states,)
 
         sequence_output = self.layernorm(hidden_states)
-        return MimirEncoderOutput(
+        output = MimirEncoderOutput(
             last_hidden_state=sequence_output,
             pooler_output=sequence_output[:, 0],
             mask=mask,
             ids_restore=ids_restore,
             hidden_states=all_hidden_states,
+            attentions=None if attentions is None else tuple(attentions),
         )
+        return finish_output(output, return_dict)
 
 
-class MimirConvitForImageClassification(MimirConvitPreTrainedModel):
+class MimirConvitForImageClassification(MimirImageClassifierMixin, MimirConvitPreTrainedModel):
     """ConViT with a linear head on the normalised class token: `logits = classifier(features(pixel_values))` (timm's
     `ConVit` with `global_pool="token"`, what MIMIR fine-tunes)."""
 
@@ -418,33 +433,6 @@ class MimirConvitForImageClassification(MimirConvitPreTrainedModel):
         self.convit = MimirConvitModel(config)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
-
-    def features(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
-        """The feature fed to the head: the class token after the final norm. Shape `[batch_size, hidden_size]`."""
-        return self.convit(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding).pooler_output
-
-    def forward(
-        self,
-        pixel_values: torch.Tensor,
-        labels: torch.Tensor | None = None,
-        interpolate_pos_encoding: bool = False,
-        output_hidden_states: bool = False,
-    ) -> ImageClassifierOutput:
-        r"""
-        pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
-            Images in [0, 1].
-        labels (`torch.LongTensor` of shape `(batch_size,)`, or `torch.FloatTensor` `(batch_size, num_labels)`):
-            Class indices in `[0, config.num_labels)`, or soft targets (mixup/cutmix); the loss is label-smoothed
-            by `config.label_smoothing`.
-        """
-        outputs = self.convit(
-            pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, output_hidden_states=output_hidden_states
-        )
-        logits = self.classifier(outputs.pooler_output)
-        loss = None
-        if labels is not None:
-            loss = classification_loss(logits, labels, self.config.num_labels, self.config.label_smoothing)
-        return ImageClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
 
 
 class MimirConvitForPreTraining(MimirPreTrainingMixin, MimirConvitPreTrainedModel):
@@ -494,7 +482,9 @@ class MimirConvitForPreTraining(MimirPreTrainingMixin, MimirConvitPreTrainedMode
             Whether to compute the I(X'; Z) term; defaults to `config.mi_estimator != "none"`.
         """
         encoder_input = self.encoder_input(pixel_values, adversarial_pixel_values)
-        outputs = self.convit(encoder_input, noise=noise, apply_masking=True, output_hidden_states=output_hidden_states)
+        outputs = self.convit(
+            encoder_input, noise=noise, apply_masking=True, output_hidden_states=output_hidden_states, return_dict=True
+        )
         logits = self.decoder(outputs.last_hidden_state, outputs.ids_restore)
         return mimir_pretraining_output(
             self.config,

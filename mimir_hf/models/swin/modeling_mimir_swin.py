@@ -26,7 +26,6 @@ import re
 
 import torch
 from torch import nn
-from transformers.modeling_outputs import ImageClassifierOutput
 from transformers.models.swin.modeling_swin import (
     SwinDropPath,
     SwinForImageClassification,
@@ -38,12 +37,14 @@ from transformers.models.swin.modeling_swin import (
 )
 
 from ...modeling_common import (
+    MimirImageClassifierMixin,
     MimirLoadingMixin,
     OptimizerGroupsMixin,
     PixelNormalisation,
     check_num_labels,
     check_pixel_values,
-    classification_loss,
+    finish_output,
+    output_flags,
 )
 from .configuration_mimir_swin import MimirSwinConfig
 
@@ -144,27 +145,43 @@ class MimirSwinModel(SwinModel, MimirSwinPreTrainedModel):
         self,
         pixel_values: torch.Tensor,
         bool_masked_pos: torch.BoolTensor | None = None,
+        interpolate_pos_encoding: bool = False,
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
-    ) -> SwinModelOutput:
+        return_dict: bool | None = None,
+    ) -> SwinModelOutput | tuple:
         r"""
         pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
             Images in [0, 1], at `config.image_size`.
         bool_masked_pos (`torch.BoolTensor` of shape `(batch_size, num_patches)`, *optional*):
             Patches replaced by the mask token (only for a model built with `use_mask_token=True`).
+        interpolate_pos_encoding (`bool`, defaults to `False`):
+            Not available: a MIMIR Swin reads `config.image_size` only (`True` is a `ValueError`).
+        output_hidden_states, output_attentions, return_dict (`bool`, *optional*):
+            As in transformers (unset: the config's).
         """
+        if interpolate_pos_encoding:
+            raise ValueError(
+                f"A MIMIR Swin reads images of config.image_size ({self.config.image_size}) only: its windows and "
+                "relative positions are fixed by it. Resize the images instead of interpolate_pos_encoding=True."
+            )
         # Only config.image_size: transformers' SwinLayer would pad other sizes and permanently shrink the window and
         # drop the shift of any block that once saw a grid smaller than its window.
         check_pixel_values(pixel_values, self.config.num_channels, self.config.image_size_hw)
-        flags = {"output_hidden_states": output_hidden_states, "output_attentions": output_attentions}
-        return super().forward(
+        output_hidden_states, output_attentions, return_dict = output_flags(
+            self.config, output_hidden_states, output_attentions, return_dict
+        )
+        outputs = super().forward(
             self.pixel_normalization(pixel_values),
             bool_masked_pos=bool_masked_pos,
-            **{name: value for name, value in flags.items() if value is not None},
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            return_dict=True,
         )
+        return finish_output(outputs, return_dict)
 
 
-class MimirSwinForImageClassification(SwinForImageClassification, MimirSwinPreTrainedModel):
+class MimirSwinForImageClassification(MimirImageClassifierMixin, SwinForImageClassification, MimirSwinPreTrainedModel):
     """MIMIR's robust Swin classifier: `classifier(features(x))`, the head a linear layer on the pooled, normed feature.
 
     `features` is exposed on its own for adaptive attacks (PGD-feature, PGD-MI) that need the encoder's feature.
@@ -184,35 +201,6 @@ class MimirSwinForImageClassification(SwinForImageClassification, MimirSwinPreTr
             nn.Linear(self.swin.num_features, config.num_labels) if config.num_labels > 0 else nn.Identity()
         )
         self.post_init()
-
-    def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """`[batch, config.hidden_size]`: the mean-pooled final-norm feature that `self.classifier` maps to logits."""
-        return self.swin(pixel_values).pooler_output
-
-    def forward(
-        self,
-        pixel_values: torch.Tensor,
-        labels: torch.Tensor | None = None,
-        output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
-    ) -> ImageClassifierOutput:
-        r"""
-        pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
-            Images in [0, 1], at `config.image_size`.
-        labels (`torch.LongTensor` of shape `(batch_size,)`, or `torch.FloatTensor` `(batch_size, num_labels)`):
-            Class indices, or class probabilities (mixup/cutmix soft targets); the cross-entropy is label-smoothed by
-            `config.label_smoothing`.
-        """
-        outputs = self.swin(
-            pixel_values, output_hidden_states=output_hidden_states, output_attentions=output_attentions
-        )
-        logits = self.classifier(outputs.pooler_output)
-        loss = None
-        if labels is not None:
-            loss = classification_loss(logits, labels, self.config.num_labels, self.config.label_smoothing)
-        return ImageClassifierOutput(
-            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
-        )
 
 
 __all__ = [

@@ -12,23 +12,22 @@ Parameter names are those of transformers' ViTMAE modules (`vit.embeddings...`, 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
-from transformers.modeling_outputs import ImageClassifierOutput
 from transformers.models.vit_mae.modeling_vit_mae import (
     ViTMAEDecoder,
     ViTMAEEmbeddings,
     ViTMAELayer,
 )
-from transformers.utils import ModelOutput, logging
+from transformers.utils import logging
 
 from ...modeling_common import (
     DropPath,
+    MimirEncoderOutput,
     MimirForPreTrainingOutput,
+    MimirImageClassifierMixin,
     MimirLoadingMixin,
     MimirPreTrainingMixin,
     OptimizerGroupsMixin,
@@ -36,8 +35,10 @@ from ...modeling_common import (
     check_num_labels,
     check_pixel_values,
     checkpoint_weight_names,
-    classification_loss,
+    finish_output,
     mimir_pretraining_output,
+    output_flags,
+    recording_attentions,
     sincos_position_embedding,
 )
 from .configuration_mimir import MimirConfig
@@ -56,26 +57,7 @@ VIT_MAE_KEY_MAPPING = {
 }
 
 
-@dataclass
-class MimirModelOutput(ModelOutput):
-    """
-    Output of the MIMIR encoder.
-
-    Args:
-        last_hidden_state (`torch.FloatTensor` of shape `(batch_size, 1 + num_kept_patches, hidden_size)`):
-            Encoder tokens (CLS first) after the final norm; with masking only the visible patches, in shuffled order.
-        mask (`torch.FloatTensor` of shape `(batch_size, num_patches)`, *optional*):
-            0 for a visible patch, 1 for a masked one; `None` when no masking was applied.
-        ids_restore (`torch.LongTensor` of shape `(batch_size, num_patches)`, *optional*):
-            Permutation that puts the shuffled tokens back in patch order; `None` without masking.
-        hidden_states (`tuple(torch.FloatTensor)`, *optional*):
-            Input of every layer and the output of the last (before the final norm), when asked for.
-    """
-
-    last_hidden_state: torch.FloatTensor | None = None
-    mask: torch.FloatTensor | None = None
-    ids_restore: torch.LongTensor | None = None
-    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+MimirModelOutput = MimirEncoderOutput  # the name of earlier releases
 
 
 class MimirEmbeddings(ViTMAEEmbeddings):
@@ -231,8 +213,8 @@ class MimirModel(MimirPreTrainedModel):
             return {}
         logger.warning(
             f"MimirModel: {path} {what}, so MimirModel is built without one (use_final_norm=False) and "
-            "last_hidden_state is the last layer's output; a classifier head (fc_norm, classifier) is not loaded. "
-            "Call it with apply_masking=False to see every patch in order, as the classifier does."
+            "last_hidden_state is the last layer's output and pooler_output the mean of its patch tokens, before "
+            "the classifier's fc_norm (not loaded, nor the classifier)."
         )
         return {"use_final_norm": False}
 
@@ -250,32 +232,53 @@ class MimirModel(MimirPreTrainedModel):
         self,
         pixel_values: torch.Tensor,
         noise: torch.Tensor | None = None,
-        apply_masking: bool = True,
+        apply_masking: bool = False,
         interpolate_pos_encoding: bool = False,
-        output_hidden_states: bool = False,
-    ) -> MimirModelOutput:
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> MimirEncoderOutput | tuple:
         r"""
         pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
             Images in [0, 1].
         noise (`torch.FloatTensor` of shape `(batch_size, num_patches)`, *optional*):
-            Uniform noise whose per-sample argsort decides the mask (for reproducible masks).
-        apply_masking (`bool`, defaults to `True`):
-            Mask `config.mask_ratio` of the patches (pre-training). `False`: every patch, in order, no shuffling.
+            Uniform noise whose per-sample argsort decides the mask (with `apply_masking`; for reproducible masks).
+        apply_masking (`bool`, defaults to `False`):
+            Hide `config.mask_ratio` of the patches (MAE pre-training). `False`: every patch, in order.
+        interpolate_pos_encoding (`bool`, defaults to `False`):
+            Resize the position embeddings to the input's patch grid (for other image sizes).
+        output_hidden_states, output_attentions, return_dict (`bool`, *optional*):
+            As in transformers (unset: the config's); attentions need `attn_implementation="eager"`.
+
+        Returns `last_hidden_state` `[batch, 1 + num_tokens, hidden]` (CLS first, after the final norm),
+        `pooler_output` `[batch, hidden]` (the CLS token, or with `classifier_pooling="mean"` the mean of the patch
+        tokens, before the classifier's `fc_norm`), plus `mask` and `ids_restore` with masking.
         """
+        output_hidden_states, output_attentions, return_dict = output_flags(
+            self.config, output_hidden_states, output_attentions, return_dict
+        )
         hidden_states, mask, ids_restore = self.embeddings(
             pixel_values, noise=noise, interpolate_pos_encoding=interpolate_pos_encoding, apply_masking=apply_masking
         )
         all_hidden_states = (hidden_states,) if output_hidden_states else None
-        for layer in self.layers:
-            hidden_states = layer(hidden_states)
-            if output_hidden_states:
-                all_hidden_states += (hidden_states,)
-        return MimirModelOutput(
-            last_hidden_state=self.layernorm(hidden_states),
+        attention_modules = [layer.attention for layer in self.layers]
+        with recording_attentions(attention_modules, output_attentions) as attentions:
+            for layer in self.layers:
+                hidden_states = layer(hidden_states)
+                if output_hidden_states:
+                    all_hidden_states += (hidden_states,)
+        sequence_output = self.layernorm(hidden_states)
+        mean = self.config.classifier_pooling == "mean"
+        pooled = sequence_output[:, 1:].mean(dim=1) if mean else sequence_output[:, 0]
+        output = MimirEncoderOutput(
+            last_hidden_state=sequence_output,
+            pooler_output=pooled,
             mask=mask,
             ids_restore=ids_restore,
             hidden_states=all_hidden_states,
+            attentions=None if attentions is None else tuple(attentions),
         )
+        return finish_output(output, return_dict)
 
 
 class MimirForPreTraining(MimirPreTrainingMixin, MimirPreTrainedModel):
@@ -315,7 +318,9 @@ class MimirForPreTraining(MimirPreTrainingMixin, MimirPreTrainedModel):
             Whether to compute the I(X'; Z) term; defaults to `config.mi_estimator != "none"`.
         """
         encoder_input = self.encoder_input(pixel_values, adversarial_pixel_values)
-        outputs = self.vit(encoder_input, noise=noise, output_hidden_states=output_hidden_states)
+        outputs = self.vit(
+            encoder_input, noise=noise, apply_masking=True, output_hidden_states=output_hidden_states, return_dict=True
+        )
         logits = self.decoder(outputs.last_hidden_state, outputs.ids_restore).logits
         return mimir_pretraining_output(
             self.config,
@@ -330,7 +335,7 @@ class MimirForPreTraining(MimirPreTrainingMixin, MimirPreTrainedModel):
         )
 
 
-class MimirForImageClassification(MimirPreTrainedModel):
+class MimirForImageClassification(MimirImageClassifierMixin, MimirPreTrainedModel):
     """The MIMIR encoder on all patches (no masking, no shuffling), pooled, then a linear head.
 
     Pooling `"mean"` (default): average of the patch tokens -> `fc_norm` -> `classifier` (the encoder's final norm is
@@ -357,31 +362,9 @@ class MimirForImageClassification(MimirPreTrainedModel):
         if module is getattr(self, "classifier", None):
             init.trunc_normal_(module.weight, std=2e-5)  # MAE fine-tuning's head init
 
-    def features(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
-        """The pooled, normalised feature fed to the head. Shape `[batch_size, hidden_size]`."""
-        tokens = self.vit(pixel_values, apply_masking=False, interpolate_pos_encoding=interpolate_pos_encoding)
-        tokens = tokens.last_hidden_state
-        pooled = tokens[:, 1:].mean(dim=1) if self.config.classifier_pooling == "mean" else tokens[:, 0]
-        return self.fc_norm(pooled)
-
-    def forward(
-        self,
-        pixel_values: torch.Tensor,
-        labels: torch.Tensor | None = None,
-        interpolate_pos_encoding: bool = False,
-    ) -> ImageClassifierOutput:
-        r"""
-        pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
-            Images in [0, 1].
-        labels (`torch.LongTensor` of shape `(batch_size,)`, or `torch.FloatTensor` `(batch_size, num_labels)`):
-            Class indices in `[0, config.num_labels)`, or soft targets (mixup/cutmix); the loss is label-smoothed
-            by `config.label_smoothing`.
-        """
-        logits = self.classifier(self.features(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding))
-        loss = None
-        if labels is not None:
-            loss = classification_loss(logits, labels, self.config.num_labels, self.config.label_smoothing)
-        return ImageClassifierOutput(loss=loss, logits=logits)
+    def head_input(self, pooler_output: torch.Tensor) -> torch.Tensor:
+        """Mean pooling: the patch tokens' mean normalised by `fc_norm`; CLS pooling: the CLS token (already normed)."""
+        return self.fc_norm(pooler_output)
 
 
 __all__ = [
