@@ -10,8 +10,9 @@ Files are read with `torch.load(weights_only=True)` and an allow-list of exactly
 pickle besides tensors (`argparse.Namespace`, their saved arguments): nothing else in a file is ever unpickled or run.
 Accepted layouts: a bare state dict, or a dict with `model` (MAE-style scripts), `state_dict` / `state_dict_ema`
 (timm's checkpoint saver), `model_state_dict`; keys may carry `module.` (DDP). When the file holds the run's `args`,
-the architecture comes from them (`args.model`, input size, pooling, normalisation); otherwise from the tensors, and
-what they cannot tell is guessed, said in a warning and recorded in the output's README.
+the architecture comes from them (`args.model`, input size, pooling, normalisation), checked against the tensors (a
+file must have the blocks of the model `args.model` names; see `mimir_hf.models.conversion.check_depths`); otherwise
+from the tensors, and what they cannot tell is guessed, said in a warning and recorded in the output's README.
 
 Each family's key layout is handled by its own module (`mimir_hf/models/<family>/convert_*.py`); this module reads the
 file, picks the family, checks that every tensor found its place (only a new head may be left at its initialisation)
