@@ -9,10 +9,12 @@
 Files are read with `torch.load(weights_only=True)` and an allow-list of exactly what the authors' training scripts
 pickle besides tensors (`argparse.Namespace`, their saved arguments): nothing else in a file is ever unpickled or run.
 Accepted layouts: a bare state dict, or a dict with `model` (MAE-style scripts), `state_dict` / `state_dict_ema`
-(timm's checkpoint saver), `model_state_dict`; keys may carry `module.` (DDP). When the file holds the run's `args`,
-the architecture comes from them (`args.model`, input size, pooling, normalisation), checked against the tensors (a
-file must have the blocks of the model `args.model` names; see `mimir_hf.models.conversion.check_depths`); otherwise
-from the tensors, and what they cannot tell is guessed, said in a warning and recorded in the output's README.
+(timm's checkpoint saver), `model_state_dict`; keys may carry `module.` (DDP). One rule for EMA weights in every layout:
+`--use_ema` converts them (`state_dict_ema` or `model_ema`: what the authors evaluate); without it a file that has them
+converts its other weights, with one warning naming `--use_ema`. When the file holds the run's `args`, the architecture
+comes from them (`args.model`, input size, pooling, normalisation), checked against the tensors (a file must have the
+blocks of the model `args.model` names; see `mimir_hf.models.conversion.check_depths`); otherwise from the tensors, and
+what they cannot tell is guessed, said in a warning and recorded in the output's README.
 
 Each family's key layout is handled by its own module (`mimir_hf/models/<family>/convert_*.py`); this module reads the
 file, picks the family, checks that every tensor found its place (only a new head may be left at its initialisation)
@@ -64,6 +66,7 @@ class Checkpoint:
     state_dict: dict[str, torch.Tensor]
     args: dict | None
     entry: str  # "model", "state_dict", "state_dict_ema", ... or "(bare state dict)"
+    unused_ema: str | None = None  # the file's EMA weights ("state_dict_ema" / "model_ema") when `entry` is not them
 
 
 def read_checkpoint(path: str, use_ema: bool = False) -> Checkpoint:
@@ -93,22 +96,32 @@ def read_checkpoint(path: str, use_ema: bool = False) -> Checkpoint:
     args = None
     if isinstance(raw, dict) and isinstance(raw.get("args"), argparse.Namespace):
         args = vars(raw["args"])
+
+    def present(names):
+        return [name for name in names if isinstance(raw, dict) and isinstance(raw.get(name), dict)]
+
     entries = _EMA_ENTRIES if use_ema else _ENTRIES
-    entry = next((name for name in entries if isinstance(raw, dict) and isinstance(raw.get(name), dict)), None)
+    entry = next(iter(present(entries)), None)
+    ema = next(iter(present(_EMA_ENTRIES)), None)
     if use_ema and entry is None:
         found = sorted(raw) if isinstance(raw, dict) else type(raw).__name__
         raise ValueError(f"--use_ema: {path} has no EMA weights ({' or '.join(_EMA_ENTRIES)}); it holds {found}.")
     state = raw[entry] if entry else raw
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         found = sorted(raw)[:8] if isinstance(raw, dict) else type(raw).__name__
+        hint = f"; pass --use_ema to convert its {ema}" if ema else ""
         raise ValueError(
             f"{path} holds no state dict of tensors (looked for a bare state dict or {', '.join(entries)}; found "
-            f"{found})."
+            f"{found}){hint}."
         )
-    if entry == "model" and any(isinstance(raw.get(name), dict) for name in _EMA_ENTRIES) and not use_ema:
-        logger.warning(f"{path} also holds EMA weights; --use_ema converts those instead.")
+    unused_ema = None if use_ema else ema
+    if unused_ema:  # one rule for every layout: the authors evaluate (ARES) the EMA weights of a file that has them
+        logger.warning(
+            f"{path} holds EMA weights ({unused_ema}) besides {entry}, which this converts; the authors evaluate the "
+            "EMA weights: pass --use_ema to convert those."
+        )
     state = {key.removeprefix("module."): value for key, value in state.items()}
-    return Checkpoint(path, state, args, entry or "(bare state dict)")
+    return Checkpoint(path, state, args, entry or "(bare state dict)", unused_ema)
 
 
 def detect_family(checkpoint: Checkpoint) -> str:
@@ -229,9 +242,12 @@ def write_conversion_card(output_dir: str, checkpoint: Checkpoint, family: str, 
     from .model_card import build_conversion_card
 
     config = conversion.config
+    entry = checkpoint.entry
+    if checkpoint.unused_ema:
+        entry += f" (the file also holds EMA weights, {checkpoint.unused_ema}: `--use_ema` converts those)"
     source = {
         "source file": f"`{os.path.basename(checkpoint.path)}` (sha256 `{_sha256(checkpoint.path)[:16]}...`)",
-        "weights entry": checkpoint.entry,
+        "weights entry": entry,
         "training arguments in the file": f"yes (`args.model` = `{checkpoint.args.get('model')}`)"
         if checkpoint.args
         else "no: architecture from the tensors' shapes",
@@ -265,7 +281,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", help="The .pth file.")
     parser.add_argument("output_dir", help="Where the save_pretrained folder goes.")
-    parser.add_argument("--use_ema", action="store_true", help="Convert the EMA weights (state_dict_ema).")
+    parser.add_argument("--use_ema", action="store_true", help="Convert the EMA weights (state_dict_ema / model_ema), "
+                        "which the authors evaluate; without it a file that has them converts its other weights, "
+                        "with a warning.")  # fmt: skip
     parser.add_argument("--family", choices=sorted(FAMILIES), help="Default: from the file's args or keys.")
     parser.add_argument("--num_attention_heads", type=int, help="ViT encoder heads (default: from args.model).")
     parser.add_argument("--decoder_num_attention_heads", type=int, help="ViT decoder heads (default: 16).")

@@ -319,3 +319,30 @@ def test_a_width_that_contradicts_args_model_is_refused_or_the_choice_is_said(tm
     assert captured.out.count(chosen) == 1
     card = (tmp_path / "chosen" / "README.md").read_text()
     assert chosen in card and "Nothing had to be guessed" not in card
+
+
+@pytest.mark.parametrize("entries", [("model", "model_ema"), ("model", "state_dict_ema"),
+                                     ("state_dict", "state_dict_ema")])  # fmt: skip
+def test_ema_weights_follow_one_rule_in_every_layout(tmp_path, entries):
+    plain, ema = randomised(ReferenceViT()), randomised(ReferenceViT())
+    weights, averaged = entries
+    torch.save({weights: plain.state_dict(), averaged: ema.state_dict(), "epoch": 10,
+                "args": argparse.Namespace(model="vit_custom")}, tmp_path / "run.pth")  # fmt: skip
+    path, images = str(tmp_path / "run.pth"), torch.rand(2, 3, 16, 16)
+    with CaptureLogger(convert_logger) as captured:
+        model = convert_checkpoint(path, str(tmp_path / "out"), num_attention_heads=4)
+    torch.testing.assert_close(model(images).logits, plain(images), atol=1e-5, rtol=1e-5)
+    assert captured.out.count(f"holds EMA weights ({averaged})") == 1 and captured.out.count("--use_ema") == 1
+    assert (
+        f"the file also holds EMA weights, {averaged}: `--use_ema` converts those"
+        in (tmp_path / "out" / "README.md").read_text()
+    )
+    with CaptureLogger(convert_logger) as captured:
+        model = convert_checkpoint(path, use_ema=True, num_attention_heads=4)
+    torch.testing.assert_close(model(images).logits, ema(images), atol=1e-5, rtol=1e-5)
+    assert "EMA" not in captured.out
+    torch.save({averaged: ema.state_dict()}, tmp_path / "ema_only.pth")
+    with pytest.raises(
+        ValueError, match=f"holds no state dict of tensors .*; pass --use_ema to convert its {averaged}"
+    ):
+        read_checkpoint(str(tmp_path / "ema_only.pth"))
