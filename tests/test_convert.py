@@ -15,7 +15,7 @@ from transformers.testing_utils import CaptureLogger
 
 from mimir_hf import MimirForImageClassification, MimirForPreTraining
 from mimir_hf.commands.cli import main as cli
-from mimir_hf.convert import convert_checkpoint, read_checkpoint
+from mimir_hf.convert import MANIFEST, convert_checkpoint, read_checkpoint
 from mimir_hf.convert import logger as convert_logger
 from mimir_hf.models.vit.convert_vit import infer_config
 
@@ -346,3 +346,84 @@ def test_ema_weights_follow_one_rule_in_every_layout(tmp_path, entries):
         ValueError, match=f"holds no state dict of tensors .*; pass --use_ema to convert its {averaged}"
     ):
         read_checkpoint(str(tmp_path / "ema_only.pth"))
+
+
+def converted_files(folder) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in sorted(folder.iterdir()) if path.is_file()}
+
+
+def test_a_folder_the_converter_did_not_write_is_refused_then_only_its_files_are_replaced(tmp_path, capsys):
+    reference = randomised(ReferenceViT())
+    path = training_file(tmp_path / "ft.pth", reference.state_dict(), model="vit_custom")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.json").write_text('{"my": "own config"}')
+    (mine / "notes.txt").write_text("my notes")
+    assert cli(["convert", path, str(mine), "--num_attention_heads", "4"]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith(f"mimir-hf convert: error: {mine} is not empty") and error.count("\n") == 1, error
+    assert "--overwrite_output_dir" in error and "config.json, notes.txt" in error
+    assert converted_files(mine) == {"config.json": b'{"my": "own config"}', "notes.txt": b"my notes"}
+    (tmp_path / "a_file").write_text("not a folder")
+    with pytest.raises(ValueError, match="a_file is a file; expected a folder"):
+        convert_checkpoint(path, str(tmp_path / "a_file"), num_attention_heads=4, overwrite_output_dir=True)
+
+    assert cli(["convert", path, str(mine), "--num_attention_heads", "4", "--overwrite_output_dir"]) == 0
+    assert (mine / "notes.txt").read_text() == "my notes"  # kept
+    assert json.loads((mine / "config.json").read_text())["model_type"] == "mimir"  # the converter's file, replaced
+    manifest = json.loads((mine / MANIFEST).read_text())
+    assert "notes.txt" not in manifest["files"] and {"config.json", "model.safetensors", "README.md"} <= set(
+        manifest["files"]
+    )
+    assert set(converted_files(mine)) == {*manifest["files"], "notes.txt"} and manifest["source"] == "ft.pth"
+    images = torch.rand(2, 3, 16, 16)
+    model = MimirForImageClassification.from_pretrained(mine).eval()
+    torch.testing.assert_close(model(images).logits, reference(images), atol=1e-5, rtol=1e-5)
+
+
+def test_an_earlier_conversion_is_converted_into_again_only_when_asked(tmp_path, capsys):
+    from .reference_cait import Cait, randomise
+
+    vit, cait = randomised(ReferenceViT()), randomise(Cait(img_size=16, embed_dim=32, num_classes=4)).eval()
+    vit_file = training_file(tmp_path / "vit.pth", vit.state_dict(), model="vit_custom")
+    cait_file = training_file(tmp_path / "cait.pth", cait.state_dict(), model="cait_custom")
+    out = tmp_path / "out"
+    convert_checkpoint(vit_file, str(out), num_attention_heads=4)
+    (out / "eval_report.json").write_text("{}")  # the user's, written after the conversion
+    before, _ = converted_files(out), capsys.readouterr()
+    assert cli(["convert", cait_file, str(out)]) == 1
+    error = capsys.readouterr().err
+    assert f"{out} holds an earlier conversion; pass --overwrite_output_dir" in error and error.count("\n") == 1
+    assert converted_files(out) == before
+
+    assert cli(["convert", cait_file, str(out), "--overwrite_output_dir"]) == 0
+    files = set(converted_files(out))
+    assert "modeling_mimir_cait.py" in files and "modeling_mimir.py" not in files  # the ViT's code, no longer written
+    assert "eval_report.json" in files and files == {
+        *json.loads((out / MANIFEST).read_text())["files"],
+        "eval_report.json",
+    }
+    model = AutoModelForImageClassification.from_pretrained(out).eval()
+    images = torch.rand(2, 3, 16, 16)
+    torch.testing.assert_close(model(images).logits, cait(images), atol=1e-5, rtol=1e-5)
+    (out / MANIFEST).unlink()  # a folder converted before the manifest existed: its card says so
+    with pytest.raises(ValueError, match="holds an earlier conversion"):
+        convert_checkpoint(vit_file, str(out), num_attention_heads=4)
+
+
+def test_a_conversion_that_fails_while_writing_leaves_the_folder_as_it_was(tmp_path, monkeypatch):
+    import mimir_hf.convert
+
+    path = training_file(tmp_path / "ft.pth", randomised(ReferenceViT()).state_dict(), model="vit_custom")
+    out = tmp_path / "out"
+    convert_checkpoint(path, str(out), num_attention_heads=4)
+    before = converted_files(out)
+    other = training_file(tmp_path / "other.pth", randomised(ReferenceViT(classes=7)).state_dict(), model="vit_custom")
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(mimir_hf.convert, "write_conversion_card", disk_full)  # after the weights are written
+    with pytest.raises(OSError, match="No space left"):
+        convert_checkpoint(other, str(out), num_attention_heads=4, overwrite_output_dir=True)
+    assert converted_files(out) == before and sorted(p.name for p in out.iterdir()) == sorted(before)
