@@ -5,6 +5,7 @@ and one clear error for anything else."""
 import argparse
 import json
 import os
+import re
 import zipfile
 
 import pytest
@@ -14,8 +15,9 @@ from transformers.testing_utils import CaptureLogger
 
 from mimir_hf import MimirForImageClassification, MimirForPreTraining
 from mimir_hf.commands.cli import main as cli
-from mimir_hf.convert import convert_checkpoint, read_checkpoint
+from mimir_hf.convert import MANIFEST, convert_checkpoint, read_checkpoint
 from mimir_hf.convert import logger as convert_logger
+from mimir_hf.models.vit.convert_vit import infer_config
 
 from .reference_mae import ReferenceMAE, ReferenceViT
 
@@ -40,15 +42,15 @@ def training_file(path, state, **args):
 
 
 def test_pretraining_file_with_args_reproduces_loss_and_predictions(tmp_path):
-    # 8 heads at width 32: only args.model ("mae_vit_small_ds": the 768-wide, 8-head ViT-S) can tell the head count.
-    reference = randomised(ReferenceMAE(heads=8, decoder_dim=32, decoder_heads=16))
-    args = dict(model="mae_vit_small_ds", input_size=16, patch_size=4, norm_pix_loss=True, mask_ratio=0.75,
+    # The authors' ViT-Ti encoder (192 wide, 12 blocks): args.model ("mae_vit_ti") tells the head count, 3.
+    reference = randomised(ReferenceMAE(dim=192, depth=12, heads=3, mlp=768, decoder_dim=32, decoder_heads=16))
+    args = dict(model="mae_vit_ti", input_size=16, patch_size=4, norm_pix_loss=True, mask_ratio=0.75,
                 eps=4 / 255, alpha=5 / 255, mi_train="hsic", mi_xpl=2e-5, use_normalize=False, lr=1.2e-3)  # fmt: skip
     path = training_file(tmp_path / "checkpoint-799.pth", reference.state_dict(), **args)
     converted = convert_checkpoint(path, str(tmp_path / "out"))
     assert isinstance(converted, MimirForPreTraining)
     config = converted.config
-    assert (config.num_attention_heads, config.decoder_num_attention_heads) == (8, 16)
+    assert (config.num_attention_heads, config.decoder_num_attention_heads) == (3, 16)
     assert (config.attack_epsilon, config.attack_step_size, config.mi_weight) == (4 / 255, 5 / 255, 2e-5)
     images, noise = torch.rand(3, 3, 16, 16), torch.rand(3, 16)
     loss, prediction, mask = reference(images, noise)
@@ -60,7 +62,7 @@ def test_pretraining_file_with_args_reproduces_loss_and_predictions(tmp_path):
     again = reloaded(images, noise=noise, compute_mi_loss=False).logits
     torch.testing.assert_close(again, prediction, atol=1e-5, rtol=1e-5)
     card = (tmp_path / "out" / "README.md").read_text()
-    assert "mae_vit_small_ds" in card and "Nothing had to be guessed" in card
+    assert "mae_vit_ti" in card and "Nothing had to be guessed" in card
 
 
 def test_finetuned_file_with_normalisation_in_args_sees_pixels(tmp_path):
@@ -106,14 +108,16 @@ def test_timm_checkpoint_saver_layout_and_the_ema_weights(tmp_path):
         read_checkpoint(str(tmp_path / "no_ema.pth"), use_ema=True)
 
 
-@pytest.mark.parametrize("image, patch, dim, heads, name", [(32, 2, 192, 3, "vit_ti"), (32, 2, 384, 6, "vit_small"),
-                                                             (224, 16, 768, 12, "vit_base_patch16")])  # fmt: skip
-def test_paper_shapes_from_args(tmp_path, image, patch, dim, heads, name):
-    reference = ReferenceViT(image=image, patch=patch, dim=dim, depth=1, heads=heads, mlp=4 * dim, classes=10)
-    path = training_file(tmp_path / "vit.pth", reference.state_dict(), model=name, input_size=image)
-    config = convert_checkpoint(path).config
-    shape = (config.image_size, config.patch_size, config.hidden_size, config.num_attention_heads)
-    assert shape == (image, patch, dim, heads)
+@pytest.mark.parametrize("image, patch, dim, depth, heads, name", [
+    (32, 2, 192, 12, 3, "vit_ti"), (32, 2, 384, 12, 6, "vit_small"), (32, 2, 768, 8, 8, "mae_vit_small_ds"),
+    (224, 16, 768, 12, 12, "vit_base_patch16"), (224, 16, 1024, 24, 16, "vit_large_patch16"),
+])  # fmt: skip
+def test_paper_shapes_from_args(image, patch, dim, depth, heads, name):
+    with torch.device("meta"):  # the full-size shapes, without allocating them
+        state = ReferenceViT(image=image, patch=patch, dim=dim, depth=depth, heads=heads, mlp=4 * dim).state_dict()
+    config, notes = infer_config(state, dict(model=name, input_size=image))
+    shape = (config.image_size, config.patch_size, config.hidden_size, config.num_hidden_layers)
+    assert shape + (config.num_attention_heads,) == (image, patch, dim, depth, heads) and notes == []
 
 
 def test_unknown_missing_and_unsafe_checkpoints_are_clear_errors(tmp_path):
@@ -230,3 +234,196 @@ def test_label_names_that_do_not_fit_are_one_clear_error(tmp_path, capsys):
     pretraining = training_file(tmp_path / "pt.pth", mae.state_dict(), model="mae_vit_custom")
     with pytest.raises(ValueError, match="MimirForPreTraining, which has no classes to name"):
         convert_checkpoint(pretraining, num_attention_heads=4, label_names="a,b")
+
+
+def test_a_file_without_its_last_block_is_refused_by_name(tmp_path, capsys):
+    # ViT-S (args.model = vit_small_patch16: 384 wide, 12 blocks, 6 heads) without any blocks.11.* key.
+    state = ReferenceViT(dim=384, depth=12, heads=6, mlp=1536).state_dict()
+    state = {key: value for key, value in state.items() if not key.startswith("blocks.11.")}
+    path = training_file(tmp_path / "checkpoint-49.pth", state, model="vit_small_patch16", input_size=16)
+    assert cli(["convert", path, str(tmp_path / "out")]) == 1
+    error = capsys.readouterr().err
+    expected = "The file has blocks 0..10 but args.model=vit_small_patch16 (ViT-S) has 12; blocks.11 is missing."
+    assert error.startswith(f"mimir-hf convert: error: {expected}") and error.count("\n") == 1, error
+    assert not (tmp_path / "out").exists()
+
+
+def family_states():
+    """Meta-device state dicts of one full-size model per family (shapes only), with its args.model, the key prefix
+    of its last block, and a name of another width."""
+    from .reference_cait import Cait
+    from .reference_convit import ConVit
+    from .reference_swin import ReferenceSwin
+
+    with torch.device("meta"):
+        yield "vit", ReferenceViT(dim=384, depth=12, heads=6, mlp=1536).state_dict(), "vit_small", "blocks.11.", None
+        yield (
+            "cait", Cait(img_size=224, patch_size=16, num_classes=1000, embed_dim=192, depth=24).state_dict(),
+            "cait_xxs24", "blocks_token_only.1.", "cait_s36",
+        )  # fmt: skip
+        yield (
+            "convit", ConVit(patch_size=2, embed_dim=432, depth=12, num_heads=9, local_up_to_layer=10).state_dict(),
+            "convit_small", "blocks.11.", "convit_base",
+        )  # fmt: skip
+        yield (
+            "swin", ReferenceSwin(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32)).state_dict(),
+            "swin_base_patch4_window7_224", "layers.2.blocks.17.", "swin_large_patch4_window14",
+        )  # fmt: skip
+
+
+@pytest.mark.parametrize("family", ["vit", "cait", "convit", "swin"])
+def test_every_family_checks_the_depths_its_args_model_names(family):
+    from mimir_hf.convert import FAMILIES
+
+    _, state, name, last, other = next(entry for entry in family_states() if entry[0] == family)
+    convert = FAMILIES[family]
+    assert convert(state, {"model": name}).notes == []
+    truncated = {key: value for key, value in state.items() if not key.startswith(last)}
+    stack, index = last.rstrip(".").rsplit(".", 1)
+    message = (
+        f"The file has {stack} 0..{int(index) - 1} but args.model={name} (*) has {int(index) + 1}; {stack}.{index}"
+    )
+    with pytest.raises(ValueError, match=re.escape(message).replace(r"\*", ".*") + " is missing"):
+        convert(truncated, {"model": name})
+    if other:  # the tensors give every shape: a name of another width is said, and the weights are followed
+        (note,) = convert(state, {"model": other}).notes
+        assert f"args.model={other} names" in note and "the model follows the weights" in note
+
+
+def test_a_width_that_contradicts_args_model_is_refused_or_the_choice_is_said(tmp_path, capsys):
+    # 768 wide, args.model = vit_small_patch16 (384 wide, 6 heads): ViT-B (12 heads) or ViT-S ds (8 heads)?
+    wide = randomised(ReferenceViT(dim=768, depth=1, heads=12, mlp=64))
+    path = training_file(tmp_path / "wide.pth", wide.state_dict(), model="vit_small_patch16", input_size=16)
+    assert cli(["convert", path, str(tmp_path / "refused")]) == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and not (tmp_path / "refused").exists()
+    assert (
+        "args.model=vit_small_patch16 names ViT-S: 384 wide, 12 blocks, 6 heads, but the weights are 768 wide" in error
+    )
+    assert "ViT-S ds (8 heads) and ViT-B (12 heads): the head count cannot be told. Pass --num_attention_heads" in error
+    assert cli(["convert", path, str(tmp_path / "given"), "--num_attention_heads", "12"]) == 0
+    given = MimirForImageClassification.from_pretrained(tmp_path / "given").eval()
+    images = torch.rand(2, 3, 16, 16)
+    torch.testing.assert_close(given(images).logits, wide(images), atol=1e-5, rtol=1e-5)
+    card = (tmp_path / "given" / "README.md").read_text()
+    assert "num_attention_heads = 12 as given" in card and "Nothing had to be guessed" not in card
+
+    # 384 wide, args.model = vit_base: only ViT-S is 384 wide, so its 6 heads, said in a warning and the card.
+    small = randomised(ReferenceViT(dim=384, depth=12, heads=6, mlp=64))
+    path = training_file(tmp_path / "small.pth", small.state_dict(), model="vit_base", input_size=16)
+    with CaptureLogger(convert_logger) as captured:
+        model = convert_checkpoint(path, str(tmp_path / "chosen"))
+    assert model.config.num_attention_heads == 6
+    torch.testing.assert_close(model(images).logits, small(images), atol=1e-5, rtol=1e-5)
+    chosen = "num_attention_heads = 6 is ViT-S's: args.model=vit_base names ViT-B: 768 wide, 12 blocks, 12 heads, but "
+    assert captured.out.count(chosen) == 1
+    card = (tmp_path / "chosen" / "README.md").read_text()
+    assert chosen in card and "Nothing had to be guessed" not in card
+
+
+@pytest.mark.parametrize("entries", [("model", "model_ema"), ("model", "state_dict_ema"),
+                                     ("state_dict", "state_dict_ema")])  # fmt: skip
+def test_ema_weights_follow_one_rule_in_every_layout(tmp_path, entries):
+    plain, ema = randomised(ReferenceViT()), randomised(ReferenceViT())
+    weights, averaged = entries
+    torch.save({weights: plain.state_dict(), averaged: ema.state_dict(), "epoch": 10,
+                "args": argparse.Namespace(model="vit_custom")}, tmp_path / "run.pth")  # fmt: skip
+    path, images = str(tmp_path / "run.pth"), torch.rand(2, 3, 16, 16)
+    with CaptureLogger(convert_logger) as captured:
+        model = convert_checkpoint(path, str(tmp_path / "out"), num_attention_heads=4)
+    torch.testing.assert_close(model(images).logits, plain(images), atol=1e-5, rtol=1e-5)
+    assert captured.out.count(f"holds EMA weights ({averaged})") == 1 and captured.out.count("--use_ema") == 1
+    assert (
+        f"the file also holds EMA weights, {averaged}: `--use_ema` converts those"
+        in (tmp_path / "out" / "README.md").read_text()
+    )
+    with CaptureLogger(convert_logger) as captured:
+        model = convert_checkpoint(path, use_ema=True, num_attention_heads=4)
+    torch.testing.assert_close(model(images).logits, ema(images), atol=1e-5, rtol=1e-5)
+    assert "EMA" not in captured.out
+    torch.save({averaged: ema.state_dict()}, tmp_path / "ema_only.pth")
+    with pytest.raises(
+        ValueError, match=f"holds no state dict of tensors .*; pass --use_ema to convert its {averaged}"
+    ):
+        read_checkpoint(str(tmp_path / "ema_only.pth"))
+
+
+def converted_files(folder) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in sorted(folder.iterdir()) if path.is_file()}
+
+
+def test_a_folder_the_converter_did_not_write_is_refused_then_only_its_files_are_replaced(tmp_path, capsys):
+    reference = randomised(ReferenceViT())
+    path = training_file(tmp_path / "ft.pth", reference.state_dict(), model="vit_custom")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.json").write_text('{"my": "own config"}')
+    (mine / "notes.txt").write_text("my notes")
+    assert cli(["convert", path, str(mine), "--num_attention_heads", "4"]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith(f"mimir-hf convert: error: {mine} is not empty") and error.count("\n") == 1, error
+    assert "--overwrite_output_dir" in error and "config.json, notes.txt" in error
+    assert converted_files(mine) == {"config.json": b'{"my": "own config"}', "notes.txt": b"my notes"}
+    (tmp_path / "a_file").write_text("not a folder")
+    with pytest.raises(ValueError, match="a_file is a file; expected a folder"):
+        convert_checkpoint(path, str(tmp_path / "a_file"), num_attention_heads=4, overwrite_output_dir=True)
+
+    assert cli(["convert", path, str(mine), "--num_attention_heads", "4", "--overwrite_output_dir"]) == 0
+    assert (mine / "notes.txt").read_text() == "my notes"  # kept
+    assert json.loads((mine / "config.json").read_text())["model_type"] == "mimir"  # the converter's file, replaced
+    manifest = json.loads((mine / MANIFEST).read_text())
+    assert "notes.txt" not in manifest["files"] and {"config.json", "model.safetensors", "README.md"} <= set(
+        manifest["files"]
+    )
+    assert set(converted_files(mine)) == {*manifest["files"], "notes.txt"} and manifest["source"] == "ft.pth"
+    images = torch.rand(2, 3, 16, 16)
+    model = MimirForImageClassification.from_pretrained(mine).eval()
+    torch.testing.assert_close(model(images).logits, reference(images), atol=1e-5, rtol=1e-5)
+
+
+def test_an_earlier_conversion_is_converted_into_again_only_when_asked(tmp_path, capsys):
+    from .reference_cait import Cait, randomise
+
+    vit, cait = randomised(ReferenceViT()), randomise(Cait(img_size=16, embed_dim=32, num_classes=4)).eval()
+    vit_file = training_file(tmp_path / "vit.pth", vit.state_dict(), model="vit_custom")
+    cait_file = training_file(tmp_path / "cait.pth", cait.state_dict(), model="cait_custom")
+    out = tmp_path / "out"
+    convert_checkpoint(vit_file, str(out), num_attention_heads=4)
+    (out / "eval_report.json").write_text("{}")  # the user's, written after the conversion
+    before, _ = converted_files(out), capsys.readouterr()
+    assert cli(["convert", cait_file, str(out)]) == 1
+    error = capsys.readouterr().err
+    assert f"{out} holds an earlier conversion; pass --overwrite_output_dir" in error and error.count("\n") == 1
+    assert converted_files(out) == before
+
+    assert cli(["convert", cait_file, str(out), "--overwrite_output_dir"]) == 0
+    files = set(converted_files(out))
+    assert "modeling_mimir_cait.py" in files and "modeling_mimir.py" not in files  # the ViT's code, no longer written
+    assert "eval_report.json" in files and files == {
+        *json.loads((out / MANIFEST).read_text())["files"],
+        "eval_report.json",
+    }
+    model = AutoModelForImageClassification.from_pretrained(out).eval()
+    images = torch.rand(2, 3, 16, 16)
+    torch.testing.assert_close(model(images).logits, cait(images), atol=1e-5, rtol=1e-5)
+    (out / MANIFEST).unlink()  # a folder converted before the manifest existed: its card says so
+    with pytest.raises(ValueError, match="holds an earlier conversion"):
+        convert_checkpoint(vit_file, str(out), num_attention_heads=4)
+
+
+def test_a_conversion_that_fails_while_writing_leaves_the_folder_as_it_was(tmp_path, monkeypatch):
+    import mimir_hf.convert
+
+    path = training_file(tmp_path / "ft.pth", randomised(ReferenceViT()).state_dict(), model="vit_custom")
+    out = tmp_path / "out"
+    convert_checkpoint(path, str(out), num_attention_heads=4)
+    before = converted_files(out)
+    other = training_file(tmp_path / "other.pth", randomised(ReferenceViT(classes=7)).state_dict(), model="vit_custom")
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(mimir_hf.convert, "write_conversion_card", disk_full)  # after the weights are written
+    with pytest.raises(OSError, match="No space left"):
+        convert_checkpoint(other, str(out), num_attention_heads=4, overwrite_output_dir=True)
+    assert converted_files(out) == before and sorted(p.name for p in out.iterdir()) == sorted(before)

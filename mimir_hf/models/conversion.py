@@ -44,6 +44,78 @@ def count_indexed(state: dict[str, torch.Tensor], prefix: str) -> int:
     return max(indices) + 1 if indices else 0
 
 
+@dataclass(frozen=True)
+class NamedModel:
+    """One of a family's standard models, as a training run's saved `args.model` names it (the authors' model
+    functions, timm's, MAE's): the shape a file of that model has."""
+
+    title: str  # e.g. "ViT-S"
+    width: int  # embedding width: patch_embed.proj's output channels
+    depths: dict[str, int]  # blocks per stack (key prefix), e.g. {"blocks": 12}
+    heads: int | tuple[int, ...]  # attention heads (per stage for Swin)
+
+    def describe(self) -> str:
+        """E.g. "ViT-S: 384 wide, 12 blocks, 6 heads"; "Swin-B: 128 wide, 2-2-18-2 blocks, 4-8-16-32 heads"."""
+        return f"{self.title}: {self.width} wide, {shape_text(self.depths, self.heads)}"
+
+
+def shape_text(depths: dict[str, int], heads) -> str:
+    """Depths and heads as `NamedModel.describe` writes them (stages joined by "-")."""
+    if all(prefix.endswith(".blocks") for prefix in depths):
+        depth = "-".join(str(value) for value in depths.values()) + " blocks"
+    else:
+        depth = ", ".join(f"{value} {prefix}" for prefix, value in depths.items())
+    return f"{depth}, {heads_text(heads)} heads"
+
+
+def heads_text(heads) -> str:
+    """A head count, or per-stage counts joined by "-"."""
+    return "-".join(str(value) for value in heads) if isinstance(heads, (list, tuple)) else str(heads)
+
+
+def check_depths(state: dict[str, torch.Tensor], name: str, model: NamedModel, why: str = "") -> None:
+    """Refuse a file whose block stacks are not as deep as `model`, the model its `args.model` (`name`) names and
+    whose width it has (or, said in `why`, the one its width implies): a file without its last blocks (a partial save)
+    would otherwise convert into a shallower model, and one with more blocks is not that model."""
+    for prefix, depth in model.depths.items():
+        found = count_indexed(state, prefix)
+        if found == depth:
+            continue
+        has = f"{prefix} 0..{found - 1}" if found else f"no {prefix}"
+        first, last = sorted((found, depth))
+        span = f"{prefix}.{first}" if first == last - 1 else f"{prefix}.{first} to {prefix}.{last - 1}"
+        verb = "is" if first == last - 1 else "are"
+        wrong = f"{span} {verb} missing" if found < depth else f"{span} {verb} beyond it"
+        named = why or f"args.model={name} ({model.title})"
+        raise ValueError(
+            f"The file has {has} but {named} has {depth}; {wrong}. Convert the complete file of that model (is this "
+            "one truncated, or from another run?)."
+        )
+
+
+def check_against_name(
+    state: dict[str, torch.Tensor], name: str, model: NamedModel | None, width: int, heads, notes: list
+) -> None:
+    """For a family whose tensors give every shape (heads included): compare the file with `model`, the model its
+    `args.model` (`name`) names. The same width: the file must be as deep (`check_depths`), and heads that differ are
+    noted. Another width: the name does not describe this file; the converted model follows the weights, noted."""
+    if model is None:
+        return
+    if width == model.width:
+        check_depths(state, name, model)
+        if heads_text(heads) != heads_text(model.heads):
+            notes.append(
+                f"args.model={name} names {model.describe()}; the weights have {heads_text(heads)} heads: the model "
+                "follows the weights."
+            )
+        return
+    found = shape_text({prefix: count_indexed(state, prefix) for prefix in model.depths}, heads)
+    notes.append(
+        f"args.model={name} names {model.describe()}, but the weights are {width} wide ({found}): the model follows "
+        "the weights, which give every shape."
+    )
+
+
 def split_fused_qkv(value: torch.Tensor, prefix: str, suffix: str) -> dict[str, torch.Tensor]:
     """A fused `qkv` weight or bias (rows q, k, v) as three tensors named `{prefix}{q,k,v}_proj.{suffix}`."""
     return {
@@ -178,7 +250,10 @@ def task_and_input_fields(
 
 __all__ = [
     "Conversion",
+    "NamedModel",
     "arg",
+    "check_against_name",
+    "check_depths",
     "count_indexed",
     "fit_to_model",
     "normalisation_fields",

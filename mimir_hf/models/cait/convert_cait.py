@@ -19,7 +19,9 @@ import torch
 
 from ..conversion import (
     Conversion,
+    NamedModel,
     arg,
+    check_against_name,
     count_indexed,
     fit_to_model,
     split_fused_qkv,
@@ -61,6 +63,20 @@ _LAYER = {  # inside a block, timm -> ours (talking-heads and class-attention la
 }
 _LAYER_SCALES = {"gamma_1": "layer_scale1.lambda1", "gamma_2": "layer_scale2.lambda1"}
 _DEFAULT_NUM_LABELS = 1000  # an encoder-only file: ImageNet-1K fine-tuning, unless told otherwise
+# CaiT's sizes (Touvron et al. 2021, Table 1; timm's and the authors' `cait_xxs24`, `cait_s36`, `mae_cait_xxs24`,
+# ...): width and heads by the size letters, depth by the number; every model ends in 2 class-attention layers.
+_SIZES = {"xxs": (192, 4), "xs": (288, 6), "s": (384, 8), "m": (768, 16)}
+_NAME = re.compile(r"cait_(xxs|xs|s|m)(\d+)")
+
+
+def named_cait(name: str) -> NamedModel | None:
+    """The CaiT one of timm's / the authors' model names stands for, or None when the name is not one of them."""
+    match = _NAME.search(str(name or "").lower())
+    if not match:
+        return None
+    (width, heads), depth = _SIZES[match.group(1)], int(match.group(2))
+    title = f"CaiT-{match.group(1).upper()}{depth}"
+    return NamedModel(title, width, {"blocks": depth, "blocks_token_only": 2}, heads)
 
 
 def rename_state_dict(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -137,6 +153,8 @@ def infer_cait_config(
         intermediate_size=state["blocks.0.mlp.fc1.weight"].shape[0],
         qkv_bias="blocks.0.attn.qkv.bias" in state,
     )
+    name = str(arg(args, "model", ""))
+    check_against_name(state, name, named_cait(name), hidden_size, fields["num_attention_heads"], notes)
     fields["layer_scale_init"] = _layer_scale_init(fields, args, notes)
     fields = task_and_input_fields(
         state,
@@ -170,4 +188,4 @@ def convert_cait_checkpoint(state: dict[str, torch.Tensor], args: dict | None = 
     return Conversion(model_class, config, renamed, ignored, new_keys, notes)
 
 
-__all__ = ["convert_cait_checkpoint", "infer_cait_config", "rename_state_dict"]
+__all__ = ["convert_cait_checkpoint", "infer_cait_config", "named_cait", "rename_state_dict"]

@@ -19,7 +19,9 @@ import torch
 
 from ..conversion import (
     Conversion,
+    NamedModel,
     arg,
+    check_against_name,
     count_indexed,
     fit_to_model,
     task_and_input_fields,
@@ -54,6 +56,19 @@ _LAYER = {  # inside a block, timm -> ours
 _FUSED = {"attn.qk": ("q_proj", "k_proj"), "attn.qkv": ("q_proj", "k_proj", "v_proj")}  # split along output rows
 _REBUILT = re.compile(r"^(decoder_)?blocks\.\d+\.attn\.rel_indices$")  # GPSA's cached offsets, if ever saved
 _DEFAULT_NUM_LABELS = 10  # an encoder-only file: the released ConViTs are CIFAR-10 models
+# ConViT's sizes (d'Ascoli et al. 2021, Table 1; timm's `convit_tiny`, the authors' `convit_ti`, `mae_convit_small`,
+# ...): 48 wide per head, 12 blocks.
+_SIZES = {"ti": ("Ti", 4), "tiny": ("Ti", 4), "small": ("S", 9), "base": ("B", 16)}
+_NAME = re.compile(r"convit_(tiny|ti|small|base)(?![a-z])")
+
+
+def named_convit(name: str) -> NamedModel | None:
+    """The ConViT one of timm's / the authors' model names stands for, or None when the name is not one of them."""
+    match = _NAME.search(str(name or "").lower())
+    if not match:
+        return None
+    size, heads = _SIZES[match.group(1)]
+    return NamedModel(f"ConViT-{size}", 48 * heads, {"blocks": 12}, heads)
 
 
 def rename_state_dict(
@@ -127,14 +142,21 @@ def infer_convit_config(
         qkv_bias=any(f"blocks.0.attn.{name}.bias" in state for name in ("qk", "qkv")),
         use_pos_embed="pos_embed" in state,
     )
+    name = str(arg(args, "model", ""))
+    named = named_convit(name)
     if local_up_to_layer:
         fields["num_attention_heads"] = state["blocks.0.attn.pos_proj.weight"].shape[0]
-    elif "num_attention_heads" not in overrides:
+    elif "num_attention_heads" in overrides:
+        fields["num_attention_heads"] = overrides["num_attention_heads"]
+    elif named is not None and named.width == hidden_size:
+        fields["num_attention_heads"] = named.heads
+    else:
         fields["num_attention_heads"] = max(hidden_size // 48, 1)
         notes.append(
             f"num_attention_heads = {fields['num_attention_heads']} is a guess (width / 48, ConViT's head width): the "
             "file has no GPSA layer to read it from. Pass --num_attention_heads if it is wrong."
         )
+    check_against_name(state, name, named, hidden_size, fields["num_attention_heads"], notes)
     image_size = arg(args, "input_size")
     if "pos_embed" in state:
         num_patches = state["pos_embed"].shape[1]
@@ -182,4 +204,4 @@ def convert_convit_checkpoint(state: dict[str, torch.Tensor], args: dict | None 
     return Conversion(model_class, config, renamed, ignored, new_keys, notes)
 
 
-__all__ = ["convert_convit_checkpoint", "infer_convit_config", "rename_state_dict"]
+__all__ = ["convert_convit_checkpoint", "infer_convit_config", "named_convit", "rename_state_dict"]

@@ -23,7 +23,7 @@ import re
 
 import torch
 
-from ..conversion import Conversion, split_fused_qkv
+from ..conversion import Conversion, NamedModel, arg, check_against_name, split_fused_qkv
 from .configuration_mimir_swin import MimirSwinConfig
 from .modeling_mimir_swin import MimirSwinForImageClassification
 
@@ -46,6 +46,24 @@ _REBUILT_BUFFERS = re.compile(r"^layers\.\d+\.blocks\.\d+\.(attn\.relative_posit
 _GREENMIM_DECODER = re.compile(r"^(decoder_(embed|pos_embed|blocks|norm|pred)\b|mask_token$)")
 _DEFAULT_IMAGE_SIZE = 224
 _DEFAULT_NUM_LABELS = 1000  # a head-less (pre-training) file: ImageNet-1k fine-tuning, unless told otherwise
+# Swin's sizes (Liu et al. 2021; Microsoft's `swin_base_patch4_window7_224`, ARES's `swin_large_patch4_window14`, ...):
+# width, blocks per stage, heads per stage.
+_SIZES = {
+    "tiny": ("Swin-T", 96, (2, 2, 6, 2), (3, 6, 12, 24)),
+    "small": ("Swin-S", 96, (2, 2, 18, 2), (3, 6, 12, 24)),
+    "base": ("Swin-B", 128, (2, 2, 18, 2), (4, 8, 16, 32)),
+    "large": ("Swin-L", 192, (2, 2, 18, 2), (6, 12, 24, 48)),
+}
+_NAME = re.compile(r"swin_(tiny|small|base|large)(?![a-z])")
+
+
+def named_swin(name: str) -> NamedModel | None:
+    """The Swin one of Microsoft's / timm's / the authors' model names stands for, or None when it is not one."""
+    match = _NAME.search(str(name or "").lower())
+    if not match:
+        return None
+    title, width, depths, heads = _SIZES[match.group(1)]
+    return NamedModel(title, width, {f"layers.{i}.blocks": depth for i, depth in enumerate(depths)}, heads)
 
 
 def split_encoder_keys(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
@@ -209,7 +227,9 @@ def convert_swin_checkpoint(
 ) -> Conversion:
     """Infer the config, convert the tensors and account for every key: what was ignored, which weights are new.
 
-    `args` (a training run's saved arguments) are not needed: the tensors determine a Swin completely.
+    `args` (a training run's saved arguments) are not needed: the tensors determine a Swin completely. When
+    `args.model` names a Swin of the file's width, the file must have its blocks (a `ValueError` says which are
+    missing); a name of another width or other heads is noted, and the model follows the weights.
 
     Raises a `ValueError` when a converted tensor has no place in the model or the wrong shape, or when the model needs
     a weight the file lacks other than a new classification head.
@@ -236,6 +256,8 @@ def convert_swin_checkpoint(
     if missing:
         raise ValueError(f"The checkpoint lacks {len(missing)} encoder weights, e.g. {missing[:6]}.")
     notes = []
+    name = str(arg(args, "model", ""))
+    check_against_name(state, name, named_swin(name), config.embed_dim, list(config.num_heads), notes)
     if new_keys:
         notes.append(
             f"a pre-training (GreenMIM) backbone: the {config.num_labels}-class head is newly initialised, for "
@@ -246,6 +268,7 @@ def convert_swin_checkpoint(
 
 __all__ = [
     "convert_swin_checkpoint",
+    "named_swin",
     "convert_swin_state_dict",
     "infer_swin_config",
     "split_encoder_keys",

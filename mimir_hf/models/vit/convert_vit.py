@@ -4,9 +4,11 @@ Pre-training checkpoints hold the encoder (`patch_embed.proj`, `cls_token`, `pos
 the decoder (`decoder_*`, `mask_token`); fine-tuned ones hold the encoder with `fc_norm` and `head` (global pooling)
 -- or `norm` and `head` (CLS pooling). Shapes give the widths, depths, patch and image size; the attention-head
 counts come from the checkpoint's saved `args.model` (e.g. `mae_vit_small`: 6 heads; `vit_small_ds`: the 768-wide,
-8-head variant), and only when the file has no `args` are they guessed (width / 64, as in ViT-T/S/B/L), with a
-warning. The saved `args` also give the pre-training settings (mask ratio, attack, MI weight, norm_pix_loss) and the
-input normalisation (`use_normalize`), which mimir_hf applies inside the model so that attacks see [0, 1] pixels.
+8-head variant), whose width and depth the weights must have (a file that lacks blocks, or whose width several
+encoders share, is refused), and only when the file has no `args` are they guessed (width / 64, as in ViT-T/S/B/L),
+with a warning. The saved `args` also give the pre-training settings (mask ratio, attack, MI weight, norm_pix_loss)
+and the input normalisation (`use_normalize`), which mimir_hf applies inside the model so that attacks see [0, 1]
+pixels.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ import torch
 
 from ..conversion import (
     Conversion,
+    NamedModel,
     arg,
+    check_depths,
     count_indexed,
     normalisation_fields,
     pretraining_method_fields,
@@ -46,17 +50,72 @@ _TOP = {
     "decoder_norm": "decoder.decoder_norm",
     "decoder_pred": "decoder.decoder_pred",
 }
-# Encoder heads of the authors' model names (`models/mae_vit.py`, `models/models_vit.py`, and older names with the
-# patch size in them): ViT-Ti 3, ViT-S 6, the 768-wide "ViT-S ds" 8, ViT-B 12, ViT-L 16, ViT-H 16.
-_HEADS = {"ti": 3, "tiny": 3, "small_ds": 8, "small": 6, "base": 12, "large": 16, "huge": 16}
+# The authors' ViT encoders (`models/models_vit.py`, `models/mae_vit.py`; older names carry the patch size) and MAE's
+# ViT-H, by the size in their names. "small_ds" is the authors' 768-wide, 8-deep, 8-head ViT-S (MLP ratio 3).
+_ENCODERS = {
+    "ti": NamedModel("ViT-Ti", 192, {"blocks": 12}, 3),
+    "small": NamedModel("ViT-S", 384, {"blocks": 12}, 6),
+    "small_ds": NamedModel("ViT-S ds", 768, {"blocks": 8}, 8),
+    "base": NamedModel("ViT-B", 768, {"blocks": 12}, 12),
+    "large": NamedModel("ViT-L", 1024, {"blocks": 24}, 16),
+    "huge": NamedModel("ViT-H", 1280, {"blocks": 32}, 16),
+}
 _NAME = re.compile(r"vit_(ti|tiny|small_ds|small|base|large|huge)(?![a-z])")
 _DECODER_HEADS = 16  # every MIMIR (128 wide) and Meta MAE (512 wide) decoder
 
 
+def named_encoder(name: str) -> NamedModel | None:
+    """The encoder one of the authors' ViT model names stands for, or None when the name is not one of them."""
+    match = _NAME.search(name or "")
+    return _ENCODERS[{"tiny": "ti"}.get(match.group(1), match.group(1))] if match else None
+
+
 def heads_from_model_name(name: str) -> int | None:
     """Encoder attention heads of one of the authors' ViT model names, or None when the name is not one of them."""
-    match = _NAME.search(name or "")
-    return _HEADS[match.group(1)] if match else None
+    encoder = named_encoder(name)
+    return encoder.heads if encoder else None
+
+
+def _heads(state: dict[str, torch.Tensor], args: dict | None, hidden: int, given: int | None, notes: list) -> int:
+    """The encoder's head count, which the weights cannot tell: `given` (--num_attention_heads), else that of the
+    encoder `args.model` names, checked against the weights' width and depth; else a guess (width / 64), noted.
+
+    A name whose width the weights contradict does not tell the heads: the width then decides when it is one
+    encoder's (e.g. 384: ViT-S), said in a note; otherwise (768: ViT-B or ViT-S ds; a width of no encoder) the file is
+    refused. An encoder of the weights' width must also have their depth (`check_depths`)."""
+    name = str(arg(args, "model", ""))
+    named = named_encoder(name)
+    if named is not None and named.width != hidden:
+        same_width = [encoder for encoder in _ENCODERS.values() if encoder.width == hidden]
+        contradiction = f"args.model={name} names {named.describe()}, but the weights are {hidden} wide"
+        if given is not None:
+            notes.append(f"{contradiction}: num_attention_heads = {given} as given, the other shapes from the weights.")
+            return given
+        if len(same_width) != 1:
+            which = " and ".join(f"{encoder.title} ({encoder.heads} heads)" for encoder in same_width)
+            which = f"the width of both {which}" if which else "the width of none of the authors' ViTs"
+            raise ValueError(
+                f"{contradiction}, {which}: the head count cannot be told. Pass --num_attention_heads (and check "
+                "that the file is the one you meant)."
+            )
+        named = same_width[0]
+        check_depths(state, name, named, f"{named.title} (args.model={name}; the width {hidden} is {named.title}'s)")
+        notes.append(
+            f"num_attention_heads = {named.heads} is {named.title}'s: {contradiction}, which only {named.title} is. "
+            "Pass --num_attention_heads if it is wrong."
+        )
+    if named is not None:
+        check_depths(state, name, named)
+        return given if given is not None else named.heads
+    if given is not None:
+        return given
+    heads = max(hidden // 64, 1)
+    why = f"args.model {name!r} is not a known ViT name" if args else "the file holds no training args"
+    notes.append(
+        f"num_attention_heads = {heads} is a guess (width {hidden} / 64): {why}, and the weights cannot tell the "
+        "head count (the authors also have a 768-wide 8-head ViT-S). Pass --num_attention_heads if it is wrong."
+    )
+    return heads
 
 
 def infer_config(state: dict[str, torch.Tensor], args: dict | None = None, **overrides) -> tuple[MimirConfig, list]:
@@ -71,15 +130,7 @@ def infer_config(state: dict[str, torch.Tensor], args: dict | None = None, **ove
     num_patches = state["pos_embed"].shape[1] - 1
     side = int(round(num_patches**0.5))
     image_size = side * patch if side * side == num_patches else None
-    model_name = arg(args, "model", "")
-    heads = heads_from_model_name(model_name)
-    if heads is None and "num_attention_heads" not in overrides:
-        heads = max(hidden // 64, 1)
-        why = f"args.model {model_name!r} is not a known ViT name" if args else "the file holds no training args"
-        notes.append(
-            f"num_attention_heads = {heads} is a guess (width {hidden} / 64): {why}, and the weights cannot tell the "
-            "head count (the authors also have a 768-wide 8-head ViT-S). Pass --num_attention_heads if it is wrong."
-        )
+    heads = _heads(state, args, hidden, overrides.get("num_attention_heads"), notes)
     fields = dict(
         hidden_size=hidden,
         num_channels=channels,
@@ -156,4 +207,4 @@ def convert_vit_state_dict(state: dict[str, torch.Tensor], args: dict | None = N
     return Conversion(model_class, config, rename_state_dict(state), ignored=ignored, notes=notes)
 
 
-__all__ = ["convert_vit_state_dict", "heads_from_model_name", "infer_config", "rename_state_dict"]
+__all__ = ["convert_vit_state_dict", "heads_from_model_name", "infer_config", "named_encoder", "rename_state_dict"]
