@@ -1,8 +1,8 @@
 """mimir_hf: MIMIR (masked image modelling with a mutual-information bottleneck) for adversarially robust ViTs.
 
-Importing the package registers every MIMIR model family with transformers' Auto classes: `model_type="mimir"` (ViT,
-`mimir_hf/models/vit`), `"mimir_swin"` (Swin, `mimir_hf/models/swin`), `"mimir_cait"` (CaiT, `mimir_hf/models/cait`)
-and `"mimir_convit"` (ConViT, `mimir_hf/models/convit`).
+Importing the package registers every MIMIR model family of `mimir_hf.models.FAMILIES` with transformers' Auto
+classes: `model_type="mimir"` (ViT, `mimir_hf/models/vit`), `"mimir_swin"` (Swin, `mimir_hf/models/swin`),
+`"mimir_cait"` (CaiT, `mimir_hf/models/cait`) and `"mimir_convit"` (ConViT, `mimir_hf/models/convit`).
 """
 
 from transformers import (
@@ -14,6 +14,7 @@ from transformers import (
 )
 
 from .image_processing_mimir import MimirImageProcessor
+from .models import FAMILIES
 from .models.cait import MimirCaitConfig, MimirCaitForImageClassification, MimirCaitForPreTraining, MimirCaitModel
 from .models.convit import (
     MimirConvitConfig,
@@ -34,28 +35,13 @@ from .threat_model import AttackBudget
 
 __version__ = "0.2.0"
 
-AutoConfig.register(MimirConfig.model_type, MimirConfig, exist_ok=True)
-AutoModel.register(MimirConfig, MimirModel, exist_ok=True)
-AutoModelForPreTraining.register(MimirConfig, MimirForPreTraining, exist_ok=True)
-AutoModelForImageClassification.register(MimirConfig, MimirForImageClassification, exist_ok=True)
-AutoImageProcessor.register(MimirConfig, slow_image_processor_class=MimirImageProcessor, exist_ok=True)
-
-AutoConfig.register(MimirSwinConfig.model_type, MimirSwinConfig, exist_ok=True)
-AutoModel.register(MimirSwinConfig, MimirSwinModel, exist_ok=True)
-AutoModelForImageClassification.register(MimirSwinConfig, MimirSwinForImageClassification, exist_ok=True)
-AutoImageProcessor.register(MimirSwinConfig, slow_image_processor_class=MimirImageProcessor, exist_ok=True)
-
-AutoConfig.register(MimirCaitConfig.model_type, MimirCaitConfig, exist_ok=True)
-AutoModel.register(MimirCaitConfig, MimirCaitModel, exist_ok=True)
-AutoModelForPreTraining.register(MimirCaitConfig, MimirCaitForPreTraining, exist_ok=True)
-AutoModelForImageClassification.register(MimirCaitConfig, MimirCaitForImageClassification, exist_ok=True)
-AutoImageProcessor.register(MimirCaitConfig, slow_image_processor_class=MimirImageProcessor, exist_ok=True)
-
-AutoConfig.register(MimirConvitConfig.model_type, MimirConvitConfig, exist_ok=True)
-AutoModel.register(MimirConvitConfig, MimirConvitModel, exist_ok=True)
-AutoModelForPreTraining.register(MimirConvitConfig, MimirConvitForPreTraining, exist_ok=True)
-AutoModelForImageClassification.register(MimirConvitConfig, MimirConvitForImageClassification, exist_ok=True)
-AutoImageProcessor.register(MimirConvitConfig, slow_image_processor_class=MimirImageProcessor, exist_ok=True)
+for _family in FAMILIES.values():
+    AutoConfig.register(_family.model_type, _family.config_class, exist_ok=True)
+    AutoModel.register(_family.config_class, _family.model_class, exist_ok=True)
+    AutoModelForImageClassification.register(_family.config_class, _family.classifier_class, exist_ok=True)
+    if _family.pretraining_class is not None:
+        AutoModelForPreTraining.register(_family.config_class, _family.pretraining_class, exist_ok=True)
+    AutoImageProcessor.register(_family.config_class, slow_image_processor_class=MimirImageProcessor, exist_ok=True)
 
 __all__ = [
     "PRESETS",

@@ -45,22 +45,13 @@ from transformers.utils import logging
 
 from .class_names import label_config_fields, resolve_class_names
 from .data import image_processor_for
-from .models.cait.convert_cait import convert_cait_checkpoint
+from .models import FAMILIES
 from .models.conversion import Conversion
-from .models.convit.convert_convit import convert_convit_checkpoint
-from .models.swin.convert_swin import convert_swin_checkpoint
-from .models.vit.convert_vit import convert_vit_state_dict
 
 logger = logging.get_logger(__name__)
 
 _ENTRIES = ("model", "state_dict", "model_state_dict")  # where training scripts put the weights, in order
 _EMA_ENTRIES = ("state_dict_ema", "model_ema")
-FAMILIES = {
-    "vit": convert_vit_state_dict,
-    "swin": convert_swin_checkpoint,
-    "cait": convert_cait_checkpoint,
-    "convit": convert_convit_checkpoint,
-}
 # Evaluation pre-processing of the ImageNet models (224 px, and every Swin): resize to 256 (bicubic), centre-crop 224.
 IMAGENET_CROP_PCT = 0.875
 # The converter's record of a folder it wrote: the files it wrote there (replaced, or removed when no longer written,
@@ -194,7 +185,7 @@ def convert_checkpoint(
     family = family or detect_family(checkpoint)
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {sorted(FAMILIES)}, got {family!r}.")
-    conversion = FAMILIES[family](checkpoint.state_dict, checkpoint.args, **config_overrides)
+    conversion = FAMILIES[family].convert(checkpoint.state_dict, checkpoint.args, **config_overrides)
     if names is not None:
         name_classes(conversion, names, path)
     model = load_conversion(conversion, path)

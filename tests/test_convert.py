@@ -276,7 +276,7 @@ def test_every_family_checks_the_depths_its_args_model_names(family):
     from mimir_hf.convert import FAMILIES
 
     _, state, name, last, other = next(entry for entry in family_states() if entry[0] == family)
-    convert = FAMILIES[family]
+    convert = FAMILIES[family].convert
     assert convert(state, {"model": name}).notes == []
     truncated = {key: value for key, value in state.items() if not key.startswith(last)}
     stack, index = last.rstrip(".").rsplit(".", 1)

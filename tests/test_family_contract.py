@@ -21,7 +21,7 @@ from mimir_hf import (
 SMALL = dict(image_size=16, patch_size=4, hidden_size=32, num_attention_heads=4, num_labels=3)
 DECODER = dict(decoder_hidden_size=16, decoder_num_hidden_layers=1, decoder_num_attention_heads=2,
                decoder_intermediate_size=32)  # fmt: skip
-FAMILIES = {
+TINY_CONFIGS = {
     "vit": lambda: MimirConfig(**SMALL, **DECODER, num_hidden_layers=2, intermediate_size=64),
     "vit-cls": lambda: MimirConfig(**SMALL, **DECODER, num_hidden_layers=2, classifier_pooling="cls"),
     "cait": lambda: MimirCaitConfig(**SMALL, **DECODER, num_hidden_layers=2, num_class_attention_layers=2),
@@ -46,10 +46,10 @@ def pixels() -> torch.Tensor:
     return torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
 
 
-@pytest.fixture(scope="module", params=sorted(FAMILIES))
+@pytest.fixture(scope="module", params=sorted(TINY_CONFIGS))
 def family(request):
     torch.manual_seed(0)
-    config = FAMILIES[request.param]()
+    config = TINY_CONFIGS[request.param]()
     classifier = AutoModelForImageClassification.from_config(config, attn_implementation="eager").eval()
     encoder = AutoModel.from_config(config, attn_implementation="eager").eval()
     encoder.load_state_dict(classifier.base_model.state_dict(), strict=False)
@@ -112,7 +112,7 @@ def test_hidden_states_and_attentions_from_encoder_and_classifier(family, pixels
 
 
 def test_fused_attention_cannot_give_attentions_and_says_so(pixels):
-    config = FAMILIES["vit"]()
+    config = TINY_CONFIGS["vit"]()
     encoder = AutoModel.from_config(config, attn_implementation="sdpa").eval()
     with pytest.raises(ValueError, match="attn_implementation='eager'"):
         encoder(pixels, output_attentions=True)
@@ -127,3 +127,29 @@ def test_every_parameter_has_a_layer_id_and_the_head_is_on_top(family):
     embeddings = [name for name in ids if ".embeddings." in name]
     assert embeddings and all(ids[name] == 0 for name in embeddings)
     assert classifier.no_weight_decay() <= set(ids)
+
+
+def test_one_registry_drives_auto_classes_conversion_and_the_scripts():
+    """`mimir_hf.models.FAMILIES` is the one list of families: the Auto classes, `mimir-hf convert --family` and the
+    scripts' classes all come from it."""
+    from transformers import AutoConfig, AutoModelForPreTraining
+
+    from mimir_hf import convert
+    from mimir_hf.commands import common
+    from mimir_hf.models import FAMILIES, family_of
+
+    assert sorted(FAMILIES) == ["cait", "convit", "swin", "vit"]
+    for family in FAMILIES.values():
+        assert family_of(family.model_type) is family
+        assert type(AutoConfig.for_model(family.model_type)) is family.config_class
+        assert AutoModel._model_mapping[family.config_class] is family.model_class
+        assert AutoModelForImageClassification._model_mapping[family.config_class] is family.classifier_class
+        assert common.CLASSIFIER_CLASSES[family.model_type] is family.classifier_class
+        if family.pretraining_class is None:
+            assert family.config_class not in AutoModelForPreTraining._model_mapping
+            assert family.model_type not in common.PRETRAINING_CLASSES
+        else:
+            assert AutoModelForPreTraining._model_mapping[family.config_class] is family.pretraining_class
+            assert common.PRETRAINING_CLASSES[family.model_type] is family.pretraining_class
+            assert set(family.presets) <= set(common.NEW_MODEL_PRESETS)
+    assert convert.FAMILIES is FAMILIES

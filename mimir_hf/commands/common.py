@@ -21,15 +21,8 @@ from transformers import HfArgumentParser, PretrainedConfig
 import mimir_hf
 from mimir_hf import (
     MimirCaitConfig,
-    MimirCaitForImageClassification,
-    MimirCaitForPreTraining,
     MimirConfig,
     MimirConvitConfig,
-    MimirConvitForImageClassification,
-    MimirConvitForPreTraining,
-    MimirForImageClassification,
-    MimirForPreTraining,
-    MimirSwinForImageClassification,
 )
 from mimir_hf.checkpoints import last_complete_checkpoint
 from mimir_hf.data import (
@@ -42,7 +35,7 @@ from mimir_hf.data import (
     resolve_columns,
     with_pixel_transform,
 )
-from mimir_hf.models import cait, convit, vit
+from mimir_hf.models import FAMILIES
 from mimir_hf.robustbench import select_subset
 
 logger = logging.getLogger("mimir_hf.commands")
@@ -60,7 +53,9 @@ CONFIG_OVERRIDES = (
     "num_class_attention_layers", "layer_scale_init", "local_up_to_layer", "locality_strength",
 )  # fmt: skip
 _OVERRIDE_TYPES = {"image_size": int, "classifier_pooling": str, "mi_estimator": str}
-_FAMILY_CONFIGS = (MimirConfig, MimirCaitConfig, MimirConvitConfig)
+# The families the scripts build new models of (those with MIMIR pre-training): ViT, CaiT, ConViT.
+_NEW_MODEL_FAMILIES = [family for family in FAMILIES.values() if family.pretraining_class is not None]
+_FAMILY_CONFIGS = tuple(family.config_class for family in _NEW_MODEL_FAMILIES)
 
 
 def _override_field(name: str):
@@ -76,18 +71,10 @@ def _override_field(name: str):
 # has no MIMIR pre-training model here), and each family's model classes by `model_type`. A checkpoint of another type
 # (a ViT MAE) loads into the ViT classes, which convert it.
 NEW_MODEL_PRESETS = {
-    name: (config_class, shape)
-    for config_class, presets in ((MimirConfig, vit.PRESETS), (MimirCaitConfig, cait.PRESETS),
-                                  (MimirConvitConfig, convit.PRESETS))
-    for name, shape in presets.items()
-}  # fmt: skip
-PRETRAINING_CLASSES = {
-    "mimir": MimirForPreTraining, "mimir_cait": MimirCaitForPreTraining, "mimir_convit": MimirConvitForPreTraining,
-}  # fmt: skip
-CLASSIFIER_CLASSES = {
-    "mimir": MimirForImageClassification, "mimir_cait": MimirCaitForImageClassification,
-    "mimir_convit": MimirConvitForImageClassification, "mimir_swin": MimirSwinForImageClassification,
-}  # fmt: skip
+    name: (family.config_class, shape) for family in _NEW_MODEL_FAMILIES for name, shape in family.presets.items()
+}
+PRETRAINING_CLASSES = {family.model_type: family.pretraining_class for family in _NEW_MODEL_FAMILIES}
+CLASSIFIER_CLASSES = {family.model_type: family.classifier_class for family in FAMILIES.values()}
 
 
 @dataclass

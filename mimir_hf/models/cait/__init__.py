@@ -1,7 +1,9 @@
 """The MIMIR CaiT family: class-attention image transformers, the classifier the authors released and the masked
 autoencoder they pre-trained it as, and the conversion of their timm-layout files."""
 
+from ..family import ModelFamily
 from .configuration_mimir_cait import PRESETS, MimirCaitConfig
+from .convert_cait import convert_cait_checkpoint
 from .modeling_mimir_cait import (
     MimirCaitForImageClassification,
     MimirCaitForPreTraining,
@@ -9,7 +11,18 @@ from .modeling_mimir_cait import (
     MimirCaitPreTrainedModel,
 )
 
+FAMILY = ModelFamily(
+    name="cait",
+    config_class=MimirCaitConfig,
+    model_class=MimirCaitModel,
+    classifier_class=MimirCaitForImageClassification,
+    pretraining_class=MimirCaitForPreTraining,
+    convert=convert_cait_checkpoint,
+    presets=PRESETS,
+)
+
 __all__ = [
+    "FAMILY",
     "PRESETS",
     "MimirCaitConfig",
     "MimirCaitForImageClassification",

@@ -1,7 +1,9 @@
 """The MIMIR ConViT family: vision transformers with gated positional self-attention, the classifier the authors
 released and the masked autoencoder they pre-trained it as, and the conversion of their timm-layout files."""
 
+from ..family import ModelFamily
 from .configuration_mimir_convit import PRESETS, MimirConvitConfig
+from .convert_convit import convert_convit_checkpoint
 from .modeling_mimir_convit import (
     MimirConvitForImageClassification,
     MimirConvitForPreTraining,
@@ -9,7 +11,18 @@ from .modeling_mimir_convit import (
     MimirConvitPreTrainedModel,
 )
 
+FAMILY = ModelFamily(
+    name="convit",
+    config_class=MimirConvitConfig,
+    model_class=MimirConvitModel,
+    classifier_class=MimirConvitForImageClassification,
+    pretraining_class=MimirConvitForPreTraining,
+    convert=convert_convit_checkpoint,
+    presets=PRESETS,
+)
+
 __all__ = [
+    "FAMILY",
     "PRESETS",
     "MimirConvitConfig",
     "MimirConvitForImageClassification",

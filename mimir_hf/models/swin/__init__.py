@@ -1,10 +1,23 @@
 """The MIMIR Swin family: transformers' Swin, adjusted to compute exactly what Microsoft's Swin code (the authors')
 computes, and the conversion of the authors' Swin files."""
 
+from ..family import ModelFamily
 from .configuration_mimir_swin import PRESETS, MimirSwinConfig
+from .convert_swin import convert_swin_checkpoint
 from .modeling_mimir_swin import MimirSwinForImageClassification, MimirSwinModel, MimirSwinPreTrainedModel
 
+FAMILY = ModelFamily(
+    name="swin",
+    config_class=MimirSwinConfig,
+    model_class=MimirSwinModel,
+    classifier_class=MimirSwinForImageClassification,
+    pretraining_class=None,
+    convert=convert_swin_checkpoint,
+    presets={},
+)
+
 __all__ = [
+    "FAMILY",
     "PRESETS",
     "MimirSwinConfig",
     "MimirSwinForImageClassification",

@@ -1,9 +1,22 @@
 """The MIMIR ViT family: MAE pre-training and the mean-pooled classifier, on transformers' ViTMAE blocks."""
 
+from ..family import ModelFamily
 from .configuration_mimir import PRESETS, MimirConfig
+from .convert_vit import convert_vit_state_dict
 from .modeling_mimir import MimirForImageClassification, MimirForPreTraining, MimirModel, MimirPreTrainedModel
 
+FAMILY = ModelFamily(
+    name="vit",
+    config_class=MimirConfig,
+    model_class=MimirModel,
+    classifier_class=MimirForImageClassification,
+    pretraining_class=MimirForPreTraining,
+    convert=convert_vit_state_dict,
+    presets=PRESETS,
+)
+
 __all__ = [
+    "FAMILY",
     "PRESETS",
     "MimirConfig",
     "MimirForImageClassification",
