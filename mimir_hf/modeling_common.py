@@ -403,8 +403,50 @@ def resize_patch_positions(positions: torch.Tensor, grid_size: tuple[int, int], 
 
 
 class MimirPreTrainingMixin:
-    """Mixed into every family's `...ForPreTraining` (before its `PreTrainedModel` base): MAE's patch layout at the
-    config's shape, and the choice of what the encoder reads."""
+    """The MIMIR pre-training model of every family, written once (mixed in before the family's `PreTrainedModel`
+    base): the family's encoder (`self.base_model`) reads X' masked, its `self.decoder` reconstructs the clean X
+    (`decode`), and `mimir_pretraining_output` adds the MAE loss and the MI term. Also MAE's patch layout at the
+    config's shape."""
+
+    def decode(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
+        """The decoder's pixel predictions `[batch, num_patches, patch_size**2 * channels]`."""
+        return self.decoder(latent, ids_restore)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        adversarial_pixel_values: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
+        compute_mi_loss: bool | None = None,
+        output_hidden_states: bool = False,
+    ) -> MimirForPreTrainingOutput:
+        r"""
+        pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
+            Clean images in [0, 1]: always the reconstruction target.
+        adversarial_pixel_values (`torch.FloatTensor`, same shape, *optional*):
+            What the encoder reads (X'); `pixel_values` when not given (plain MAE, with the MI term on X).
+        noise (`torch.FloatTensor` of shape `(batch_size, num_patches)`, *optional*):
+            Uniform noise whose argsort decides the mask; a fresh random mask when not given.
+        compute_mi_loss (`bool`, *optional*):
+            Whether to compute the I(X'; Z) term; defaults to `config.mi_estimator != "none"`.
+        output_hidden_states (`bool`, defaults to `False`):
+            Also return the encoder's hidden states.
+        """
+        encoder_input = self.encoder_input(pixel_values, adversarial_pixel_values)
+        outputs = self.base_model(
+            encoder_input, noise=noise, apply_masking=True, output_hidden_states=output_hidden_states, return_dict=True
+        )
+        return mimir_pretraining_output(
+            self.config,
+            pixel_values,
+            encoder_input,
+            outputs.last_hidden_state,
+            self.decode(outputs.last_hidden_state, outputs.ids_restore),
+            outputs.mask,
+            outputs.ids_restore,
+            compute_mi_loss=compute_mi_loss,
+            hidden_states=outputs.hidden_states,
+        )
 
     def patchify(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """`[B, C, H, W]` -> `[B, num_patches, patch_size**2 * C]` (MAE's layout)."""

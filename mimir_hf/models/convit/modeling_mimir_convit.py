@@ -27,7 +27,6 @@ from transformers.models.vit.modeling_vit import ViTAttention, ViTMLP, ViTPatchE
 from ...modeling_common import (
     DropPath,
     MimirEncoderOutput,
-    MimirForPreTrainingOutput,
     MimirImageClassifierMixin,
     MimirLoadingMixin,
     MimirPreTrainingMixin,
@@ -36,7 +35,6 @@ from ...modeling_common import (
     check_num_labels,
     check_pixel_values,
     finish_output,
-    mimir_pretraining_output,
     output_flags,
     random_masking,
     recording_attentions,
@@ -462,41 +460,6 @@ class MimirConvitForPreTraining(MimirPreTrainingMixin, MimirConvitPreTrainedMode
         self.convit = MimirConvitModel(config, mae_initialization=True)
         self.decoder = MimirConvitDecoder(config)
         self.post_init()
-
-    def forward(
-        self,
-        pixel_values: torch.Tensor,
-        adversarial_pixel_values: torch.Tensor | None = None,
-        noise: torch.Tensor | None = None,
-        compute_mi_loss: bool | None = None,
-        output_hidden_states: bool = False,
-    ) -> MimirForPreTrainingOutput:
-        r"""
-        pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
-            Clean images in [0, 1]: always the reconstruction target.
-        adversarial_pixel_values (`torch.FloatTensor`, same shape, *optional*):
-            What the encoder reads (X'); `pixel_values` when not given (plain MAE, with the MI term on X).
-        noise (`torch.FloatTensor` of shape `(batch_size, num_patches)`, *optional*):
-            Uniform noise whose argsort decides the mask; a fresh random mask when not given.
-        compute_mi_loss (`bool`, *optional*):
-            Whether to compute the I(X'; Z) term; defaults to `config.mi_estimator != "none"`.
-        """
-        encoder_input = self.encoder_input(pixel_values, adversarial_pixel_values)
-        outputs = self.convit(
-            encoder_input, noise=noise, apply_masking=True, output_hidden_states=output_hidden_states, return_dict=True
-        )
-        logits = self.decoder(outputs.last_hidden_state, outputs.ids_restore)
-        return mimir_pretraining_output(
-            self.config,
-            pixel_values,
-            encoder_input,
-            outputs.last_hidden_state,
-            logits,
-            outputs.mask,
-            outputs.ids_restore,
-            compute_mi_loss=compute_mi_loss,
-            hidden_states=outputs.hidden_states,
-        )
 
 
 __all__ = [
