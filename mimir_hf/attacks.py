@@ -373,3 +373,39 @@ __all__ = [
     "trades_attack",
     "trades_objective",
 ]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The adversarial-training losses that go with the attacks above
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def trades_loss(
+    clean_logits: torch.Tensor,
+    adversarial_logits: torch.Tensor,
+    labels: torch.Tensor,
+    beta: float,
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
+    """TRADES (Zhang et al. 2019): the (label-smoothed) cross-entropy on the clean images plus beta times the batch mean
+    of KL(p(x) || p(x')), x' from `trades_attack`."""
+    natural = F.cross_entropy(clean_logits, labels, label_smoothing=label_smoothing)
+    robust = F.kl_div(F.log_softmax(adversarial_logits, 1), F.softmax(clean_logits, 1), reduction="batchmean")
+    return natural + beta * robust
+
+
+def mart_loss(
+    clean_logits: torch.Tensor, adversarial_logits: torch.Tensor, labels: torch.Tensor, beta: float
+) -> torch.Tensor:
+    """MART (Wang et al. 2020): the boosted cross-entropy on x' (the true class up, the strongest other class down)
+    plus beta times KL(p(x) || p(x')) weighted by how unsure the model is on the clean image, 1 - p_y(x)."""
+    adversarial_probs = F.softmax(adversarial_logits, dim=1)
+    top2 = adversarial_probs.argsort(dim=1)[:, -2:]
+    runner_up = torch.where(top2[:, -1] == labels, top2[:, -2], top2[:, -1])
+    boosted = F.cross_entropy(adversarial_logits, labels) + F.nll_loss(
+        torch.log(1.0001 - adversarial_probs + 1e-12), runner_up
+    )
+    clean_probs = F.softmax(clean_logits, dim=1)
+    true_probs = clean_probs.gather(1, labels[:, None]).squeeze(1)
+    kl = F.kl_div(torch.log(adversarial_probs + 1e-12), clean_probs, reduction="none").sum(dim=1)
+    return boosted + beta * (kl * (1.0000001 - true_probs)).mean()

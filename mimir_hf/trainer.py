@@ -30,7 +30,16 @@ from transformers.modeling_outputs import ImageClassifierOutput
 from transformers.trainer_utils import TrainOutput, seed_worker
 from transformers.utils import logging
 
-from .attacks import logits_of, mae_attack, pgd_attack, random_start, soft_target_attack, trades_attack
+from .attacks import (
+    logits_of,
+    mae_attack,
+    mart_loss,
+    pgd_attack,
+    random_start,
+    soft_target_attack,
+    trades_attack,
+    trades_loss,
+)
 from .augmentation import mix_batch
 from .auxiliary_data import AUX_FRACTION, MixedBatchSampler, RealAndAuxiliary
 from .checkpoints import check_resume_checkpoint, disk_full_error, last_complete_checkpoint, read_marker, write_marker
@@ -723,22 +732,9 @@ class MimirAdversarialTrainer(_MimirTrainerBase):
             # One forward pass over [clean; adversarial]: ViTs have no batch statistics, so this is exact.
             clean_logits, adversarial_logits = logits_of(model, torch.cat([images, adversarial])).split(batch_size)
             if method == "trades":
-                natural = F.cross_entropy(clean_logits, labels, label_smoothing=self.label_smoothing)
-                robust = F.kl_div(
-                    F.log_softmax(adversarial_logits, 1), F.softmax(clean_logits, 1), reduction="batchmean"
-                )
-                loss = natural + args.trades_beta * robust
-            else:  # MART (Wang et al. 2020)
-                adversarial_probs = F.softmax(adversarial_logits, dim=1)
-                top2 = adversarial_probs.argsort(dim=1)[:, -2:]
-                runner_up = torch.where(top2[:, -1] == labels, top2[:, -2], top2[:, -1])
-                boosted = F.cross_entropy(adversarial_logits, labels) + F.nll_loss(
-                    torch.log(1.0001 - adversarial_probs + 1e-12), runner_up
-                )
-                clean_probs = F.softmax(clean_logits, dim=1)
-                true_probs = clean_probs.gather(1, labels[:, None]).squeeze(1)
-                kl = F.kl_div(torch.log(adversarial_probs + 1e-12), clean_probs, reduction="none").sum(dim=1)
-                loss = boosted + args.mart_beta * (kl * (1.0000001 - true_probs)).mean()
+                loss = trades_loss(clean_logits, adversarial_logits, labels, args.trades_beta, self.label_smoothing)
+            else:
+                loss = mart_loss(clean_logits, adversarial_logits, labels, args.mart_beta)
             self._store(model, natural_accuracy=_percent_correct(clean_logits, labels))
         self._store(model, adversarial_accuracy=_percent_correct(adversarial_logits, labels))
         return loss, ImageClassifierOutput(loss=loss, logits=adversarial_logits)

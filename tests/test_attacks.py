@@ -268,3 +268,25 @@ def test_attack_inputs_are_checked_at_the_entry(classifier, images, labels):
         pgd_attack(classifier, (images * 255).to(torch.uint8), labels, budget(1))
     with pytest.raises(ValueError, match="empty"):
         pgd_attack(classifier, images[:0], labels[:0], budget(1))
+
+
+def test_trades_and_mart_losses_follow_their_papers():
+    """The training losses beside the attacks, against their definitions written out per sample."""
+    from mimir_hf.attacks import mart_loss, trades_loss
+
+    generator = torch.Generator().manual_seed(0)
+    clean, adversarial = torch.randn(2, 6, 5, generator=generator).unbind(0)
+    labels = torch.tensor([0, 1, 2, 3, 4, 0])
+    p, q = clean.softmax(1), adversarial.softmax(1)
+    kl = (p * (p.log() - q.log())).sum(1)  # KL(p(x) || p(x')) per sample
+    expected = torch.nn.functional.cross_entropy(clean, labels) + 6.0 * kl.mean()
+    torch.testing.assert_close(trades_loss(clean, adversarial, labels, beta=6.0), expected)
+
+    boosted = []
+    for i in range(6):
+        others = [k for k in range(5) if k != labels[i]]
+        runner_up = max(others, key=lambda k: q[i, k].item())
+        boosted.append(-q[i, labels[i]].log() - torch.log(1.0001 - q[i, runner_up]))
+    weighted = kl * (1 - p[torch.arange(6), labels])
+    expected = torch.stack(boosted).mean() + 6.0 * weighted.mean()
+    torch.testing.assert_close(mart_loss(clean, adversarial, labels, beta=6.0), expected, rtol=1e-4, atol=1e-5)
