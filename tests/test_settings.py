@@ -72,3 +72,23 @@ def test_scripts_show_the_library_names_and_defaults():
                     continue  # shown as --name / --no_name
                 assert f"--{f.name} " in text, (main.__module__, f.name)
                 assert f"(default: {default})" in text, (main.__module__, f.name, default)
+
+
+def test_model_arguments_are_written_out_and_match_the_configs():
+    """ModelArguments is a plain dataclass (its fields visible to a reader and an IDE): one field per overridable
+    config field, unset by default, typed as the config's default, its help naming the library default."""
+    import dataclasses
+    import typing
+
+    from mimir_hf.commands import common
+
+    fields = {f.name: f for f in dataclasses.fields(common.ModelArguments)}
+    hints = typing.get_type_hints(common.ModelArguments)  # the annotations (HfArgumentParser rewrites field.type)
+    overrides = [name for name in fields if name not in {f.name for f in dataclasses.fields(common._ModelChoice)}]
+    assert overrides == list(common.CONFIG_OVERRIDES)
+    for name in overrides:
+        config_class = next(c for c in common._FAMILY_CONFIGS if name in c.__dataclass_fields__)
+        default = config_class.__dataclass_fields__[name].default
+        assert fields[name].default is None and "library default" in fields[name].metadata["help"]
+        assert hints[name] == type(default) | None, (name, hints[name])
+    assert common.FineTuningModelArguments().drop_path_rate == 0.1 and common.ModelArguments().drop_path_rate is None

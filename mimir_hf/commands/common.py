@@ -11,7 +11,7 @@ import shutil
 import socket
 import sys
 import time
-from dataclasses import MISSING, asdict, dataclass, field, fields, make_dataclass
+from dataclasses import MISSING, asdict, dataclass, field, fields
 
 import datasets
 import transformers
@@ -41,8 +41,8 @@ from mimir_hf.robustbench import select_subset
 logger = logging.getLogger("mimir_hf.commands")
 
 # Config fields a script may override for a new model (or on top of a checkpoint's config): MimirConfig's, then the
-# CaiT and ConViT ones. Their names, types and defaults are the configs' own: `--help` prints the library default of
-# each. A field the model's family lacks is refused by name (`config_overrides`).
+# CaiT and ConViT ones: the fields of `ModelArguments` below (a test checks the two lists agree). `--help` prints the
+# library default of each. A field the model's family lacks is refused by name (`config_overrides`).
 CONFIG_OVERRIDES = (
     "image_size", "patch_size", "num_channels", "hidden_size", "num_hidden_layers", "num_attention_heads",
     "intermediate_size",
@@ -52,19 +52,18 @@ CONFIG_OVERRIDES = (
     "mi_estimator", "mi_weight", "mi_sigma",
     "num_class_attention_layers", "layer_scale_init", "local_up_to_layer", "locality_strength",
 )  # fmt: skip
-_OVERRIDE_TYPES = {"image_size": int, "classifier_pooling": str, "mi_estimator": str}
 # The families the scripts build new models of (those with MIMIR pre-training): ViT, CaiT, ConViT.
 _NEW_MODEL_FAMILIES = [family for family in FAMILIES.values() if family.pretraining_class is not None]
 _FAMILY_CONFIGS = tuple(family.config_class for family in _NEW_MODEL_FAMILIES)
 
 
-def _override_field(name: str):
+def _override(name: str):
+    """A `ModelArguments` field overriding config field `name`: unset by default, its `--help` naming the config class
+    that has the field and the library's default."""
     config_class = next(c for c in _FAMILY_CONFIGS if name in c.__dataclass_fields__)
     default = config_class.__dataclass_fields__[name].default
-    kind = _OVERRIDE_TYPES.get(name, type(default))
     shown = f"{default:.6g}" if isinstance(default, float) else repr(default)
-    help_text = f"{config_class.__name__}.{name} (library default {shown})."
-    return (name, kind | None, field(default=None, metadata={"help": help_text}))
+    return field(default=None, metadata={"help": f"{config_class.__name__}.{name} (library default {shown})."})
 
 
 # The families a script builds a new model in, by preset name (Swin is fine-tuned from converted checkpoints only: it
@@ -96,21 +95,50 @@ class _ModelChoice:
     )  # fmt: skip
 
 
-ModelArguments = make_dataclass(
-    "ModelArguments",
-    [_override_field(name) for name in CONFIG_OVERRIDES],
-    bases=(_ModelChoice,),
-    namespace={"__doc__": "Which model to start from, and MimirConfig fields to override (unset: the preset's, the "
-               "checkpoint's or the library's value)."},
-)  # fmt: skip
+@dataclass
+class ModelArguments(_ModelChoice):
+    """Which model to start from, and config fields to override (unset: the preset's, the checkpoint's or the
+    library's value). Each override is the config field of the same name; a field the model's family lacks is refused
+    by name (`config_overrides`)."""
 
-FineTuningModelArguments = make_dataclass(
-    "FineTuningModelArguments",
-    [("drop_path_rate", float, field(default=0.1, metadata={"help": "Stochastic depth of the fine-tuned encoder "
-      "(MIMIR fine-tuning: 0.1; the configs' default, 0.0, is pre-training's)."}))],
-    bases=(ModelArguments,),
-    namespace={"__doc__": "ModelArguments of fine-tuning: the same, with fine-tuning's drop path by default."},
-)  # fmt: skip
+    image_size: int | None = _override("image_size")
+    patch_size: int | None = _override("patch_size")
+    num_channels: int | None = _override("num_channels")
+    hidden_size: int | None = _override("hidden_size")
+    num_hidden_layers: int | None = _override("num_hidden_layers")
+    num_attention_heads: int | None = _override("num_attention_heads")
+    intermediate_size: int | None = _override("intermediate_size")
+    decoder_hidden_size: int | None = _override("decoder_hidden_size")
+    decoder_num_hidden_layers: int | None = _override("decoder_num_hidden_layers")
+    decoder_num_attention_heads: int | None = _override("decoder_num_attention_heads")
+    decoder_intermediate_size: int | None = _override("decoder_intermediate_size")
+    mask_ratio: float | None = _override("mask_ratio")
+    norm_pix_loss: bool | None = _override("norm_pix_loss")
+    classifier_pooling: str | None = _override("classifier_pooling")
+    drop_path_rate: float | None = _override("drop_path_rate")
+    label_smoothing: float | None = _override("label_smoothing")
+    attack_epsilon: float | None = _override("attack_epsilon")
+    attack_step_size: float | None = _override("attack_step_size")
+    attack_steps: int | None = _override("attack_steps")
+    attack_random_start: bool | None = _override("attack_random_start")
+    mi_estimator: str | None = _override("mi_estimator")
+    mi_weight: float | None = _override("mi_weight")
+    mi_sigma: float | None = _override("mi_sigma")
+    num_class_attention_layers: int | None = _override("num_class_attention_layers")
+    layer_scale_init: float | None = _override("layer_scale_init")
+    local_up_to_layer: int | None = _override("local_up_to_layer")
+    locality_strength: float | None = _override("locality_strength")
+
+
+@dataclass
+class FineTuningModelArguments(ModelArguments):
+    """ModelArguments of fine-tuning: the same, with fine-tuning's drop path by default."""
+
+    drop_path_rate: float | None = field(
+        default=0.1,
+        metadata={"help": "Stochastic depth of the fine-tuned encoder (MIMIR fine-tuning: 0.1; the configs' default, "
+                  "0.0, is pre-training's)."},
+    )  # fmt: skip
 
 
 def fine_tuning_model_arguments(model_args, **changes):
