@@ -63,3 +63,33 @@ def test_run_has_one_epsilon_for_its_three_stages(monkeypatch, capsys):
     error = capsys.readouterr().err
     assert error.startswith("mimir-hf run: error: --adversarial_epsilon 0.0156863 differs from --epsilon 0.0313725")
     assert "Give --epsilon alone" in error and error.count("\n") == 1 and len(seen) == 2
+
+
+def test_a_recipe_value_of_the_wrong_kind_is_one_sentence_naming_the_field(tmp_path, capsys, monkeypatch):
+    """Checked against each argument's kind before any data is read: a scalar for a list, a fraction for an integer,
+    a list for a number, a word for a boolean; YAML's `1e-3` (a string) still reads as a number."""
+    from mimir_hf.commands import common
+
+    monkeypatch.setattr(common, "read_data", lambda *a, **k: (_ for _ in ()).throw(AssertionError("data was read")))
+    cases = {
+        "pgd_steps: 2": "pgd_steps: 2, but pgd_steps takes a list of integers, e.g. [2].",
+        "max_train_samples: 32.5": "max_train_samples: 32.5, but max_train_samples takes an integer.",
+        "epsilon: [0.1]": "epsilon: [0.1], but epsilon takes a number.",
+        "autoattack: maybe": "autoattack: 'maybe', but autoattack takes true or false.",
+        "eps_sweep: [0, x]": "eps_sweep: [0, 'x'], but eps_sweep takes a list of numbers.",
+    }
+    for line, message in cases.items():
+        recipe = tmp_path / "bad.yaml"
+        recipe.write_text(f"model_name_or_path: unused\n{line}\n")
+        assert main(["evaluate", str(recipe), "--output_dir", str(tmp_path / "out")]) == 1
+        error = capsys.readouterr().err
+        assert error == f"mimir-hf evaluate: error: {recipe} sets {message}\n", error
+    recipe.write_text("model_name_or_path: unused\nepsilon: 1e-3\n")  # YAML: a string; a number all the same
+    _, _, settings = common.parse(_evaluate_classes(), [str(recipe), "--output_dir", str(tmp_path)])
+    assert settings.epsilon == 1e-3
+
+
+def _evaluate_classes():
+    from mimir_hf.commands import common, evaluate
+
+    return (evaluate.EvaluationArguments, common.DataArguments, evaluate.RobustnessSettings)

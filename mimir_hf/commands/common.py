@@ -323,7 +323,7 @@ def parse(argument_classes: tuple, argv: list[str] | None = None, prog: str | No
     parser = HfArgumentParser(argument_classes, prog=prog)
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and not argv[0].startswith("-"):
-        path = resolve_recipe(argv[0])
+        path, argv_recipe = resolve_recipe(argv[0]), argv[0]
         values = load_recipe(path)
         known = {action.dest: action for action in parser._actions}
         unknown = sorted(set(values) - set(known))
@@ -334,10 +334,53 @@ def parse(argument_classes: tuple, argv: list[str] | None = None, prog: str | No
             if values.get(mine) and _flag_value(argv, other) and _flag_value(argv, mine) is None:
                 del values[mine]
                 logger.info(f"--{other} on the command line replaces the recipe's {mine}.")
+        for name, value in values.items():
+            action = next((a for a in parser._actions if f"--{name}" in a.option_strings), known[name])
+            problem = _value_problem(value, action)
+            if problem:
+                raise ValueError(f"{argv_recipe} sets {name}: {value!r}, but {name} takes {problem}.")
         parser.set_defaults(**values)
         for name in values:
             known[name].required = False
     return parser.parse_args_into_dataclasses(args=argv)
+
+
+def _value_problem(value, action) -> str | None:
+    """What a recipe's `value` for the argument `action` should have been, in words, or None when it fits: a list
+    where the flag takes several values, one value otherwise; integers, numbers and booleans of their kind (YAML reads
+    `1e-3` as a string, which a number field converts, as the command line would). Other kinds are left to the
+    argument classes' own checks."""
+    several = action.nargs in ("+", "*")
+    kind = action.type if action.type in (int, float) else getattr(action.type, "__name__", None)
+    one, many = {
+        int: ("an integer", "integers"), float: ("a number", "numbers"), "string_to_bool": ("true or false", "booleans")
+    }.get(kind, (None, None))  # fmt: skip
+    if several and not isinstance(value, list):
+        return f"a list of {many or 'values'}, e.g. [{value!r}]"
+    if one is None:
+        return None
+    if not several and isinstance(value, (list, dict)):
+        return one
+    for item in value if several else [value]:
+        if isinstance(item, bool):
+            fits = kind == "string_to_bool"
+        elif kind == "string_to_bool":
+            fits = False
+        elif kind is int:
+            fits = isinstance(item, int)
+        else:
+            fits = isinstance(item, (int, float)) or (isinstance(item, str) and _is_number(item))
+        if not fits:
+            return f"a list of {many}" if several else one
+    return None
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def given_names(argv: list[str] | None = None) -> set[str]:
