@@ -153,3 +153,9 @@ def test_one_registry_drives_auto_classes_conversion_and_the_scripts():
             assert common.PRETRAINING_CLASSES[family.model_type] is family.pretraining_class
             assert set(family.presets) <= set(common.NEW_MODEL_PRESETS)
     assert convert.FAMILIES is FAMILIES
+
+
+def test_swin_refuses_interpolation_by_name(pixels):
+    classifier = AutoModelForImageClassification.from_config(TINY_CONFIGS["swin"]()).eval()
+    with pytest.raises(ValueError, match=r"config.image_size \(16\) only.*Resize the images"):
+        classifier(pixels, interpolate_pos_encoding=True)
