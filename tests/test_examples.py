@@ -304,3 +304,42 @@ def test_the_held_out_share_is_logged_and_train_val_split_0_trains_on_every_imag
     assert "20 images at 8x8" in open(tmp_path / "b" / "README.md").read()
     with pytest.raises(ValueError, match="no evaluation split and --train_val_split 0"):
         run_finetuning.main(common_args + ["--train_val_split", "0", "--output_dir", str(tmp_path / "c")])
+
+
+def test_a_rerun_removes_only_what_the_earlier_run_wrote(tmp_path):
+    """Files a user saves into a finished run's folder survive the identical rerun and --overwrite_output_dir; a run
+    that stopped before listing its files has only the names these scripts write removed."""
+    out = tmp_path / "out"
+    argv = TINY_MODEL + TINY_DATA + QUIET + ["--num_train_epochs", "1", "--output_dir", str(out)]
+    run_pretraining.main(argv)
+    assert "model.safetensors" in json.load(open(out / "mimir_run.json"))["written"]
+    (out / "notes.txt").write_text("mine")
+    (out / "my_eval_images").mkdir()
+    (out / "my_eval_images" / "a.png").write_bytes(b"png")
+    run_pretraining.main(argv)  # the same, complete run: again
+    run_pretraining.main(argv + ["--seed", "3", "--overwrite_output_dir"])  # another run over it
+    assert (out / "notes.txt").read_text() == "mine" and (out / "my_eval_images" / "a.png").read_bytes() == b"png"
+    record = json.load(open(out / "mimir_run.json"))
+    assert {"notes.txt", "my_eval_images"} <= set(record["preexisting"]) and "notes.txt" not in record["written"]
+
+    record.pop("written")  # as if killed before the end: only the scripts' own names may go
+    record["status"] = "running"
+    json.dump(record, open(out / "mimir_run.json", "w"))
+    (out / "thesis.tex").write_text("keep")
+    run_pretraining.main(argv + ["--seed", "4", "--overwrite_output_dir"])
+    assert (out / "thesis.tex").read_text() == "keep" and (out / "notes.txt").exists()
+
+
+def test_an_input_inside_the_output_folder_is_refused_before_anything_is_removed(tmp_path, pretrained):
+    """A --label_mapping kept inside a previous report's folder: refused in one line, the file still there."""
+    from mimir_hf.commands import evaluate as run_evaluation
+
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "mimir_run.json").write_text(json.dumps({"script": "run_evaluation", "arguments": {}, "status": "complete"}))
+    mapping = out / "labels.json"
+    mapping.write_text('{"0": 0}')
+    argv = ["--model_name_or_path", pretrained, "--output_dir", str(out), "--label_mapping", str(mapping)]
+    with pytest.raises(ValueError, match=f"--output_dir {out} contains the input {mapping}"):
+        run_evaluation.main(argv + ["--overwrite_output_dir", "--disable_tqdm"])
+    assert mapping.read_text() == '{"0": 0}'

@@ -722,11 +722,18 @@ def prepare_output_dir(
                 "--overwrite_output_dir to replace that run's files (files that were in the folder before it are "
                 "kept), or choose another directory."
             )
-        for name in entries:  # the previous run's files only
-            if name not in earlier:
-                path = os.path.join(output_dir, name)
-                shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
-        preexisting = sorted(earlier & set(entries))
+        written = previous.get("written")
+        if written is None:  # a run stopped before it could list its files: only names these scripts write
+            ours = set(_collisions(output_dir)) - earlier
+        else:
+            ours = set(written) - earlier
+        ours.add(RUN_FILE)
+        for name in sorted(ours & set(entries)):  # the previous run's files only (inputs are never inside them)
+            path = os.path.join(output_dir, name)
+            shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
+        preexisting = sorted(set(entries) - ours)
+        if added := sorted(set(preexisting) - earlier):
+            logger.info(f"Kept in {output_dir} what the earlier run did not write: {', '.join(added[:8])}.")
     with open(run_file, "w") as f:
         json.dump({**identity, "status": "running", "preexisting": preexisting}, f, indent=2)
     return None
@@ -762,13 +769,22 @@ def software_environment() -> dict:
     return environment
 
 
+def _written(output_dir: str, record: dict) -> list[str]:
+    """What this run wrote into `output_dir` (its top-level entries that were not there before it): what a rerun or
+    --overwrite_output_dir may remove, and nothing else."""
+    before = set(record.get("preexisting", [])) | {LOCK_FILE, RUN_FILE}
+    return sorted(set(os.listdir(output_dir)) - before)
+
+
 def mark_complete(output_dir: str, **extra) -> None:
     """Flag the run as complete: written last, after every output file (atomically), with `software_environment()`;
     then release the folder."""
     run_file = os.path.join(output_dir, RUN_FILE)
     with open(run_file) as f:
         record = json.load(f)
-    record.update(status="complete", environment=software_environment(), **_jsonable(extra))
+    record.update(
+        status="complete", written=_written(output_dir, record), environment=software_environment(), **_jsonable(extra)
+    )
     with open(run_file + ".tmp", "w") as f:
         json.dump(record, f, indent=2)
     os.replace(run_file + ".tmp", run_file)
@@ -783,7 +799,7 @@ def mark_failed(output_dir: str, reason: str) -> None:
         with open(run_file) as f:
             record = json.load(f)
         if record.get("status") != "complete":
-            record.update(status="failed", error=reason)
+            record.update(status="failed", error=reason, written=_written(output_dir, record))
             with open(run_file + ".tmp", "w") as f:
                 json.dump(record, f, indent=2)
             os.replace(run_file + ".tmp", run_file)

@@ -185,7 +185,7 @@ def run(eval_args: EvaluationArguments, data_args: DataArguments, settings: Robu
     identity = {**asdict(eval_args), **asdict(data_args), **asdict(settings), "processes": world}
     for key in ("output_dir", "num_workers", "disable_tqdm"):
         identity.pop(key)
-    inputs = (*data_args.input_paths, eval_args.model_name_or_path)
+    inputs = (*data_args.input_paths, eval_args.model_name_or_path, eval_args.label_mapping)
     try:
         if rank == 0:
             prepare_output_dir(eval_args.output_dir, "run_evaluation", identity, run_args.overwrite_output_dir, inputs)
