@@ -498,9 +498,36 @@ def _batches(data, settings: RobustnessSettings, num_workers: int) -> tuple[Iter
     return loader, offset
 
 
+def _digest(value) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def tensors_digest(tensors) -> str:
+    """A short sha256 of tensors' values, shapes and dtypes (weights, or a batch of images)."""
+    digest = hashlib.sha256()
+    for tensor in tensors:
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{tuple(tensor.shape)}{tensor.dtype}".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()[:16]
+
+
+def model_identity(model: nn.Module) -> dict:
+    """What makes a model's numbers its own: its weights and buffers (the normalisation of a pixel-space wrapper
+    included), its config and its class."""
+    config = getattr(model, "config", None)
+    config = config.to_dict() if hasattr(config, "to_dict") else None
+    return {
+        "model weights": tensors_digest([*model.state_dict().values()]),
+        "model config": _digest(config),
+        "model class": type(model).__name__,
+    }
+
+
 class _ResumeFile:
-    """Finished batches, one JSON line each, under a header naming the settings; a file written by another
-    evaluation (other settings) is refused rather than mixed in."""
+    """Finished batches, one JSON line each, under a header that identifies what produced them (the model's weights,
+    config and class, the data's first batch and size, the settings); a file written for anything else is refused,
+    naming what differs, rather than mixed in."""
 
     def __init__(self, path: str | None, identity: dict):
         self.path, self.done = path, {}
@@ -508,7 +535,7 @@ class _ResumeFile:
             return
         rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
         self.path = f"{path}.rank{rank}" if torch.distributed.is_initialized() else path
-        key = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
+        parts = {name: _digest(value) for name, value in identity.items()}
         if os.path.isfile(self.path):
             lines, complete = [], True
             with open(self.path) as f:
@@ -518,10 +545,13 @@ class _ResumeFile:
                     except json.JSONDecodeError:  # the last line of a run killed while writing it
                         complete = False
                         break
-            if not lines or lines[0].get("settings") != key:
+            recorded = lines[0].get("identity") if lines else None
+            if not isinstance(recorded, dict) or recorded != parts:
+                differ = [name for name in parts if not isinstance(recorded, dict) or recorded.get(name) != parts[name]]
                 raise ValueError(
-                    f"{self.path} holds results of another evaluation (other settings or data); move it away or "
-                    "choose another resume file."
+                    f"{self.path} holds results of another evaluation (its {', '.join(differ)} differ from this "
+                    "one's): they are not this model's numbers. Delete or move that file to start afresh, or choose "
+                    "another --resume_file."
                 )
             if not complete:  # drop the partial line, so that the next batch starts a line of its own
                 with open(self.path, "w") as f:
@@ -529,7 +559,7 @@ class _ResumeFile:
             self.done = {line["batch"]: line for line in lines[1:]}
         else:
             with open(self.path, "w") as f:
-                f.write(json.dumps({"settings": key}) + "\n")
+                f.write(json.dumps({"identity": parts}) + "\n")
 
     def get(self, index: int):
         line = self.done.get(index)
@@ -578,7 +608,14 @@ def evaluate_robustness(
     # A resumed evaluation must see the same shard: same settings, first batch and number of images.
     shard = getattr(loader, "dataset", None)
     shard_size = len(shard) if hasattr(shard, "__len__") else None
-    identity = {"settings": asdict(settings), "model": type(model).__name__, "batch": first_batch, "images": shard_size}
+    batches = iter(loader)
+    first = next(batches, None)
+    identity = {}
+    if resume_file is not None:  # what the resume file's results must have come from
+        data_identity = {"first image": first_image, "images": shard_size}
+        if first is not None:
+            data_identity["first batch"] = tensors_digest([first["pixel_values"], first["labels"]])
+        identity = {**model_identity(model), "data": data_identity, "settings": asdict(settings)}
     resume = _ResumeFile(resume_file, identity)
 
     names = ["natural"] + [a.name for a in attacks] + [a.name for a in sweep]
@@ -589,8 +626,7 @@ def evaluate_robustness(
     seconds: dict[str, float] = {}
     cost: dict[str, dict[str, int]] = {}
     short = f"pgd{settings.pgd_steps[0]}"
-    batches = iter(loader)
-    first = next(batches, None)
+    resumed_batches = 0  # batches whose results came from the resume file
     if first is not None:
         _check_outputs(model, first["pixel_values"][:2].to(device))
     watch = None
@@ -621,6 +657,7 @@ def evaluate_robustness(
             resume.add(index, results, batch_seconds, batch_cost)
         else:
             results, batch_seconds, batch_cost = cached
+            resumed_batches += 1
         for name, value in batch_seconds.items():
             seconds[name] = seconds.get(name, 0.0) + value
         for name, counts in batch_cost.items():
@@ -681,6 +718,7 @@ def evaluate_robustness(
             "step_size_255": round(settings.step_size * 255, 2),
         },
         seconds={name: round(value, 2) for name, value in seconds.items()},
+        info={"resumed": {"batches": resumed_batches, "file": resume.path}} if resumed_batches else {},
         cost={
             name: {
                 "seconds_per_image": round(seconds.get(name, 0.0) / max(c["images"], 1), 5),
@@ -759,6 +797,27 @@ def sanity_checks(
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def report_notes(info: dict) -> list[str]:
+    """What a reader must know about how the numbers were made, when it is out of the ordinary: an untrained head,
+    labels mapped between the data's classes and the model's, results read back from a resume file."""
+    notes = []
+    if info.get("untrained_head"):
+        notes.append(
+            f"the classification head ({', '.join(info['untrained_head'][:4])}) was not in the checkpoint and was "
+            "initialised at random (--allow_new_head): these are the accuracies of an untrained head."
+        )
+    if info.get("label_mapping"):
+        pairs = ", ".join(f"{data} -> {model}" for data, model in list(info["label_mapping"].items())[:10])
+        notes.append(f"the data's classes were mapped onto the model's (data -> model: {pairs}).")
+    if info.get("resumed"):
+        resumed = info["resumed"]
+        notes.append(
+            f"{resumed['batches']} batches were read back from the resume file {resumed['file']}, written by an "
+            "earlier run of this same evaluation (same model weights, data and settings)."
+        )
+    return notes
+
+
 def report_markdown(report: RobustnessReport) -> str:
     """The report as a readable Markdown table (the content of `robustness.md`)."""
     s = report.settings
@@ -773,6 +832,9 @@ def report_markdown(report: RobustnessReport) -> str:
     ]
     if report.info.get("preprocessing"):
         lines += [f"Model input: {report.info['preprocessing']}.", ""]
+    lines += [f"**Note:** {note}" for note in report_notes(report.info)]
+    if report_notes(report.info):
+        lines.append("")
     lines += [
         "| attack | accuracy (%) |",
         "| --- | --- |",

@@ -217,7 +217,23 @@ def test_resume_file_skips_finished_batches_and_refuses_another_evaluation(model
     finally:
         evaluation.evaluate_batch = original
     assert calls == [] and again.accuracy == first.accuracy and again.robust_accuracy == first.robust_accuracy
+    assert again.info["resumed"] == {"batches": 2, "file": path} and "resumed" not in first.info
+    assert f"2 batches were read back from the resume file {path}" in report_markdown(again)
     assert len(open(path).read().splitlines()) == 3  # the partial line is gone
     other = RobustnessSettings(**{**QUICK.__dict__, "epsilon": 4 / 255})
-    with pytest.raises(ValueError, match="holds results of another evaluation"):
+    with pytest.raises(ValueError, match="holds results of another evaluation \\(its settings differ"):
         evaluate_robustness(model, (images, labels), other, resume_file=path)
+
+
+def test_a_resume_file_is_refused_for_another_model_or_other_images(model, images, labels, tmp_path):
+    """Written for model A: refused for model B of the same class, data and settings (whose own numbers differ),
+    and for other images, naming what differs; nothing is taken from it."""
+    path = str(tmp_path / "progress.jsonl")
+    evaluate_robustness(model, (images, labels), QUICK, resume_file=path)
+    other_model = MimirForImageClassification(tiny_config())
+    other_model.classifier.weight.data.normal_(std=0.5, generator=torch.Generator().manual_seed(7))
+    with pytest.raises(ValueError, match="its model weights differ from this one's.*Delete or move that file"):
+        evaluate_robustness(other_model, (images, labels), QUICK, resume_file=path)
+    with pytest.raises(ValueError, match="its data differ"):
+        evaluate_robustness(model, (images.flip(0), labels.flip(0)), QUICK, resume_file=path)
+    evaluate_robustness(other_model, (images, labels), QUICK, resume_file=str(tmp_path / "fresh.jsonl"))

@@ -352,6 +352,8 @@ def test_evaluating_an_untrained_head_or_other_classes_is_refused(tmp_path, pret
     report = run_evaluation.main(["--model_name_or_path", str(pre), "--output_dir", str(tmp_path / "r2"),
                                   "--allow_new_head", "true", "--max_eval_samples", "8"] + TINY_REPORT)  # fmt: skip
     assert report.num_samples == 8
+    written = json.load(open(tmp_path / "r2" / "robustness.json"))["info"]
+    assert written["untrained_head"] and "untrained head" in (tmp_path / "r2" / "robustness.md").read_text()
     folder = image_folder(tmp_path / "animals", ("cat", "dog"), per_class=4)
     args = ["--model_name_or_path", str(ft), "--validation_dir", str(folder)] + TINY_REPORT
     with pytest.raises(ValueError, match="'cat', 'dog'.*not classes of the model.*--label_mapping"):
@@ -359,6 +361,9 @@ def test_evaluating_an_untrained_head_or_other_classes_is_refused(tmp_path, pret
     mapped = run_evaluation.main(args + ["--output_dir", str(tmp_path / "r4"), "--label_mapping",
                                          '{"cat": "3", "dog": "8"}'])  # fmt: skip
     assert mapped.num_samples == 8  # --validation_dir alone is enough to evaluate
+    markdown = (tmp_path / "r4" / "robustness.md").read_text()
+    assert "the data's classes were mapped onto the model's (data -> model: 0 -> 3, 1 -> 8)" in markdown
+    assert json.load(open(tmp_path / "r4" / "robustness.json"))["info"]["label_mapping"] == {"0": 3, "1": 8}
 
 
 def test_evaluation_uses_the_saved_image_processor_and_spares_a_read_only_model_folder(

@@ -141,6 +141,7 @@ def load_classifier(eval_args: EvaluationArguments, device, names: list[str]):
                 "(`AutoImageProcessor.from_pretrained(...).save_pretrained(folder)`)."
             )
     classifier, preprocessor, preprocessing = pixel_space_classifier(model.to(device).eval(), processor)
+    classifier.untrained_head = new  # said in the report (robustness.md / .json)
     return classifier.eval(), preprocessor, preprocessing
 
 
@@ -217,6 +218,8 @@ def evaluate(eval_args, data_args, settings, device, rank: int, world: int):
     if rank != 0:
         return report
     report.info.update(
+        untrained_head=getattr(model, "untrained_head", []) or None,
+        label_mapping={str(data): model_class for data, model_class in labels.items()} if labels else None,
         model=eval_args.model_name_or_path,
         model_type=model.config.model_type,
         preprocessing=preprocessing,
