@@ -4,9 +4,9 @@ resume, and a fall-back to the last complete checkpoint.
 `Trainer` writes `checkpoint-N/` file by file; a run killed (or out of disk) half-way leaves a folder that looks like
 a checkpoint but cannot be resumed from. The MIMIR trainers write `COMPLETE_MARKER` into the folder after everything
 else (synced to disk), and resume only from a checkpoint that has it and whose files read back; an incomplete one is
-skipped, with a warning that names it, in favour of the previous complete one. Nothing is deleted. (Trainer writes
-`trainer_state.json` after the weights, optimizer, scheduler and RNG states, so a checkpoint whose files all read
-back is complete even without the marker, e.g. one written by a plain `Trainer`.)
+skipped, with a warning that names it, in favour of the previous complete one. Nothing is deleted. A MIMIR run needs
+every file its exact resume reads (`resume_needs`: the marker, optimizer, scheduler, RNG states, and the EMA when it
+keeps one); a checkpoint of a plain `Trainer` given by path needs only its weights and state to read back.
 """
 
 from __future__ import annotations
@@ -46,10 +46,43 @@ def read_marker(folder: str) -> dict | None:
         return None
 
 
-def checkpoint_problem(folder: str) -> str | None:
-    """Why `folder` cannot be resumed from (naming the file at fault), or None when it is complete and readable."""
+def resume_needs(args) -> tuple[str, ...]:
+    """The files a MIMIR run's checkpoint must hold to be resumed exactly (besides the weights and trainer state):
+    the completion marker, the optimizer and scheduler states (unless `save_only_model`), the RNG state (one file per
+    process: `rng_state*.pth`) and, for a run with an EMA, `ema.safetensors`."""
+    needs = [COMPLETE_MARKER, "rng_state"]
+    if not getattr(args, "save_only_model", False):
+        needs += ["optimizer.pt", "scheduler.pt"]
+    if getattr(args, "ema_decay", 0) > 0:
+        needs.append("ema.safetensors")
+    return tuple(needs)
+
+
+def _safetensors_problem(path: str) -> str | None:
+    try:
+        with safe_open(path, "pt") as f:
+            for key in f.keys():  # safe_open checks the header against the file's size
+                f.get_slice(key)
+    except (SafetensorError, OSError, ValueError) as error:
+        return f"{path} cannot be read ({error}): it is truncated or corrupt"
+    return None
+
+
+def checkpoint_problem(folder: str, needs: tuple[str, ...] = ()) -> str | None:
+    """Why `folder` cannot be resumed from (naming the file at fault), or None when it is complete and readable.
+    `needs`: further files it must hold (see `resume_needs`; "rng_state" stands for any `rng_state*.pth`)."""
     if not os.path.isdir(folder):
         return f"{folder} is not a checkpoint folder"
+    names = set(os.listdir(folder))
+    for need in needs:
+        present = (
+            any(n.startswith("rng_state") and n.endswith(".pth") for n in names)
+            if need == "rng_state"
+            else (need in names)
+        )
+        if not present:
+            what = "rng_state*.pth" if need == "rng_state" else need
+            return f"{os.path.join(folder, what)} is missing (the checkpoint was not completely written)"
     for name in _REQUIRED:
         path = os.path.join(folder, name)
         if not os.path.isfile(path):
@@ -61,14 +94,14 @@ def checkpoint_problem(folder: str) -> str | None:
             return f"{path} cannot be read ({error})"
     weights = os.path.join(folder, "model.safetensors")
     if os.path.isfile(weights):
-        try:
-            with safe_open(weights, "pt") as f:
-                for key in f.keys():  # safe_open checks the header against the file's size
-                    f.get_slice(key)
-        except (SafetensorError, OSError, ValueError) as error:
-            return f"{weights} cannot be read ({error}): it is truncated or corrupt"
+        if problem := _safetensors_problem(weights):
+            return problem
     elif not any(name.endswith((".safetensors", ".bin")) for name in os.listdir(folder)):
         return f"{folder} holds no model weights"
+    for name in sorted(names):
+        if name.endswith(".safetensors") and name != "model.safetensors":  # ema.safetensors, sharded weights
+            if problem := _safetensors_problem(os.path.join(folder, name)):
+                return problem
     for name in sorted(os.listdir(folder)):
         path = os.path.join(folder, name)
         if name.endswith((".pt", ".pth", ".bin")) and not zipfile.is_zipfile(path):  # torch.save writes zip files
@@ -86,21 +119,21 @@ def checkpoints(output_dir: str) -> list[str]:
     ]
 
 
-def last_complete_checkpoint(output_dir: str) -> str | None:
-    """The newest checkpoint of `output_dir` that is complete and readable; newer incomplete ones are skipped, each
-    with a warning saying why (they are left where they are)."""
+def last_complete_checkpoint(output_dir: str, needs: tuple[str, ...] = ()) -> str | None:
+    """The newest checkpoint of `output_dir` that is complete (with every file of `needs`) and readable; newer
+    incomplete ones are skipped, each with a warning saying why (they are left where they are)."""
     for folder in reversed(checkpoints(output_dir)):
-        problem = checkpoint_problem(folder)
+        problem = checkpoint_problem(folder, needs)
         if problem is None:
             return folder
         logger.warning(f"Not resuming from {folder}: {problem}. Trying the previous checkpoint.")
     return None
 
 
-def check_resume_checkpoint(folder: str, model) -> None:
+def check_resume_checkpoint(folder: str, model, needs: tuple[str, ...] = ()) -> None:
     """A `ValueError` naming the file when `folder` is not a complete checkpoint of `model` (another model class, other
-    shapes, a truncated or missing file)."""
-    problem = checkpoint_problem(folder)
+    shapes, a truncated or missing file, one of `needs` missing)."""
+    problem = checkpoint_problem(folder, needs)
     if problem is not None:
         raise ValueError(f"Cannot resume from {folder}: {problem}.")
     config_path = os.path.join(folder, "config.json")
@@ -146,6 +179,7 @@ def disk_full_error(path: str, needed_bytes: int) -> OSError:
 
 __all__ = [
     "COMPLETE_MARKER",
+    "resume_needs",
     "check_resume_checkpoint",
     "checkpoint_problem",
     "checkpoints",

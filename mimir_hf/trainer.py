@@ -42,7 +42,15 @@ from .attacks import (
 )
 from .augmentation import mix_batch
 from .auxiliary_data import AUX_FRACTION, MixedBatchSampler, RealAndAuxiliary
-from .checkpoints import check_resume_checkpoint, disk_full_error, last_complete_checkpoint, read_marker, write_marker
+from .checkpoints import (
+    COMPLETE_MARKER,
+    check_resume_checkpoint,
+    disk_full_error,
+    last_complete_checkpoint,
+    read_marker,
+    resume_needs,
+    write_marker,
+)
 from .ema import EMACallback
 from .threat_model import ADVERSARIAL_TRAINING_ATTACK, AttackBudget, check_budget, check_pixel_range
 
@@ -524,12 +532,17 @@ class _MimirTrainerBase(Trainer):
         model's checkpoint is a `ValueError` naming the file). After a resume, `train_loss` covers every step of the
         run, not only the resumed ones.
         """
+        needs = resume_needs(self.args)
         if resume_from_checkpoint is True:
-            resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
+            resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir, needs)
             if resume_from_checkpoint is None:
                 raise ValueError(f"No complete checkpoint to resume from in {self.args.output_dir}.")
         if isinstance(resume_from_checkpoint, str):
-            check_resume_checkpoint(resume_from_checkpoint, self.accelerator.unwrap_model(self.model))
+            model = self.accelerator.unwrap_model(self.model)
+            mimir_written = read_marker(resume_from_checkpoint) is not None or os.path.isfile(
+                os.path.join(resume_from_checkpoint, COMPLETE_MARKER + ".tmp")
+            )  # a plain Trainer's checkpoint has no marker: only its weights and state must read back
+            check_resume_checkpoint(resume_from_checkpoint, model, needs if mimir_written else ())
         if self.ema_callback is not None:  # the EMA of a resumed run comes back from its checkpoint
             self.ema_callback.resume_from = resume_from_checkpoint or None
         previous = read_marker(resume_from_checkpoint) if isinstance(resume_from_checkpoint, str) else None

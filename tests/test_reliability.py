@@ -227,8 +227,9 @@ def test_overwrite_deletes_only_what_a_previous_run_wrote(tmp_path):
     (folder / "notes.txt").write_text("added later, by hand")  # not written by the run: still not the run's to delete
     run_pretraining.main(TINY_TRAIN + ["--output_dir", str(folder), "--overwrite_output_dir", "true", "--seed", "3"])
     assert (folder / "thesis.tex").read_text() == "do not delete" and (folder / "model.safetensors").is_file()
+    assert (folder / "notes.txt").read_text() == "added later, by hand"
     record = json.loads((folder / common.RUN_FILE).read_text())
-    assert record["status"] == "complete" and record["preexisting"] == ["thesis.tex"]
+    assert record["status"] == "complete" and record["preexisting"] == ["notes.txt", "thesis.tex"]
     environment = record["environment"]  # what else produced the numbers: another CPU can train other weights
     assert environment["torch"] == torch.__version__ and environment["threads"] == torch.get_num_threads()
     assert environment["cpu"] and environment["cpu_capability"] == torch.backends.cpu.get_cpu_capability()

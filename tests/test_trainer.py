@@ -7,9 +7,11 @@ import torch
 import torch.nn.functional as F
 from datasets import Dataset
 from transformers import TrainerCallback, TrainingArguments
+from transformers.testing_utils import CaptureLogger
 
 from mimir_hf import AttackBudget, MimirForImageClassification, MimirForPreTraining
 from mimir_hf.attacks import pgd_attack
+from mimir_hf.checkpoints import logger as checkpoints_logger
 from mimir_hf.trainer import (
     MimirAdversarialTrainer,
     MimirAdversarialTrainingArguments,
@@ -428,3 +430,49 @@ def test_same_seed_same_pretraining_loss_curve(tmp_path):
 
     first, second = curve(), curve()
     assert len(first) == 4 and first == second
+
+
+def test_a_checkpoint_lacking_what_its_resume_needs_is_skipped_for_the_previous_one(tmp_path):
+    """Complete = every file an exact resume reads, the marker written last: a checkpoint without optimizer.pt, one
+    killed while its marker was written (only the .tmp), and in an EMA run one without (or with a truncated)
+    ema.safetensors are each skipped, naming the file, for the previous complete checkpoint; given by path, refused."""
+    import shutil
+
+    from mimir_hf.checkpoints import COMPLETE_MARKER, last_complete_checkpoint, resume_needs
+
+    torch.manual_seed(0)
+    model = MimirForPreTraining(tiny_config())
+    args = arguments(tmp_path / "run", True, max_steps=4, per_device_train_batch_size=4, save_strategy="steps",
+                     save_steps=2, ema_decay=0.9)  # fmt: skip
+    trainer = MimirPreTrainingTrainer(model=model, args=args, train_dataset=dataset(16))
+    trainer.train()
+    needs = resume_needs(args)
+    assert set(needs) == {COMPLETE_MARKER, "rng_state", "optimizer.pt", "scheduler.pt", "ema.safetensors"}
+    run, newest, previous = tmp_path / "run", tmp_path / "run" / "checkpoint-4", str(tmp_path / "run" / "checkpoint-2")
+    assert last_complete_checkpoint(str(run), needs) == str(newest)
+    pristine = tmp_path / "pristine"
+    shutil.copytree(newest, pristine)
+
+    def damaged(change) -> str:
+        shutil.rmtree(newest)
+        shutil.copytree(pristine, newest)
+        change(newest)
+        with CaptureLogger(checkpoints_logger) as captured:
+            chosen = last_complete_checkpoint(str(run), needs)
+        return chosen, captured.out
+
+    cases = {
+        "optimizer.pt is missing": lambda f: (f / "optimizer.pt").unlink(),
+        f"{COMPLETE_MARKER} is missing": lambda f: (f / COMPLETE_MARKER).rename(f / (COMPLETE_MARKER + ".tmp")),
+        "ema.safetensors is missing": lambda f: (f / "ema.safetensors").unlink(),
+        "ema.safetensors cannot be read": lambda f: (f / "ema.safetensors").write_bytes(
+            (f / "ema.safetensors").read_bytes()[:100]
+        ),
+    }
+    for message, change in cases.items():
+        chosen, log = damaged(change)
+        assert chosen == previous and message in log, (message, chosen, log)
+    with pytest.raises(ValueError, match="Cannot resume from .*checkpoint-4: .*ema.safetensors cannot be read"):
+        MimirPreTrainingTrainer(model=model, args=args, train_dataset=dataset(16)).train(
+            resume_from_checkpoint=str(newest)
+        )

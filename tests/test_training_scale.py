@@ -101,7 +101,7 @@ def test_trainer_keeps_saves_and_resumes_the_ema(tmp_path):
     assert torch.allclose(resumed.ema.weights[name], trainer.ema.weights[name], atol=1e-6)
     assert not torch.allclose(saved[name], trainer.ema.weights[name])
     os.remove(tmp_path / "checkpoint-2" / EMA_FILE)  # a checkpoint saved without an EMA
-    with pytest.raises(ValueError, match="has no ema.safetensors"):
+    with pytest.raises(ValueError, match="checkpoint-2.ema.safetensors is missing"):
         resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
 
 

@@ -24,7 +24,7 @@ from mimir_hf import (
     MimirConfig,
     MimirConvitConfig,
 )
-from mimir_hf.checkpoints import last_complete_checkpoint
+from mimir_hf.checkpoints import last_complete_checkpoint, resume_needs
 from mimir_hf.data import (
     check_labels_fit,
     drop_unreadable_images,
@@ -671,7 +671,12 @@ def _collisions(output_dir: str) -> list[str]:
 
 
 def prepare_output_dir(
-    output_dir: str, script: str, arguments: dict, overwrite: bool, inputs: tuple[str, ...] = ()
+    output_dir: str,
+    script: str,
+    arguments: dict,
+    overwrite: bool,
+    inputs: tuple[str, ...] = (),
+    resume_needs: tuple[str, ...] = (),
 ) -> str | None:
     """Check, lock and prepare `output_dir`; returns a checkpoint to resume from when it holds this same, unfinished
     run (the last *complete* one: see `mimir_hf.checkpoints`).
@@ -711,7 +716,7 @@ def prepare_output_dir(
         same = {k: previous.get(k) for k in identity} == identity
         earlier = set(previous.get("preexisting", []))
         if same and previous.get("status") != "complete":
-            checkpoint = last_complete_checkpoint(output_dir)
+            checkpoint = last_complete_checkpoint(output_dir, resume_needs)
             logger.info(f"{output_dir} holds this run, unfinished: resuming from {checkpoint or 'the start'}.")
             return checkpoint
         if same:
@@ -862,7 +867,7 @@ def start_training_run(script: str, model_args, data_args, training_args, run_ar
         training_args,
         lambda: prepare_output_dir(
             training_args.output_dir, script, identity,
-            run_args.overwrite_output_dir, inputs,
+            run_args.overwrite_output_dir, inputs, resume_needs(training_args),
         ),
     )  # fmt: skip
     transformers.set_seed(training_args.seed)
