@@ -43,16 +43,47 @@ def load_digits_dataset() -> DatasetDict:
     return DatasetDict(train=split["train"], test=split["test"])
 
 
-def _check_image_folder(path: str, argument: str) -> None:
+def folder_images(path: str, argument: str) -> list[str]:
+    """The image files of an image folder, as `datasets`' imagefolder would take them: every file with an image
+    suffix below `path` (hidden files and folders left out). Other files (`notes.txt`, `.DS_Store`, `labels.csv`)
+    are skipped with one log line giving their count, so that they neither fail the run nor take the class labels
+    away (imagefolder reads a `.csv`/`.jsonl` beside the images as metadata). A `ValueError` for a folder that is
+    not one or holds no image."""
     if not os.path.isdir(path):
         raise ValueError(
             f"{argument}={path!r} is not a directory; expected a folder of images (in one sub-folder per class for "
             "classification)."
         )
-    for _, _, files in os.walk(path):
-        if any(name.lower().endswith(_IMAGE_SUFFIXES) for name in files):
-            return
-    raise ValueError(f"{argument}={path!r} holds no image files ({', '.join(_IMAGE_SUFFIXES)}).")
+    images, others = [], []
+    for folder, subfolders, files in os.walk(path):
+        subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
+        for name in sorted(files):
+            (images if name.lower().endswith(_IMAGE_SUFFIXES) and not name.startswith(".") else others).append(
+                os.path.join(folder, name)
+            )
+    if not images:
+        raise ValueError(f"{argument}={path!r} holds no image files ({', '.join(_IMAGE_SUFFIXES)}).")
+    if others:
+        shown = ", ".join(os.path.relpath(other, path) for other in others[:5]) + (", ..." if len(others) > 5 else "")
+        logging.getLogger("mimir_hf.data").info(
+            f"{argument}: skipped {len(others)} file(s) that are not images ({shown})."
+        )
+    return images
+
+
+def folder_layout(path: str, argument: str) -> str | None:
+    """Why an image folder gives no class labels, in words, or None when it has at least two class folders."""
+    classes = sorted(
+        name for name in os.listdir(path) if os.path.isdir(os.path.join(path, name)) and not name.startswith(".")
+    )
+    loose = [name for name in os.listdir(path) if name.lower().endswith(_IMAGE_SUFFIXES)]
+    expected = f"expected one sub-folder per class, at least two: {argument}/<class name>/<image>"
+    if loose:
+        return f"{argument}={path!r} holds {len(loose)} image(s) directly, not in class folders; {expected}"
+    if len(classes) < 2:
+        found = f"only the class folder {classes[0]!r}" if classes else "no class folder"
+        return f"{argument}={path!r} has {found}; {expected}"
+    return None
 
 
 _EVALUATION_SPLITS = ("test", "validation", "valid", "val")  # the first one a dataset has is evaluated
@@ -91,11 +122,9 @@ def load_image_dataset(
     elif train_dir is not None or validation_dir is not None:
         data_files = {}
         if train_dir is not None:
-            _check_image_folder(train_dir, "--train_dir")
-            data_files["train"] = os.path.join(train_dir, "**")
+            data_files["train"] = folder_images(train_dir, "--train_dir")
         if validation_dir is not None:
-            _check_image_folder(validation_dir, "--validation_dir")
-            data_files["test"] = os.path.join(validation_dir, "**")
+            data_files["test"] = folder_images(validation_dir, "--validation_dir")
         dataset = load_dataset("imagefolder", data_files=data_files, cache_dir=cache_dir)
     else:
         return load_digits_dataset()

@@ -3,11 +3,13 @@ Each test names the case of docs/reliability.md it covers."""
 
 import errno
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from datasets import Dataset
@@ -429,3 +431,42 @@ def test_a_classifier_needs_two_classes_and_autoattack_0_means_none():
     assert "autoattack" not in [a.name for a in attack_registry(model, RobustnessSettings(autoattack_max_samples=0))]
     with pytest.raises(ValueError, match="-1 \\(all images\\), 0 \\(none\\)"):
         RobustnessSettings(autoattack_max_samples=-2)
+
+
+def test_image_folders_behave_like_imagefolder(tmp_path, caplog, monkeypatch):
+    """Non-image files in the class folders are skipped with a count (the labels stay), a 0-byte image is skipped by
+    name, a flat or one-class folder says what layout is expected, and a split that orders its classes otherwise is
+    mapped by name."""
+    from datasets import ClassLabel, Dataset, DatasetDict, Features
+    from datasets import Image as ImageFeature
+
+    folder = image_folder(tmp_path / "animals", ("cat", "dog"), per_class=4)
+    for extra in ("cat/notes.txt", "dog/.DS_Store", "labels.csv"):
+        (folder / extra).write_text("not an image")
+    (folder / "dog" / "empty.png").write_bytes(b"")
+    caplog.set_level(logging.INFO)
+    data = common.read_data(common.DataArguments(train_dir=str(folder), validation_dir=str(folder)))
+    assert data.names == ["cat", "dog"] and len(data.train) == 8
+    assert "skipped 3 file(s) that are not images (labels.csv, cat/notes.txt, dog/.DS_Store)" in caplog.text
+    assert "empty.png: empty (0 bytes)" in caplog.text
+
+    flat = image_folder(tmp_path / "flat", ("cat",), per_class=3, flat=True)
+    with pytest.raises(ValueError, match=r"holds 3 image\(s\) directly, not in class folders; expected one sub-folder"):
+        common.read_data(common.DataArguments(train_dir=str(flat)))
+    one = image_folder(tmp_path / "one", ("cat",), per_class=3)
+    with pytest.raises(
+        ValueError, match="has only the class folder 'cat'; expected one sub-folder per class, at least"
+    ):
+        common.read_data(common.DataArguments(train_dir=str(one)))
+    assert common.read_data(common.DataArguments(train_dir=str(flat)), need_labels=False).names is None  # pre-training
+
+    pictures = [Image.fromarray(np.full((8, 8, 3), 40 * i, dtype=np.uint8)) for i in range(4)]
+
+    def split(names, labels):
+        features = Features({"image": ImageFeature(), "label": ClassLabel(names=names)})
+        return Dataset.from_dict({"image": pictures, "label": labels}, features=features)
+
+    reordered = DatasetDict(train=split(["a", "b"], [0, 1, 0, 1]), test=split(["b", "a"], [1, 0, 1, 0]))
+    monkeypatch.setattr(common, "load_image_dataset", lambda *args, **kwargs: reordered)
+    data = common.read_data(common.DataArguments(dataset_name="fake/reordered"))
+    assert data.test["label"] == [0, 1, 0, 1] and "mapped onto the training classes by name" in caplog.text

@@ -16,6 +16,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 import datasets
 import transformers
 import yaml
+from datasets import ClassLabel, DatasetDict
 from transformers import HfArgumentParser, PretrainedConfig
 
 import mimir_hf
@@ -28,6 +29,7 @@ from mimir_hf.checkpoints import last_complete_checkpoint, resume_needs
 from mimir_hf.data import (
     check_labels_fit,
     drop_unreadable_images,
+    folder_layout,
     image_processor_for,
     label_names,
     load_image_dataset,
@@ -482,11 +484,29 @@ def read_data(data_args: DataArguments, seed: int = 0, need_labels: bool = True,
         test_fraction=data_args.train_val_split,
     )  # fmt: skip
     reference = dataset["train"] if "train" in dataset else dataset["test"]
+    if need_labels and data_args.label_column_name is None:  # an image folder without classes: say what is expected
+        for path, argument in ((data_args.train_dir, "--train_dir"), (data_args.validation_dir, "--validation_dir")):
+            if path and (problem := folder_layout(path, argument)):
+                raise ValueError(problem + ".")
     image_column, label_column = resolve_columns(
         reference, data_args.image_column_name, data_args.label_column_name, require_labels=need_labels
     )
     names = label_names(reference, label_column) if label_column else None
     if label_column:
+        dataset = DatasetDict(dataset)
+        for split in dataset:  # classes matched by name: a split that orders them otherwise is mapped onto these
+            feature = dataset[split].features[label_column]
+            if (
+                isinstance(feature, ClassLabel)
+                and list(feature.names) != list(names)
+                and set(feature.names) <= set(names)
+            ):
+                logger.info(
+                    f"The {split} split lists its classes in another order than the training split; its labels are "
+                    "mapped onto the training classes by name."
+                )
+                mapping = {name: index for index, name in enumerate(names)}
+                dataset[split] = dataset[split].align_labels_with_mapping(mapping, label_column)
         check_labels_fit(dict(dataset), label_column, names)
     parts = {}
     for split, limit in (("train", data_args.max_train_samples), ("test", data_args.max_eval_samples)):
