@@ -470,3 +470,41 @@ def test_image_folders_behave_like_imagefolder(tmp_path, caplog, monkeypatch):
     monkeypatch.setattr(common, "load_image_dataset", lambda *args, **kwargs: reordered)
     data = common.read_data(common.DataArguments(dataset_name="fake/reordered"))
     assert data.test["label"] == [0, 1, 0, 1] and "mapped onto the training classes by name" in caplog.text
+
+
+def test_label_errors_say_what_is_wrong(tmp_path, monkeypatch, caplog):
+    """Float labels 0.0/1.0/2.0 are class indices (a fractional one is named); --label_mapping: a missing file, a
+    JSON list or null, a key the data lacks, and a target the model lacks are each one sentence naming it."""
+    from datasets import DatasetDict, Features, Value
+    from datasets import Image as ImageFeature
+
+    pictures = [Image.fromarray(np.full((8, 8, 3), 30 * i, dtype=np.uint8)) for i in range(6)]
+    features = Features({"image": ImageFeature(), "label": Value("float64")})
+
+    def with_labels(labels):
+        part = Dataset.from_dict({"image": pictures, "label": labels}, features=features)
+        return DatasetDict(train=part, test=part)
+
+    caplog.set_level(logging.INFO)
+    monkeypatch.setattr(common, "load_image_dataset", lambda *a, **k: with_labels([0.0, 1.0, 2.0, 0.0, 1.0, 2.0]))
+    data = common.read_data(common.DataArguments(dataset_name="fake/floats"))
+    assert data.names == ["0", "1", "2"] and data.test["label"] == [0, 1, 2, 0, 1, 2]
+    assert "labels are floats" in caplog.text
+    monkeypatch.setattr(common, "load_image_dataset", lambda *a, **k: with_labels([0.0, 0.5, 1.0, 2.0, 1.0, 0.0]))
+    with pytest.raises(ValueError, match=r"labels \[0.5\] are not class indices"):
+        common.read_data(common.DataArguments(dataset_name="fake/fractions"))
+
+    config = MimirForImageClassification(tiny_config(num_labels=3)).config
+    config.id2label = {0: "cat", 1: "dog", 2: "fox"}
+    names = ["kitten", "puppy", "fox"]
+    cases = {
+        str(tmp_path / "missing.json"): "no such file; expected a JSON object",
+        "[1, 2]": "holds a JSON list; expected a JSON object",
+        "null": "holds null; expected a JSON object",
+        '{"kitten": "cat", "cow": "dog"}': r"names \['cow'\], which are not classes of the data",
+        '{"kitten": "tiger", "puppy": "dog"}': "maps 'kitten' onto 'tiger', which is not a class of the model",
+    }
+    for mapping, message in cases.items():
+        with pytest.raises(ValueError, match=message):
+            run_evaluation.label_map_for(names, config, mapping)
+    assert run_evaluation.label_map_for(names, config, '{"kitten": "cat", "puppy": 1}') == {0: 0, 1: 1, 2: 2}

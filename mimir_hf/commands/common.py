@@ -473,6 +473,24 @@ class Data:
         return train, test
 
 
+def integral_labels(dataset: DatasetDict, label_column: str) -> DatasetDict:
+    """Labels stored as floats that are whole numbers (0.0, 1.0, 2.0: a CSV or pandas round trip) read as the class
+    indices they are, said in one line; a `ValueError` naming a fractional one."""
+    for split, part in dataset.items():
+        feature = part.features[label_column]
+        if getattr(feature, "dtype", "").startswith("float"):
+            values = sorted(set(part[label_column]))
+            fractional = [value for value in values if value != int(value)]
+            if fractional:
+                raise ValueError(
+                    f"The {split} split's labels {fractional[:5]} are not class indices; expected whole numbers "
+                    f"0..K-1 (or a ClassLabel column) in {label_column!r}."
+                )
+            logger.info(f"The {split} split's labels are floats ({values[:3]}...): read as class indices.")
+            dataset[split] = part.cast_column(label_column, datasets.Value("int64"))
+    return dataset
+
+
 def read_data(data_args: DataArguments, seed: int = 0, need_labels: bool = True, need_train: bool = True) -> Data:
     """The data, checked before any training starts: the columns, every split's labels against the training classes,
     and (unless `--scan_images false`) every image, unreadable ones skipped with a warning naming each file.
@@ -491,9 +509,11 @@ def read_data(data_args: DataArguments, seed: int = 0, need_labels: bool = True,
     image_column, label_column = resolve_columns(
         reference, data_args.image_column_name, data_args.label_column_name, require_labels=need_labels
     )
+    if label_column:
+        dataset = integral_labels(DatasetDict(dataset), label_column)
+        reference = dataset["train"] if "train" in dataset else dataset["test"]
     names = label_names(reference, label_column) if label_column else None
     if label_column:
-        dataset = DatasetDict(dataset)
         for split in dataset:  # classes matched by name: a split that orders them otherwise is mapped onto these
             feature = dataset[split].features[label_column]
             if (

@@ -145,6 +145,27 @@ def load_classifier(eval_args: EvaluationArguments, device, names: list[str]):
     return classifier.eval(), preprocessor, preprocessing
 
 
+def read_label_mapping(label_mapping: str) -> dict:
+    """`--label_mapping`: a JSON file, or JSON itself, holding an object {data class name: model class name or
+    index}; a `ValueError` saying which of these it is not."""
+    expected = 'a JSON object {data class: model class}, e.g. {"cat": "3", "dog": "8"}, inline or in a .json file'
+    if os.path.isfile(label_mapping):
+        with open(label_mapping, encoding="utf-8") as f:
+            text, source = f.read(), f"the file {label_mapping}"
+    elif label_mapping.lstrip().startswith(("{", "[")) or label_mapping.strip() in ("null", "true", "false"):
+        text, source = label_mapping, "the JSON given"
+    else:
+        raise ValueError(f"--label_mapping {label_mapping!r}: no such file; expected {expected}.")
+    try:
+        mapping = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"--label_mapping: {source} is not valid JSON ({error}); expected {expected}.") from None
+    if not isinstance(mapping, dict):
+        kind = "null" if mapping is None else f"a JSON {type(mapping).__name__}"
+        raise ValueError(f"--label_mapping: {source} holds {kind}; expected {expected}.")
+    return mapping
+
+
 def label_map_for(names: list[str], config, label_mapping: str | None) -> dict[int, int] | None:
     """Data class index -> model class index, by class name; a `ValueError` when the names differ and no
     `--label_mapping` says how they correspond."""
@@ -154,19 +175,27 @@ def label_map_for(names: list[str], config, label_mapping: str | None) -> dict[i
         if len(names) != config.num_labels:
             raise ValueError(f"The data has {len(names)} classes but the model {config.num_labels}; wrong dataset?")
         return None
-    mapping = {}
-    if label_mapping is not None:
-        text = open(label_mapping).read() if os.path.isfile(label_mapping) else label_mapping
-        try:
-            mapping = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"--label_mapping is neither a JSON file nor JSON ({error}).") from None
+    mapping = {} if label_mapping is None else read_label_mapping(label_mapping)
+    unknown_keys = sorted(set(mapping) - set(names))
+    if unknown_keys:
+        raise ValueError(
+            f"--label_mapping names {unknown_keys[:10]}, which are not classes of the data ({names[:10]}"
+            f"{', ...' if len(names) > 10 else ''}); map the data's class names onto the model's."
+        )
     index = {name: i for i, name in enumerate(model_names)}
     result, unknown = {}, []
     for data_index, name in enumerate(names):
         target = mapping.get(name, name)
-        if target in index:
+        if isinstance(target, int) and not isinstance(target, bool) and 0 <= target < len(model_names):
+            result[data_index] = target  # a model class given by its index
+        elif target in index:
             result[data_index] = index[target]
+        elif name in mapping:
+            raise ValueError(
+                f"--label_mapping maps {name!r} onto {target!r}, which is not a class of the model (its classes: "
+                f"{model_names[:10]}{', ...' if len(model_names) > 10 else ''}, or their indices "
+                f"0..{len(model_names) - 1})."
+            )
         else:
             unknown.append(name)
     if unknown:
