@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import zipfile
+from contextlib import contextmanager
 
 from safetensors import SafetensorError, safe_open
 from transformers.utils import logging
@@ -163,18 +164,46 @@ def check_resume_checkpoint(folder: str, model, needs: tuple[str, ...] = ()) -> 
             )
 
 
-def disk_full_error(path: str, needed_bytes: int) -> OSError:
+def disk_full_error(path: str, needed_bytes: int, what: str = "a checkpoint") -> OSError:
     """One clear line for a full disk: where, how much is needed, how much is free."""
     directory = path if os.path.isdir(path) else os.path.dirname(path) or "."
     while not os.path.exists(directory) and os.path.dirname(directory) != directory:
         directory = os.path.dirname(directory)
     free = shutil.disk_usage(directory).free
+    again = "training resumes from the last complete checkpoint" if what == "a checkpoint" else "nothing else is lost"
     return OSError(
         errno.ENOSPC,
-        f"No space left on the device while writing {path}: a checkpoint needs about {needed_bytes / 2**20:.1f} MiB "
-        f"and {free / 2**20:.1f} MiB are free. Free some space (or lower save_total_limit) and run again: training "
-        "resumes from the last complete checkpoint.",
+        f"No space left on the device while writing {path}: {what} needs about {needed_bytes / 2**20:.1f} MiB "
+        f"and {free / 2**20:.1f} MiB are free. Free some space (or lower save_total_limit) and run again: {again}.",
     )
+
+
+def is_disk_full(error: BaseException, path: str, needed_bytes: int) -> bool:
+    """Whether `error`, raised while writing `needed_bytes` under `path`, is a full disk: an ENOSPC `OSError`, a
+    safetensors or other error saying so, or torch.save's bare `RuntimeError` ("enforce fail at
+    inline_container.cc", "PytorchStreamWriter failed writing") on a file system with less free space than needed."""
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        return True
+    text = str(error)
+    if "No space left on device" in text or "os error 28" in text or "StorageFull" in text:
+        return True
+    if isinstance(error, RuntimeError) and ("inline_container" in text or "PytorchStreamWriter" in text):
+        directory = path if os.path.isdir(path) else os.path.dirname(path) or "."
+        while not os.path.exists(directory) and os.path.dirname(directory) != directory:
+            directory = os.path.dirname(directory)
+        return shutil.disk_usage(directory).free < needed_bytes
+    return False
+
+
+@contextmanager
+def disk_full_reported(path: str, needed_bytes: int, what: str = "a checkpoint"):
+    """Within the block, a full disk (see `is_disk_full`) becomes `disk_full_error`'s one line; other errors pass."""
+    try:
+        yield
+    except (OSError, RuntimeError, SafetensorError) as error:
+        if is_disk_full(error, path, needed_bytes):
+            raise disk_full_error(path, needed_bytes, what) from None
+        raise
 
 
 __all__ = [
@@ -184,6 +213,8 @@ __all__ = [
     "checkpoint_problem",
     "checkpoints",
     "disk_full_error",
+    "disk_full_reported",
+    "is_disk_full",
     "last_complete_checkpoint",
     "read_marker",
     "write_marker",

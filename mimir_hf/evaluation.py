@@ -40,6 +40,7 @@ from .attacks import (
     projected_gradient_ascent,
 )
 from .autoattack import IMPLEMENTATIONS, AutoAttackRunner, plan_autoattack
+from .checkpoints import disk_full_reported
 from .progress import ReportProgress
 from .threat_model import EVALUATION_ATTACK, AttackBudget, check_budget, check_pixel_range
 
@@ -891,11 +892,12 @@ def plot_eps_sweep(report: RobustnessReport, path: str) -> None:
 def write_report(report: RobustnessReport, output_dir: str) -> None:
     """`robustness.json`, `robustness.md` and `robust_accuracy_vs_eps.png` in `output_dir`."""
     os.makedirs(output_dir, exist_ok=True)
-    with open(os.path.join(output_dir, "robustness.json"), "w") as f:
-        json.dump(report.to_dict(), f, indent=2, default=str)
-    with open(os.path.join(output_dir, "robustness.md"), "w") as f:
-        f.write(report_markdown(report))
-    plot_eps_sweep(report, os.path.join(output_dir, "robust_accuracy_vs_eps.png"))
+    with disk_full_reported(output_dir, 2**20, "the report"):  # its three files take well under 1 MiB
+        with open(os.path.join(output_dir, "robustness.json"), "w") as f:
+            json.dump(report.to_dict(), f, indent=2, default=str)
+        with open(os.path.join(output_dir, "robustness.md"), "w") as f:
+            f.write(report_markdown(report))
+        plot_eps_sweep(report, os.path.join(output_dir, "robust_accuracy_vs_eps.png"))
 
 
 __all__ = [

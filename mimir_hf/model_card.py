@@ -8,6 +8,8 @@ from importlib import resources
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from .checkpoints import disk_full_reported
+
 TAGS = ["mimir", "mimir_hf", "adversarial-robustness", "vision-transformer", "masked-image-modeling"]
 KINDS = {"pretrained": "image-feature-extraction", "finetuned": "image-classification"}
 
@@ -81,7 +83,8 @@ def write_model_card(
     model_id = model_id or os.path.basename(os.path.abspath(output_dir))
     card = build_model_card(kind, dataset_name, training, results_markdown, eval_results, model_id)
     path = os.path.join(output_dir, "README.md")
-    card.save(path)
+    with disk_full_reported(path, 2**20, "the model card"):
+        card.save(path)
     return path
 
 

@@ -10,7 +10,6 @@ of the weights (`ema_decay`) and auxiliary training data mixed into every batch 
 
 from __future__ import annotations
 
-import errno
 import math
 import os
 import random
@@ -45,7 +44,7 @@ from .auxiliary_data import AUX_FRACTION, MixedBatchSampler, RealAndAuxiliary
 from .checkpoints import (
     COMPLETE_MARKER,
     check_resume_checkpoint,
-    disk_full_error,
+    disk_full_reported,
     last_complete_checkpoint,
     read_marker,
     resume_needs,
@@ -558,25 +557,24 @@ class _MimirTrainerBase(Trainer):
 
     def _save_checkpoint(self, model, trial):
         folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
-        try:
+        parameters = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        with disk_full_reported(folder, 3 * parameters):  # weights + two AdamW moments (+ the EMA's weights)
             super()._save_checkpoint(model, trial)
-        except OSError as error:
-            if error.errno != errno.ENOSPC:
-                raise
-            parameters = sum(p.numel() * p.element_size() for p in self.model.parameters())
-            raise disk_full_error(folder, 3 * parameters) from None  # weights + two AdamW moments
-        self.accelerator.wait_for_everyone()  # every process's RNG state is written
-        if self.args.should_save and os.path.isdir(folder) and self.ema_callback is not None:
-            self.ema_callback.save_into(folder)
-        if self.args.should_save and os.path.isdir(folder):
-            loss_so_far = self._previous_loss_sum + self._total_loss_scalar + self._tr_loss.item()
-            write_marker(folder, {"global_step": self.state.global_step, "loss_sum": loss_so_far})
+            self.accelerator.wait_for_everyone()  # every process's RNG state is written
+            if self.args.should_save and os.path.isdir(folder) and self.ema_callback is not None:
+                self.ema_callback.save_into(folder)
+            if self.args.should_save and os.path.isdir(folder):  # the marker last: the checkpoint is complete
+                loss_so_far = self._previous_loss_sum + self._total_loss_scalar + self._tr_loss.item()
+                write_marker(folder, {"global_step": self.state.global_step, "loss_sum": loss_so_far})
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """Trainer's, without its upload of each saved model: with `push_to_hub`, the folder is uploaded once, by
         `push_to_hub()`, after everything it holds (the MIMIR model card too) is written; a Hub failure then never
         costs the training (checkpoint uploads during training, `hub_strategy`, are Trainer's as usual)."""
-        super().save_model(output_dir, _internal_call=True)
+        folder = output_dir or self.args.output_dir
+        parameters = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        with disk_full_reported(folder, parameters, "the model"):
+            super().save_model(output_dir, _internal_call=True)
 
     def init_hf_repo(self, *args, **kwargs) -> None:
         """Trainer's, with a Hub failure as one line (at construction, before any training)."""

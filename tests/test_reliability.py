@@ -5,6 +5,7 @@ import errno
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -86,6 +87,63 @@ def test_a_full_disk_is_one_clear_line_naming_the_path_and_the_size(tmp_path, mo
     with pytest.raises(OSError, match=r"No space left on the device while writing .*checkpoint-2.*MiB.*free") as error:
         trainer.train()
     assert "\n" not in str(error.value)
+
+
+def test_torch_saves_own_disk_full_error_is_the_same_one_line(tmp_path, monkeypatch):
+    """What torch.save really raises on a full disk (a RuntimeError from its zip writer, no errno) is recognised by
+    the free space left, and becomes the same line."""
+    trainer = MimirPreTrainingTrainer(
+        model=MimirForPreTraining(tiny_config()), train_dataset=images_dataset(),
+        args=pretraining_args(tmp_path, max_steps=2, save_strategy="steps", save_steps=2),
+    )  # fmt: skip
+
+    def zip_writer_fails(*args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
+
+    monkeypatch.setattr(torch, "save", zip_writer_fails)
+    monkeypatch.setattr("shutil.disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
+    with pytest.raises(OSError, match=r"No space left on the device while writing .*checkpoint-2.*MiB.*free"):
+        trainer.train()
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """A 2 MiB tmpfs (root only: mount needs CAP_SYS_ADMIN); skipped where the machine does not allow it."""
+    mount_point = tmp_path / "small"
+    mount_point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount_point)],
+                             capture_output=True, text=True)  # fmt: skip
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({mounted.stderr.strip()}): the faked full disks cover it")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def test_a_really_full_disk_is_one_line_and_the_previous_checkpoint_stays_usable(small_filesystem, capsys):
+    """Training into a 2 MiB file system: the checkpoints fill it; the run stops with the one line (through the
+    command too), and the last complete checkpoint is still complete and resumable."""
+    from mimir_hf.checkpoints import checkpoint_problem, resume_needs
+    from mimir_hf.commands.cli import main as cli
+
+    out = small_filesystem / "run"
+    args = pretraining_args(out, max_steps=40, save_strategy="steps", save_steps=2, save_total_limit=None)
+    trainer = MimirPreTrainingTrainer(model=MimirForPreTraining(tiny_config()), train_dataset=images_dataset(),
+                                      args=args)  # fmt: skip
+    with pytest.raises(OSError, match=r"No space left on the device while writing .*checkpoint-\d+.*MiB are free"):
+        trainer.train()
+    complete = last_complete_checkpoint(str(out), resume_needs(args))
+    assert complete is not None and checkpoint_problem(complete, resume_needs(args)) is None
+    shutil.rmtree(out)  # room again, for the command's own run
+
+    argv = ["pretrain", "--output_dir", str(small_filesystem / "cli"), "--max_train_samples", "64", "--max_steps",
+            "40", "--save_strategy", "steps", "--save_steps", "2", "--disable_tqdm", "true", "--report_to", "none",
+            "--image_size", "16", "--patch_size", "4", "--hidden_size", "32", "--num_hidden_layers", "2",
+            "--num_attention_heads", "2", "--intermediate_size", "64"]  # fmt: skip
+    assert cli(argv) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]  # (progress bars aside)
+    assert len(errors) == 1 and errors[0].startswith("mimir-hf pretrain: error: No space left on the device while")
 
 
 def test_resuming_from_a_truncated_or_foreign_checkpoint_names_the_file(tmp_path):

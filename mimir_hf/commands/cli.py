@@ -14,6 +14,7 @@ one line on stderr naming what was wrong and what is expected (exit status 1), n
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import sys
@@ -56,9 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(COMMANDS[command][0])
     try:
         module.main(argv[1:], prog=prog)
-    except ValueError as error:  # refused input: our messages say what was wrong and what is expected
-        if os.environ.get("MIMIR_HF_TRACEBACK"):
+    except (ValueError, OSError) as error:  # refused input, a full disk: our one-line messages
+        if isinstance(error, OSError) and error.errno != errno.ENOSPC or os.environ.get("MIMIR_HF_TRACEBACK"):
             raise
+        if isinstance(error, OSError):  # ours says where and how much; a bare one at least names its file
+            error = error.strerror + (f" (writing {error.filename})" if error.filename else "")
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 1
     finally:
