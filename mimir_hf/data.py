@@ -18,6 +18,7 @@ from PIL import Image as PILImage
 from transformers import default_data_collator
 
 from .augmentation import TrainAugmentation
+from .hub import check_hub_answers
 from .image_processing_mimir import MimirImageProcessor, carried_preprocessing, saved_image_processor
 
 DIGITS_SEED = 0
@@ -118,6 +119,7 @@ def load_image_dataset(
             "digits have one evaluation split (--validation_dir, or the digits' fixed test split)."
         )
     if dataset_name is not None:
+        check_hub_answers(dataset_name)  # seconds, not minutes of retries, when the Hub does not answer
         dataset = _load_used_splits(dataset_name, dataset_config_name, cache_dir, require_train, eval_split)
     elif train_dir is not None or validation_dir is not None:
         data_files = {}

@@ -51,6 +51,7 @@ from .checkpoints import (
     write_marker,
 )
 from .ema import EMACallback
+from .hub import hub_problem
 from .threat_model import ADVERSARIAL_TRAINING_ATTACK, AttackBudget, check_budget, check_pixel_range
 
 logger = logging.get_logger(__name__)
@@ -762,8 +763,11 @@ def _is_hub_error(error: BaseException) -> bool:
 
 @contextmanager
 def hub_errors(args: TrainingArguments, trained: bool):
-    """Turn a Hub failure inside the block into one `ValueError` line: the Hub, the repository, and the offline way."""
+    """Turn a Hub failure inside the block into one `ValueError` line: the Hub, the repository, and the offline way.
+    An endpoint that does not answer within seconds is such a failure, found before `huggingface_hub`'s retries."""
     try:
+        if (problem := hub_problem()) is not None:  # seconds, where huggingface_hub's retries would take minutes
+            raise problem
         yield
     except Exception as error:
         if not _is_hub_error(error):

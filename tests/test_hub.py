@@ -316,3 +316,41 @@ def test_push_to_hub_while_offline_is_refused_before_any_work(tmp_path, capsys, 
     error = one_error_line(capsys, ["finetune", "--output_dir", str(tmp_path / "out")] + TINY_FINETUNE)
     assert "push_to_hub is set but HF_HUB_OFFLINE=1" in error and "hf upload" in error
     assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture
+def silent_hub(monkeypatch):
+    """A Hub endpoint that accepts connections and never answers (a dead proxy, a black-holed route)."""
+    import socket
+    import threading
+
+    import huggingface_hub
+    from huggingface_hub.utils import close_session
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    held = []
+    threading.Thread(target=lambda: [held.append(server.accept()) for _ in range(64)], daemon=True).start()
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
+    monkeypatch.setattr("mimir_hf.hub.HUB_ANSWER_SECONDS", 1.0)
+    close_session()
+    yield
+    server.close()
+    close_session()
+
+
+def test_a_hub_that_never_answers_costs_seconds_and_names_the_offline_way(tmp_path, capsys, silent_hub):
+    import time
+
+    start = time.time()
+    error = one_error_line(capsys, ["evaluate", "--model_name_or_path", "someone/robust-vit", "--output_dir",
+                                    str(tmp_path / "report")])  # fmt: skip
+    assert "The Hugging Face Hub (http://127.0.0.1:" in error and "does not answer" in error
+    assert "someone/robust-vit would be read from it" in error and "HF_HUB_OFFLINE=1" in error
+    error = one_error_line(capsys, ["pretrain", "--dataset_name", "someone/photos", "--output_dir",
+                                    str(tmp_path / "pre")])  # fmt: skip
+    assert "someone/photos would be read from it" in error
+    error = one_error_line(capsys, ["finetune", "--output_dir", str(tmp_path / "out")] + TINY_FINETUNE)
+    assert "The Hugging Face Hub could not be reached for the repository me/mimir-test" in error
+    assert time.time() - start < 30  # three refusals, each after the 1 s the Hub is given here (5 s by default)

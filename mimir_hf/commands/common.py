@@ -37,6 +37,7 @@ from mimir_hf.data import (
     resolve_columns,
     with_pixel_transform,
 )
+from mimir_hf.hub import check_hub_answers
 from mimir_hf.models import FAMILIES
 from mimir_hf.robustbench import select_subset
 
@@ -191,7 +192,9 @@ def new_config(model_args, num_channels: int, **kwargs) -> MimirConfig | MimirCa
 
 
 def checkpoint_config(path: str) -> dict:
-    """The config dict of a checkpoint folder or Hub id; a `ValueError` naming the path if there is none."""
+    """The config dict of a checkpoint folder or Hub id; a `ValueError` naming the path if there is none (or, within
+    seconds, if the Hub does not answer: `check_hub_answers`)."""
+    check_hub_answers(path)
     try:
         return PretrainedConfig.get_config_dict(path)[0]
     except OSError as error:
