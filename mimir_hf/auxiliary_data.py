@@ -51,7 +51,7 @@ def load_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
             raise ValueError(f"{path} has no {missing} array (arrays: {data.files}); expected 'image' and 'label'.")
         images = _mapped_member(path, "image")
         if images is None:
-            images = data["image"]
+            images = _read_member(data, path, "image")
         if not isinstance(images, np.memmap) and images.dtype == np.uint8 and images.size:  # not mappable
             logger.warning(
                 "%s: 'image' is compressed (or Fortran-ordered), so it was read into memory (%.1f GB in every "
@@ -59,7 +59,7 @@ def load_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
                 path,
                 images.nbytes / 1e9,
             )
-        labels = data["label"]
+        labels = _read_member(data, path, "label")
     if images.dtype != np.uint8 or images.ndim not in (3, 4) or (images.ndim == 4 and images.shape[-1] not in (1, 3)):
         raise ValueError(
             f"{path}: 'image' must be uint8 N x H x W x 3 (or N x H x W), got {images.dtype} {tuple(images.shape)}."
@@ -72,6 +72,19 @@ def load_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
     if len(images) == 0:
         raise ValueError(f"{path} holds no images.")
     return images, labels.astype(np.int64)
+
+
+def _read_member(data, path: str, name: str) -> np.ndarray:
+    """`data[name]`, an object array (pickled Python objects, never unpickled here) refused naming the file."""
+    try:
+        return data[name]
+    except ValueError as error:
+        if "allow_pickle" not in str(error):
+            raise
+        raise ValueError(
+            f"{path}: {name!r} is an object array (pickled Python objects, which mimir_hf does not load); expected "
+            + ("uint8 N x H x W x 3 (np.stack the images into one array)." if name == "image" else "integers.")
+        ) from None
 
 
 def _mapped_member(path: str, name: str) -> np.ndarray | None:

@@ -114,6 +114,11 @@ def test_npz_checks_name_what_is_wrong(tmp_path):
     np.savez(tmp_path / "float.npz", image=np.zeros((2, 4, 4, 3)), label=np.zeros(2, np.int64))
     with pytest.raises(ValueError, match="must be uint8"):
         load_npz(str(tmp_path / "float.npz"))
+    ragged = np.empty(2, dtype=object)  # images of two sizes, saved as Python objects
+    ragged[0], ragged[1] = np.zeros((4, 4, 3), np.uint8), np.zeros((5, 5, 3), np.uint8)
+    np.savez(tmp_path / "objects.npz", image=ragged, label=np.zeros(2, np.int64))
+    with pytest.raises(ValueError, match=r"objects.npz: 'image' is an object array .*np.stack the images"):
+        load_npz(str(tmp_path / "objects.npz"))
     path = write_npz(tmp_path / "ok.npz", classes=7)
     with pytest.raises(ValueError, match="labels must be in \\[0, 4\\)"):
         AuxiliaryImages(path, pixel_transform("image", "label", image_processor_for(tiny_config())), num_labels=4)
