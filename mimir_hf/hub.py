@@ -4,6 +4,7 @@ retries `huggingface_hub` would spend, and the message names the offline way."""
 from __future__ import annotations
 
 import os
+import re
 
 import huggingface_hub
 from huggingface_hub.utils import get_session
@@ -23,9 +24,13 @@ def hub_problem(timeout: float | None = None) -> Exception | None:
     return None
 
 
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")  # "name" or "owner/name", as the Hub names repositories
+
+
 def hub_ids(*names: str | None) -> list[str]:
-    """The names among `names` that would be fetched from the Hub: neither unset nor an existing local path."""
-    return [name for name in names if name and not os.path.exists(name)]
+    """The names among `names` that would be fetched from the Hub: shaped like a Hub id ("owner/name") and not an
+    existing local path (an absolute or ./ path is local, found or not)."""
+    return [name for name in names if name and _HUB_ID.match(name) and not os.path.exists(name)]
 
 
 def check_hub_answers(*names: str | None) -> None:
