@@ -25,6 +25,8 @@ DIGITS_SEED = 0
 DIGITS_TEST_FRACTION = 0.2
 _IMAGE_COLUMNS = ("image", "img", "pixel_values", "picture")
 _LABEL_COLUMNS = ("label", "labels", "fine_label", "class")
+# imagefolder's metadata files (a `file_name` column and more, e.g. labels): kept with the images.
+_METADATA_FILES = ("metadata.csv", "metadata.jsonl", "metadata.parquet")
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
@@ -46,10 +48,10 @@ def load_digits_dataset() -> DatasetDict:
 
 def folder_images(path: str, argument: str) -> list[str]:
     """The image files of an image folder, as `datasets`' imagefolder would take them: every file with an image
-    suffix below `path` (hidden files and folders left out). Other files (`notes.txt`, `.DS_Store`, `labels.csv`)
-    are skipped with one log line giving their count, so that they neither fail the run nor take the class labels
-    away (imagefolder reads a `.csv`/`.jsonl` beside the images as metadata). A `ValueError` for a folder that is
-    not one or holds no image."""
+    suffix below `path` (hidden files and folders left out), and imagefolder's `metadata.csv` / `.jsonl` / `.parquet`.
+    Other files (`notes.txt`, `.DS_Store`, `labels.csv`) are skipped with one log line giving their count, so that
+    they neither fail the run nor take the class labels away (imagefolder would read any `.csv` as metadata). A
+    `ValueError` for a folder that is not one or holds no image."""
     if not os.path.isdir(path):
         raise ValueError(
             f"{argument}={path!r} is not a directory; expected a folder of images (in one sub-folder per class for "
@@ -59,9 +61,8 @@ def folder_images(path: str, argument: str) -> list[str]:
     for folder, subfolders, files in os.walk(path):
         subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
         for name in sorted(files):
-            (images if name.lower().endswith(_IMAGE_SUFFIXES) and not name.startswith(".") else others).append(
-                os.path.join(folder, name)
-            )
+            kept = (name.lower().endswith(_IMAGE_SUFFIXES) and not name.startswith(".")) or name in _METADATA_FILES
+            (images if kept else others).append(os.path.join(folder, name))
     if not images:
         raise ValueError(f"{argument}={path!r} holds no image files ({', '.join(_IMAGE_SUFFIXES)}).")
     if others:
@@ -73,7 +74,10 @@ def folder_images(path: str, argument: str) -> list[str]:
 
 
 def folder_layout(path: str, argument: str) -> str | None:
-    """Why an image folder gives no class labels, in words, or None when it has at least two class folders."""
+    """Why an image folder gives no class labels, in words, or None when it has at least two class folders (or an
+    imagefolder metadata file, whose columns may hold the labels)."""
+    if any(name in _METADATA_FILES for name in os.listdir(path)):
+        return None
     classes = sorted(
         name for name in os.listdir(path) if os.path.isdir(os.path.join(path, name)) and not name.startswith(".")
     )

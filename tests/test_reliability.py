@@ -517,6 +517,9 @@ def test_image_folders_behave_like_imagefolder(tmp_path, caplog, monkeypatch):
     ):
         common.read_data(common.DataArguments(train_dir=str(one)))
     assert common.read_data(common.DataArguments(train_dir=str(flat)), need_labels=False).names is None  # pre-training
+    (flat / "metadata.csv").write_text("file_name,label\n" + "".join(f"cat_{i}.png,{i % 2}\n" for i in range(3)))
+    labelled = common.read_data(common.DataArguments(train_dir=str(flat), validation_dir=str(flat)))
+    assert labelled.names == ["0", "1"] and sorted(labelled.train["label"]) == [0, 0, 1]  # imagefolder's metadata
 
     pictures = [Image.fromarray(np.full((8, 8, 3), 40 * i, dtype=np.uint8)) for i in range(4)]
 

@@ -507,7 +507,7 @@ def read_data(data_args: DataArguments, seed: int = 0, need_labels: bool = True,
     reference = dataset["train"] if "train" in dataset else dataset["test"]
     if need_labels and data_args.label_column_name is None:  # an image folder without classes: say what is expected
         for path, argument in ((data_args.train_dir, "--train_dir"), (data_args.validation_dir, "--validation_dir")):
-            if path and (problem := folder_layout(path, argument)):
+            if path and os.path.isdir(path) and (problem := folder_layout(path, argument)):
                 raise ValueError(problem + ".")
     image_column, label_column = resolve_columns(
         reference, data_args.image_column_name, data_args.label_column_name, require_labels=need_labels
