@@ -26,7 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from transformers import Trainer, TrainingArguments
 from transformers.modeling_outputs import ImageClassifierOutput
-from transformers.trainer_utils import TrainOutput, seed_worker
+from transformers.trainer_utils import TrainOutput, rotate_checkpoints, seed_worker
 from transformers.utils import logging
 
 from .attacks import (
@@ -557,16 +557,26 @@ class _MimirTrainerBase(Trainer):
         return output
 
     def _save_checkpoint(self, model, trial):
-        folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
+        """Trainer's checkpoint, then the EMA, then the completion marker, and only then the rotation of older
+        checkpoints (`save_total_limit`): the previous complete checkpoint is never deleted before this one is
+        complete (Trainer rotates right after its own files, before a full disk could be noticed)."""
+        run_dir = self._get_output_dir(trial=trial)
+        folder = os.path.join(run_dir, f"checkpoint-{self.state.global_step}")
         parameters = sum(p.numel() * p.element_size() for p in self.model.parameters())
-        with disk_full_reported(folder, 3 * parameters):  # weights + two AdamW moments (+ the EMA's weights)
-            super()._save_checkpoint(model, trial)
-            self.accelerator.wait_for_everyone()  # every process's RNG state is written
-            if self.args.should_save and os.path.isdir(folder) and self.ema_callback is not None:
-                self.ema_callback.save_into(folder)
-            if self.args.should_save and os.path.isdir(folder):  # the marker last: the checkpoint is complete
-                loss_so_far = self._previous_loss_sum + self._total_loss_scalar + self._tr_loss.item()
-                write_marker(folder, {"global_step": self.state.global_step, "loss_sum": loss_so_far})
+        limit, self.args.save_total_limit = self.args.save_total_limit, None
+        try:
+            with disk_full_reported(folder, 3 * parameters):  # weights + two AdamW moments (+ the EMA's weights)
+                super()._save_checkpoint(model, trial)
+                self.accelerator.wait_for_everyone()  # every process's RNG state is written
+                if self.args.should_save and os.path.isdir(folder) and self.ema_callback is not None:
+                    self.ema_callback.save_into(folder)
+                if self.args.should_save and os.path.isdir(folder):  # the marker last: the checkpoint is complete
+                    loss_so_far = self._previous_loss_sum + self._total_loss_scalar + self._tr_loss.item()
+                    write_marker(folder, {"global_step": self.state.global_step, "loss_sum": loss_so_far})
+        finally:
+            self.args.save_total_limit = limit
+        if self.args.should_save:
+            rotate_checkpoints(run_dir, limit, self.state.best_model_checkpoint, use_mtime=True)
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """Trainer's, without its upload of each saved model: with `push_to_hub`, the folder is uploaded once, by

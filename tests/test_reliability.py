@@ -17,6 +17,7 @@ from datasets import Dataset
 from transformers import TrainerCallback
 from transformers.testing_utils import CaptureLogger
 
+import mimir_hf.trainer as trainer_module
 from mimir_hf import MimirForImageClassification, MimirForPreTraining
 from mimir_hf.checkpoints import COMPLETE_MARKER, last_complete_checkpoint
 from mimir_hf.checkpoints import logger as checkpoint_logger
@@ -104,6 +105,27 @@ def test_torch_saves_own_disk_full_error_is_the_same_one_line(tmp_path, monkeypa
     monkeypatch.setattr("shutil.disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
     with pytest.raises(OSError, match=r"No space left on the device while writing .*checkpoint-2.*MiB.*free"):
         trainer.train()
+
+
+def test_a_full_disk_with_save_total_limit_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    """With save_total_limit=1, Trainer deletes the older checkpoints right after writing its own files; here the
+    rotation waits for the new checkpoint's marker, so a full disk in checkpoint-4 leaves checkpoint-2 complete."""
+    from mimir_hf.checkpoints import resume_needs
+
+    args = pretraining_args(tmp_path, max_steps=4, save_strategy="steps", save_steps=2, save_total_limit=1)
+    trainer = MimirPreTrainingTrainer(model=MimirForPreTraining(tiny_config()), train_dataset=images_dataset(),
+                                      args=args)  # fmt: skip
+    real_marker = trainer_module.write_marker
+
+    def full_at_step_4(folder, info):
+        if info["global_step"] == 4:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_marker(folder, info)
+
+    monkeypatch.setattr(trainer_module, "write_marker", full_at_step_4)
+    with pytest.raises(OSError, match="No space left on the device while writing .*checkpoint-4"):
+        trainer.train()
+    assert last_complete_checkpoint(str(tmp_path), resume_needs(args)) == str(tmp_path / "checkpoint-2")
 
 
 @pytest.fixture
