@@ -131,7 +131,14 @@ def load_image_dataset(
             data_files["train"] = folder_images(train_dir, "--train_dir")
         if validation_dir is not None:
             data_files["test"] = folder_images(validation_dir, "--validation_dir")
-        dataset = load_dataset("imagefolder", data_files=data_files, cache_dir=cache_dir)
+        # imagefolder infers labels only when every image of every split lies at one path depth: a --validation_dir
+        # elsewhere (/data/train, /data/other/val) would lose both splits' labels. Folders laid out by class keep them.
+        folders = [path for path in (train_dir, validation_dir) if path is not None]
+        by_class = all(
+            folder_layout(path, "") is None and not set(os.listdir(path)) & set(_METADATA_FILES) for path in folders
+        )
+        labels = {"drop_labels": False} if by_class else {}
+        dataset = load_dataset("imagefolder", data_files=data_files, cache_dir=cache_dir, **labels)
     else:
         return load_digits_dataset()
 
@@ -180,10 +187,38 @@ def _load_used_splits(
     used = [evaluation] if evaluation is not None and not require_train else ["train", evaluation]
     used = [split for split in used if split in files] or list(files)
     if set(used) == set(files):  # every split: the plain call, which keeps using a cache prepared before
-        return load_dataset(name, config_name, cache_dir=cache_dir)
-    return load_dataset(
-        name, config_name, data_files={split: list(files[split]) for split in used}, cache_dir=cache_dir
-    )
+        dataset = load_dataset(name, config_name, cache_dir=cache_dir)
+    else:
+        dataset = load_dataset(
+            name, config_name, data_files={split: list(files[split]) for split in used}, cache_dir=cache_dir
+        )
+    return _own_class_names(DatasetDict(dataset), files)
+
+
+def _own_class_names(dataset: DatasetDict, files) -> DatasetDict:
+    """Each split with the `ClassLabel` names its own parquet file records. `datasets` gives every split the features
+    of one file, so a test split saved with its classes in another order would carry the training names on its own
+    ids: silently other classes. With its own names, `read_data` maps it onto the training classes by name."""
+    import pyarrow.parquet as pq
+    from datasets.utils.file_utils import xopen
+
+    for split, part in dataset.items():
+        paths = [str(path) for path in files.get(split, [])]
+        if not paths or not paths[0].endswith(".parquet"):
+            continue
+        try:
+            with xopen(paths[0], "rb") as f:
+                recorded = Features.from_arrow_schema(pq.read_schema(f))
+        except (OSError, ValueError, KeyError, TypeError):  # no readable schema: the split stays as loaded
+            continue
+        for column, feature in recorded.items():
+            loaded = part.features.get(column)
+            if isinstance(feature, ClassLabel) and isinstance(loaded, ClassLabel) and feature.names != loaded.names:
+                features = part.features.copy()
+                features[column] = ClassLabel(names=list(feature.names))
+                part = part.cast(features)  # the same ids, under the names this split was saved with
+        dataset[split] = part
+    return dataset
 
 
 def resolve_columns(

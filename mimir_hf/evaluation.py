@@ -588,6 +588,7 @@ def evaluate_robustness(
     resume_file: str | None = None,
     num_workers: int = 0,
     show_progress: bool = False,
+    resume_identity: dict | None = None,
 ) -> RobustnessReport:
     """Run the whole battery on `data`: a map-style dataset of {"pixel_values" in [0, 1], "labels"}, a DataLoader
     of such batches, or an `(images, labels)` pair of tensors. Returns the report (accuracies in %).
@@ -595,6 +596,8 @@ def evaluate_robustness(
     `progress` receives the stage list with a time estimate up front, then a line per attack and batch (images per
     second) and per batch; `show_progress` adds bars: the report's, whose remaining time is its ETA, and each
     attack's, advancing step by step.
+
+    `resume_identity` adds what else the resume file must have come from (the image processor, a label mapping).
 
     The model is left exactly as it was (weights, train/eval mode, requires_grad, the global RNG); the same model,
     data and settings give the same numbers.
@@ -617,6 +620,7 @@ def evaluate_robustness(
         if first is not None:
             data_identity["first batch"] = tensors_digest([first["pixel_values"], first["labels"]])
         identity = {**model_identity(model), "data": data_identity, "settings": asdict(settings)}
+        identity.update(resume_identity or {})  # the caller's parts: e.g. the image processor and the label mapping
     resume = _ResumeFile(resume_file, identity)
 
     names = ["natural"] + [a.name for a in attacks] + [a.name for a in sweep]

@@ -128,3 +128,36 @@ def test_missing_columns_are_named():
     with pytest.raises(ValueError, match="No label column.*--label_column_name"):
         resolve_columns(dataset)
     assert resolve_columns(dataset, label_column="target") == ("image", "target")
+
+
+def test_a_parquet_test_split_saved_with_its_classes_in_another_order_is_mapped_by_name(tmp_path, caplog):
+    """`datasets` reads every split with one file's ClassLabel: the test split's own names (c, a, b) must come back
+    from its file, and its labels be mapped onto the training classes by name, not read as a, b, c."""
+    import logging
+
+    from datasets import Dataset
+
+    from mimir_hf.commands.common import DataArguments, read_data
+
+    name = hub_style_dataset(tmp_path / "hub", {"train": [0, 1, 2], "test": []})
+    images = [Image.fromarray(np.full((8, 8, 3), 30 * i, dtype=np.uint8)) for i in range(3)]
+    features = Features({"image": HFImage(), "label": ClassLabel(names=["c", "a", "b"])})
+    Dataset.from_dict({"image": images, "label": [0, 1, 2]}, features=features).to_parquet(
+        str(tmp_path / "hub" / "data" / "test-00000-of-00001.parquet")
+    )  # c, a, b
+    caplog.set_level(logging.INFO)
+    data = read_data(DataArguments(dataset_name=name, cache_dir=str(tmp_path / "cache")))
+    assert data.names == ["a", "b", "c"] and data.test["label"] == [2, 0, 1]
+    assert "mapped onto the training classes by name" in caplog.text
+
+
+def test_folders_at_other_depths_keep_their_labels(tmp_path):
+    from mimir_hf.commands.common import DataArguments, read_data
+
+    for folder in (tmp_path / "train", tmp_path / "other" / "val"):
+        for index, name in enumerate(("cat", "dog")):
+            (folder / name).mkdir(parents=True)
+            for i in range(2):
+                Image.fromarray(np.full((8, 8, 3), 60 * index + i, dtype=np.uint8)).save(folder / name / f"{i}.png")
+    data = read_data(DataArguments(train_dir=str(tmp_path / "train"), validation_dir=str(tmp_path / "other" / "val")))
+    assert data.names == ["cat", "dog"] and sorted(data.test["label"]) == [0, 0, 1, 1]

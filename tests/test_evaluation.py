@@ -237,3 +237,8 @@ def test_a_resume_file_is_refused_for_another_model_or_other_images(model, image
     with pytest.raises(ValueError, match="its data differ"):
         evaluate_robustness(model, (images.flip(0), labels.flip(0)), QUICK, resume_file=path)
     evaluate_robustness(other_model, (images, labels), QUICK, resume_file=str(tmp_path / "fresh.jsonl"))
+    resize = {"image processor": {"size": 16, "resample": "bicubic"}}
+    evaluate_robustness(model, (images, labels), QUICK, resume_file=str(tmp_path / "p.jsonl"), resume_identity=resize)
+    with pytest.raises(ValueError, match="its image processor differ"):
+        evaluate_robustness(model, (images, labels), QUICK, resume_file=str(tmp_path / "p.jsonl"),
+                            resume_identity={"image processor": {"size": 16, "resample": "bilinear"}})  # fmt: skip
