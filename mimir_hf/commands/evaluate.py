@@ -243,8 +243,7 @@ def evaluate(eval_args, data_args, settings, device, rank: int, world: int):
     report = evaluate_robustness(
         model, eval_dataset, settings, progress=say, resume_file=eval_args.resume_file,
         num_workers=eval_args.num_workers, show_progress=rank == 0 and not eval_args.disable_tqdm,
-        resume_identity={"image processor": preprocessor.to_dict() if hasattr(preprocessor, "to_dict") else
-                         preprocessing, "label mapping": labels},
+        resume_identity={"image processor": preprocessing, "label mapping": labels},
     )  # fmt: skip
     if rank != 0:
         return report

@@ -37,7 +37,6 @@ from . import finetune as run_finetuning
 from . import pretrain as run_pretraining
 from .common import (
     DataArguments,
-    FineTuningModelArguments,
     ModelArguments,
     RunArguments,
     failures_recorded,
@@ -105,8 +104,8 @@ def run_recipe(
     start = time.time()
     if pretrain:
         run_pretraining.run(model_args, data_args, pretrain_args, again)
-        finetune_model = FineTuningModelArguments(  # the checkpoint's config carries the rest
-            model_name_or_path=pretrain_args.output_dir, **drop_path(model_args)
+        finetune_model = fine_tuning_model_arguments(  # the checkpoint's config carries the rest
+            ModelArguments(model_name_or_path=pretrain_args.output_dir, drop_path_rate=model_args.drop_path_rate)
         )
     else:  # from scratch: the architecture comes from the model arguments
         finetune_model = fine_tuning_model_arguments(model_args)
@@ -115,11 +114,6 @@ def run_recipe(
     metrics = run_finetuning.run(finetune_model, data_args, finetune_args, again, evaluate=evaluate)
     times["finetuning_seconds"] = round(time.time() - start, 1)
     return {**metrics, **times}
-
-
-def drop_path(model_args) -> dict:
-    """`--drop_path_rate`, when given, for fine-tuning too (else fine-tuning's default)."""
-    return {} if model_args.drop_path_rate is None else {"drop_path_rate": model_args.drop_path_rate}
 
 
 RECIPES = {
