@@ -5,6 +5,8 @@ from __future__ import annotations
 from huggingface_hub.dataclasses import strict
 from transformers import SwinConfig
 
+from ...configuration_common import MimirConfigMixin
+
 # The authors' robust ImageNet classifiers (RobustBench "Xu2024MIMIR"), trained with Microsoft's Swin code at 224 px.
 PRESETS = {
     "swin-base-224": dict(
@@ -17,7 +19,7 @@ PRESETS = {
 
 
 @strict
-class MimirSwinConfig(SwinConfig):
+class MimirSwinConfig(MimirConfigMixin, SwinConfig):
     r"""
     Configuration of the MIMIR Swin models (`MimirSwinModel`, `MimirSwinForImageClassification`).
 
@@ -97,6 +99,7 @@ class MimirSwinConfig(SwinConfig):
     """
 
     model_type = "mimir_swin"
+    presets = PRESETS
 
     image_size: int | list[int] | tuple[int, int] = 224
     patch_size: int = 4
@@ -149,28 +152,7 @@ class MimirSwinConfig(SwinConfig):
                     f"Stage {stage} has a {height}x{width} token grid that windows of {window} do not tile; choose "
                     "image_size and window_size so that they do (Microsoft's Swin code does not pad)."
                 )
-        if not 0 <= self.label_smoothing < 1:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}.")
-        if not 0 <= self.drop_path_rate < 1:
-            raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}.")
-        if (self.image_mean is None) != (self.image_std is None):
-            raise ValueError("image_mean and image_std must be set together (or both left None).")
-        if self.image_mean is not None:
-            if len(self.image_mean) != self.num_channels or len(self.image_std) != self.num_channels:
-                raise ValueError(
-                    f"image_mean and image_std need one value per channel ({self.num_channels}), "
-                    f"got {len(self.image_mean)} and {len(self.image_std)}."
-                )
-            if min(self.image_std) <= 0:
-                raise ValueError(f"image_std must be positive, got {list(self.image_std)}.")
-
-    @property
-    def image_size_hw(self) -> tuple[int, int]:
-        """`image_size` as (height, width)."""
-        if isinstance(self.image_size, int):
-            return (self.image_size, self.image_size)
-        height, width = self.image_size
-        return (int(height), int(width))
+        self.check_input_fields()
 
     @property
     def stage_resolutions(self) -> list[tuple[int, int]]:
@@ -189,16 +171,6 @@ class MimirSwinConfig(SwinConfig):
         """Whether every other block of a stage uses shifted windows (`window_size // 2`): only where the grid is
         larger than the window."""
         return [min(grid) > self.window_size for grid in self.stage_resolutions]
-
-    @classmethod
-    def from_preset(cls, name: str, **overrides) -> MimirSwinConfig:
-        """A config of a released MIMIR Swin shape: `"swin-base-224"` or `"swin-large-224"`.
-
-        Keyword arguments override the preset's fields (and set any other field).
-        """
-        if name not in PRESETS:
-            raise ValueError(f"Unknown MIMIR Swin preset {name!r}. Available presets: {', '.join(sorted(PRESETS))}.")
-        return cls(**{**PRESETS[name], **overrides})
 
 
 __all__ = ["PRESETS", "MimirSwinConfig"]

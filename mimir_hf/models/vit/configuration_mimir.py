@@ -6,10 +6,8 @@ from huggingface_hub.dataclasses import strict
 from transformers import PretrainedConfig
 from transformers.utils import logging
 
-from ...configuration_common import HUB_KWARGS, MimirConfigMixin
+from ...configuration_common import HUB_KWARGS, MimirMaeConfig
 from ...image_processing_mimir import carried_preprocessing, saved_image_processor
-from ...mutual_information import DEFAULT_MI_ALPHA, DEFAULT_MI_SIGMA, DEFAULT_MI_WEIGHT
-from ...threat_model import PRETRAINING_ATTACK
 
 logger = logging.get_logger(__name__)
 
@@ -39,7 +37,7 @@ PRESETS = {
 
 
 @strict
-class MimirConfig(MimirConfigMixin, PretrainedConfig):
+class MimirConfig(MimirMaeConfig):
     r"""
     Configuration of the MIMIR models (`MimirForPreTraining`, `MimirForImageClassification`).
 
@@ -52,76 +50,18 @@ class MimirConfig(MimirConfigMixin, PretrainedConfig):
     model, so every attack budget (`attack_epsilon`, ...) is in pixel units. The model checks the input's shape; its
     range is checked where images enter (the image processor, the attacks), not in `forward`.
 
-    Args:
-        image_size (`int` or `tuple[int, int]`, defaults to 224):
-            Input resolution; an int means a square image. Each side must be divisible by `patch_size`.
-        patch_size (`int`, defaults to 16):
-            Side of the square patches (2 for the paper's 32 px CIFAR-10 models).
-        num_channels (`int`, defaults to 3):
-            Number of input channels.
-        hidden_size (`int`, defaults to 768):
-            Width of the encoder.
-        num_hidden_layers (`int`, defaults to 12):
-            Depth of the encoder.
-        num_attention_heads (`int`, defaults to 12):
-            Attention heads per encoder layer; must divide `hidden_size`.
+    Args (the ViT's own fields and changed defaults; the shared fields are documented in `MimirMaeConfig`):
         intermediate_size (`int`, defaults to 3072):
             Width of the encoder MLP.
-        hidden_act (`str`, defaults to `"gelu"`):
-            Activation of the MLPs.
         hidden_dropout_prob (`float`, defaults to 0.0):
             Dropout on the residual branches.
-        attention_probs_dropout_prob (`float`, defaults to 0.0):
-            Dropout on the attention probabilities.
-        initializer_range (`float`, defaults to 0.02):
-            Standard deviation of the normal init of the CLS and mask tokens.
-        layer_norm_eps (`float`, defaults to 1e-6):
-            Epsilon of every LayerNorm (MAE/MIMIR use 1e-6; `ViTMAEConfig` defaults to 1e-12).
-        qkv_bias (`bool`, defaults to `True`):
-            Whether the query/key/value projections have a bias.
-        drop_path_rate (`float`, defaults to 0.0):
-            Stochastic-depth rate of the last encoder layer (linearly increasing from 0 over the depth). The paper
-            pre-trains with 0 and fine-tunes with 0.1.
-        decoder_hidden_size (`int`, defaults to 128):
-            Width of the MAE decoder (MIMIR's recommended light decoder, whatever the encoder size).
-        decoder_num_hidden_layers (`int`, defaults to 2):
-            Depth of the MAE decoder.
-        decoder_num_attention_heads (`int`, defaults to 16):
-            Attention heads per decoder layer; must divide `decoder_hidden_size`.
-        decoder_intermediate_size (`int`, defaults to 512):
-            Width of the decoder MLP.
-        mask_ratio (`float`, defaults to 0.75):
-            Fraction of patches hidden from the encoder in pre-training; it must leave at least one patch visible and
-            mask at least one (`0 < int(num_patches * (1 - mask_ratio)) < num_patches`).
-        norm_pix_loss (`bool`, defaults to `True`):
-            Reconstruct per-patch normalised pixels (mean 0, variance 1), as every MIMIR reference script does.
         classifier_pooling (`str`, defaults to `"mean"`):
             `"mean"`: average the patch tokens and apply `fc_norm` (the MAE fine-tuning head; the encoder's final
             norm is then unused). `"cls"`: the CLS token after the encoder's final norm.
-        label_smoothing (`float`, defaults to 0.1):
-            Label smoothing of the classification loss.
-        image_mean (`list[float]`, *optional*):
-            Per-channel mean subtracted inside the model. `None` feeds [0, 1] pixels to the patch embedding.
-        image_std (`list[float]`, *optional*):
-            Per-channel standard deviation divided out inside the model; set together with `image_mean`.
-        attack_epsilon (`float`, defaults to 8/255):
-            L-inf radius of the pre-training attack, in [0, 1] pixel units.
-        attack_step_size (`float`, defaults to 10/255):
-            Step size of the pre-training attack (the reference uses 10/255 with one step).
-        attack_steps (`int`, defaults to 1):
-            Number of PGD steps of the pre-training attack, which maximises the MAE loss of x' against itself.
-        attack_random_start (`bool`, defaults to `True`):
-            Start the pre-training attack from a uniform point of the eps-ball.
-        mi_estimator (`str`, defaults to `"hsic"`):
-            Estimator of the MI penalty: `"hsic"` (normalised HSIC(Z, X') with kernel width `mi_sigma`, what every
-            reference script uses), `"renyi"` (the authors' matrix Renyi alpha-entropy MI I(X; Z) on the clean images,
-            kernel widths set from each batch as in their `MI/DIB_MI.py`) or `"none"` (plain adversarial MAE).
-        mi_weight (`float`, defaults to 1e-5):
-            Weight lambda of the MI penalty in `loss = reconstruction_loss + lambda * mi_loss`.
-        mi_sigma (`float`, defaults to 5.0):
-            Width of the Gaussian kernels of the HSIC estimator (the Renyi estimator sets its own from each batch).
-        mi_alpha (`float`, defaults to 1.01):
-            Order alpha of the Renyi entropy (only for `mi_estimator="renyi"`).
+
+    `drop_path_rate` is the stochastic-depth rate of the last encoder layer (linearly increasing from 0 over the
+    depth). `initializer_range` is the standard deviation of the normal init of the CLS and mask tokens (linear layers
+    are xavier-uniform, as in MAE). `ViTMAEConfig` defaults `layer_norm_eps` to 1e-12; MAE/MIMIR use 1e-6.
 
     Example:
 
@@ -134,38 +74,9 @@ class MimirConfig(MimirConfigMixin, PretrainedConfig):
 
     model_type = "mimir"
 
-    image_size: int | list[int] | tuple[int, int] = 224
-    patch_size: int = 16
-    num_channels: int = 3
-    hidden_size: int = 768
-    num_hidden_layers: int = 12
-    num_attention_heads: int = 12
     intermediate_size: int = 3072
-    hidden_act: str = "gelu"
     hidden_dropout_prob: float | int = 0.0
-    attention_probs_dropout_prob: float | int = 0.0
-    initializer_range: float = 0.02
-    layer_norm_eps: float = 1e-6
-    qkv_bias: bool = True
-    drop_path_rate: float | int = 0.0
-    decoder_hidden_size: int = 128
-    decoder_num_hidden_layers: int = 2
-    decoder_num_attention_heads: int = 16
-    decoder_intermediate_size: int = 512
-    mask_ratio: float | int = 0.75
-    norm_pix_loss: bool = True
     classifier_pooling: str = "mean"
-    label_smoothing: float | int = 0.1
-    image_mean: list[float] | tuple[float, ...] | None = None
-    image_std: list[float] | tuple[float, ...] | None = None
-    attack_epsilon: float | int = PRETRAINING_ATTACK.epsilon
-    attack_step_size: float | int = PRETRAINING_ATTACK.step_size
-    attack_steps: int = PRETRAINING_ATTACK.steps
-    attack_random_start: bool = PRETRAINING_ATTACK.random_start
-    mi_estimator: str = "hsic"
-    mi_weight: float | int = DEFAULT_MI_WEIGHT
-    mi_sigma: float | int = DEFAULT_MI_SIGMA
-    mi_alpha: float | int = DEFAULT_MI_ALPHA
 
     presets = PRESETS
 
@@ -182,10 +93,7 @@ class MimirConfig(MimirConfigMixin, PretrainedConfig):
 
     def validate_architecture(self):
         """Checks run by `@strict` at construction: each names the field, the value and what is expected."""
-        for name in ("num_channels", "num_hidden_layers", "intermediate_size", "decoder_num_hidden_layers"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
-        self.check_common_fields()
+        super().validate_architecture()
         if self.classifier_pooling not in CLASSIFIER_POOLINGS:
             raise ValueError(
                 f"classifier_pooling must be one of {CLASSIFIER_POOLINGS}, got {self.classifier_pooling!r}."
