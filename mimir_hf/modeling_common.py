@@ -9,6 +9,7 @@ installed (transformers' own code copying only follows `from .x import` within o
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import os
@@ -20,8 +21,10 @@ from dataclasses import dataclass
 import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
-from transformers import PretrainedConfig
+from transformers import PretrainedConfig, PreTrainedModel
+from transformers import initialization as init
 from transformers.modeling_outputs import ImageClassifierOutput
+from transformers.models.vit.modeling_vit import ViTPatchEmbeddings
 from transformers.models.vit_mae.modeling_vit_mae import build_2d_sinusoidal_position_embedding
 from transformers.utils import ModelOutput, logging
 
@@ -293,11 +296,98 @@ def finish_output(output: ModelOutput, return_dict: bool):
     return output if return_dict else output.to_tuple()
 
 
+class MimirEncoderMixin:
+    """The forward of every MIMIR encoder that can also run MAE-masked (ViT, CaiT, ConViT), written once over the
+    family's parts: `self.embeddings` (pixels -> tokens, with MAE's masking), `run_layers` (the family's layers),
+    `self.layernorm` (the final norm) and `pool` (the feature its classifier starts from; the class token by
+    default). Hidden states and attentions are collected here, the same way for every family."""
+
+    def attention_modules(self) -> list[nn.Module]:
+        """The modules whose attention probabilities `output_attentions` returns, in call order."""
+        return [layer.attention for layer in self.layers]
+
+    def run_layers(
+        self, hidden_states: torch.Tensor, pixel_values: torch.Tensor, masked: bool, collected: list | None
+    ) -> torch.Tensor:
+        """The family's layers on the embeddings' tokens; returns the tokens for the final norm, class token first.
+        Appends to `collected` (when given) the tokens leaving every layer that `output_hidden_states` reports."""
+        raise NotImplementedError
+
+    def pool(self, sequence_output: torch.Tensor) -> torch.Tensor:
+        return sequence_output[:, 0]
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        noise: torch.Tensor | None = None,
+        apply_masking: bool = False,
+        interpolate_pos_encoding: bool = False,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> MimirEncoderOutput | tuple:
+        r"""
+        pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
+            Images in [0, 1].
+        noise (`torch.FloatTensor` of shape `(batch_size, num_patches)`, *optional*):
+            Uniform noise whose per-sample argsort decides the mask (with `apply_masking`; for reproducible masks).
+        apply_masking (`bool`, defaults to `False`):
+            Hide `config.mask_ratio` of the patches (MAE pre-training). `False`: every patch, in order.
+        interpolate_pos_encoding (`bool`, defaults to `False`):
+            Resize the position embeddings to the input's patch grid (for other image sizes).
+        output_hidden_states, output_attentions, return_dict (`bool`, *optional*):
+            As in transformers (unset: the config's): the tokens entering the first layer and leaving every layer
+            (see the family's `run_layers`), every attention's probabilities (`attention_modules`; fused kernels
+            return none: load with `attn_implementation="eager"`), and a `MimirEncoderOutput` rather than its tuple.
+
+        Returns `last_hidden_state` `[batch, 1 + num_tokens, hidden]` (class token first, after the final norm),
+        `pooler_output` `[batch, hidden]` (`pool`), plus `mask` and `ids_restore` with masking.
+        """
+        output_hidden_states, output_attentions, return_dict = output_flags(
+            self.config, output_hidden_states, output_attentions, return_dict
+        )
+        hidden_states, mask, ids_restore = self.embeddings(
+            pixel_values, noise=noise, apply_masking=apply_masking, interpolate_pos_encoding=interpolate_pos_encoding
+        )
+        collected = [hidden_states] if output_hidden_states else None
+        with recording_attentions(self.attention_modules(), output_attentions) as attentions:
+            hidden_states = self.run_layers(hidden_states, pixel_values, apply_masking, collected)
+        sequence_output = self.layernorm(hidden_states)
+        output = MimirEncoderOutput(
+            last_hidden_state=sequence_output,
+            pooler_output=self.pool(sequence_output),
+            mask=mask,
+            ids_restore=ids_restore,
+            hidden_states=None if collected is None else tuple(collected),
+            attentions=None if attentions is None else tuple(attentions),
+        )
+        return finish_output(output, return_dict)
+
+
 class MimirImageClassifierMixin:
     """The classification head of every MIMIR family, written once: the trunk (`self.base_model`) gives
     `pooler_output`, `head_input` prepares it (ViT's `fc_norm` for mean pooling; nothing for the class-token
     families and Swin's mean-pooled final norm), and `self.classifier` maps it to logits. The loss is the
     label-smoothed cross-entropy of `config.label_smoothing`, on class indices or soft targets (mixup / cutmix)."""
+
+    # A pre-training checkpoint's decoder is dropped on purpose; the head is new then.
+    _keys_to_ignore_on_load_unexpected = [r"^decoder\."]
+    _new_weights_allowed = ("classifier.",)
+    # The family's encoder class, which the default `__init__` builds (a family whose head has more writes its own).
+    trunk_class: type | None = None
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.attach_trunk_and_head(self.trunk_class(config))
+        self.post_init()
+
+    def attach_trunk_and_head(self, trunk: nn.Module, width: int | None = None) -> None:
+        """Set the trunk (as `self.<base_model_prefix>`) and a linear `classifier` on its `width`-wide feature
+        (`config.hidden_size` by default), after checking the config has classes."""
+        check_num_labels(self.config)
+        self.num_labels = self.config.num_labels
+        setattr(self, self.base_model_prefix, trunk)
+        self.classifier = nn.Linear(width or self.config.hidden_size, self.config.num_labels)
 
     def head_input(self, pooler_output: torch.Tensor) -> torch.Tensor:
         return pooler_output
@@ -402,11 +492,137 @@ def resize_patch_positions(positions: torch.Tensor, grid_size: tuple[int, int], 
     return table.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], -1)
 
 
+class MimirPatchTokenEmbeddings(nn.Module):
+    """[0, 1] pixels -> (optional normalisation) -> conv patch tokens (+ learned positions) -> (optional MAE masking),
+    for the families whose class token joins late (CaiT, ConViT): their position table has no class slot.
+
+    Also holds that class token, so that layer-wise lr decay counts it with the embeddings, as MAE's fine-tuning
+    does. Without `use_position_embeddings` (ConViT's `use_pos_embed=False`) there is no position table.
+    """
+
+    def __init__(self, config, use_position_embeddings: bool = True):
+        super().__init__()
+        self.config = config
+        self.normalisation = PixelNormalisation(config.num_channels, config.image_mean, config.image_std)
+        self.patch_embeddings = ViTPatchEmbeddings(config)
+        self.position_embeddings = (
+            nn.Parameter(torch.zeros(1, config.num_patches, config.hidden_size)) if use_position_embeddings else None
+        )
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
+
+    def reset_mimir_weights(self, mae: bool) -> None:
+        """timm's init (truncated normal), or MAE's (`mae`: sin-cos positions, xavier patch projection)."""
+        std = self.config.initializer_range
+        if mae:
+            if self.position_embeddings is not None:
+                positions = sincos_position_embedding(self.config.grid_size, self.config.hidden_size, cls_token=False)
+                init.copy_(self.position_embeddings, positions)
+            weight = self.patch_embeddings.projection.weight  # initialised like an nn.Linear, as in MAE
+            if not getattr(weight, "_is_hf_initialized", False):
+                nn.init.xavier_uniform_(weight.view(weight.shape[0], -1))
+            init.normal_(self.cls_token, std=std)
+        else:
+            if self.position_embeddings is not None:
+                init.trunc_normal_(self.position_embeddings, std=std)
+            init.trunc_normal_(self.cls_token, std=std)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        noise: torch.Tensor | None = None,
+        apply_masking: bool = False,
+        interpolate_pos_encoding: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Patch tokens `[B, N, D]` (only the visible ones, shuffled, with `apply_masking`), the mask and
+        `ids_restore` (`None` without masking)."""
+        config = self.config
+        check_pixel_values(
+            pixel_values, config.num_channels, config.image_size_hw, config.patch_size, interpolate_pos_encoding
+        )
+        height, width = pixel_values.shape[-2:]
+        pixel_values = self.normalisation(pixel_values)
+        embeddings = self.patch_embeddings(pixel_values.to(self.patch_embeddings.projection.weight.dtype))
+        if self.position_embeddings is not None:
+            positions = self.position_embeddings
+            if interpolate_pos_encoding:
+                new_grid = (height // config.patch_size, width // config.patch_size)
+                positions = resize_patch_positions(positions, config.grid_size, new_grid)
+            embeddings = embeddings + positions
+        if not apply_masking:
+            return embeddings, None, None
+        return random_masking(embeddings, config.mask_ratio, noise)
+
+
+def decoder_config(config, **changes):
+    """A copy of `config` at the MAE decoder's shape (`decoder_hidden_size`, `..._num_hidden_layers`,
+    `..._num_attention_heads`, `..._intermediate_size`), for building the decoder's layers from the encoder's layer
+    class; `changes` set further fields (e.g. ConViT's decoder always has a qkv bias)."""
+    copied = copy.deepcopy(config)
+    copied.hidden_size = config.decoder_hidden_size
+    copied.num_hidden_layers = config.decoder_num_hidden_layers
+    copied.num_attention_heads = config.decoder_num_attention_heads
+    copied.intermediate_size = config.decoder_intermediate_size
+    for name, value in changes.items():
+        setattr(copied, name, value)
+    return copied
+
+
+class MimirMaeDecoderBase(nn.Module):
+    """The light MAE decoder the authors built for CaiT and ConViT, but for its layers (given, built by the family
+    from `decoder_config`): `decoder_embed` to the decoder's width, a mask token for each hidden patch, fixed sin-cos
+    positions over the patch grid, the layers, `decoder_norm`, and `decoder_pred` to the `patch_size**2 *
+    num_channels` pixels of each patch. The family's `forward` says where the class token goes and how the layers
+    are called."""
+
+    def __init__(self, config, layers: list[nn.Module]):
+        super().__init__()
+        self.config = config
+        self.decoder_embed = nn.Linear(config.hidden_size, config.decoder_hidden_size)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, config.decoder_hidden_size))
+        self.decoder_pos_embed = nn.Parameter(
+            torch.zeros(1, config.num_patches, config.decoder_hidden_size), requires_grad=False
+        )  # fixed sin-cos
+        self.decoder_layers = nn.ModuleList(layers)
+        self.decoder_norm = nn.LayerNorm(config.decoder_hidden_size, eps=config.layer_norm_eps)
+        self.decoder_pred = nn.Linear(config.decoder_hidden_size, config.patch_size**2 * config.num_channels)
+
+    def reset_mimir_weights(self, mae: bool) -> None:
+        positions = sincos_position_embedding(self.config.grid_size, self.config.decoder_hidden_size, cls_token=False)
+        init.copy_(self.decoder_pos_embed, positions)
+        init.normal_(self.mask_token, std=self.config.initializer_range)
+
+    def embed(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`latent` `[B, 1 + keep, D]` (class token first) -> the class token `[B, 1, d]` and every patch's token in
+        patch order with its position `[B, num_patches, d]`, at the decoder's width `d`."""
+        tokens = self.decoder_embed(latent)
+        patches = unshuffle_with_mask_tokens(tokens[:, 1:], self.mask_token, ids_restore) + self.decoder_pos_embed
+        return tokens[:, :1], patches
+
+    def predict(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.decoder_pred(self.decoder_norm(hidden_states))
+
+
 class MimirPreTrainingMixin:
     """The MIMIR pre-training model of every family, written once (mixed in before the family's `PreTrainedModel`
     base): the family's encoder (`self.base_model`) reads X' masked, its `self.decoder` reconstructs the clean X
     (`decode`), and `mimir_pretraining_output` adds the MAE loss and the MI term. Also MAE's patch layout at the
     config's shape."""
+
+    # The authors' pre-training decays every matrix and token (timm's param_groups_weight_decay, no list).
+    _no_weight_decay_endings = ()
+    # Initialised as the authors' MAE is: xavier-uniform linear layers, sin-cos positions.
+    _mae_initialization = True
+    _keys_to_ignore_on_load_unexpected = [r"^classifier\."]  # starting from a fine-tuned classifier
+    _new_weights_allowed = ("decoder.",)  # e.g. an encoder-only checkpoint
+    # The family's encoder and decoder classes, built by `__init__`.
+    trunk_class: type | None = None
+    decoder_class: type | None = None
+
+    def __init__(self, config):
+        super().__init__(config)
+        setattr(self, self.base_model_prefix, self.trunk_class(config, mae_initialization=True))
+        self.decoder = self.decoder_class(config)
+        self.post_init()
 
     def decode(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
         """The decoder's pixel predictions `[batch, num_patches, patch_size**2 * channels]`."""
@@ -657,6 +873,50 @@ class MimirLoadingMixin:
         return result
 
 
+class MimirPreTrainedMixin(OptimizerGroupsMixin, MimirLoadingMixin):
+    """Mixed into every family's `PreTrainedModel` base (before it): image input, gradient checkpointing, batch-mean
+    losses, the fine-tuning models' weight-decay exclusions, the optimizer grouping, the loading checks, and the
+    in-model normalisation's buffers set from the config at init."""
+
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    # Losses are batch means: Trainer must divide them by the gradient-accumulation steps itself.
+    accepts_loss_kwargs = False
+    # Fine-tuning keeps the class token and the learned positions out of weight decay (MAE, timm).
+    _no_weight_decay_endings = ("cls_token", "position_embeddings")
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, PixelNormalisation):
+            module.reset()
+
+
+class MimirMaeFamilyMixin(MimirPreTrainedMixin):
+    """The base of a family MIMIR pre-trains as a masked autoencoder (ViT, CaiT, ConViT): linear layers initialised
+    as timm's classifiers are (truncated normal, `config.initializer_range`) or, with `_mae_initialization`, as MAE's
+    (xavier-uniform), zero biases; then every module that has its own init (`reset_mimir_weights(mae)`: embeddings,
+    decoder, LayerScale, ConViT's GPSA) runs it. Modules are initialised children first, so a module's own init
+    overrides its sub-layers'."""
+
+    _mae_initialization = False
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        if isinstance(module, nn.Linear):
+            if self._mae_initialization:
+                init.xavier_uniform_(module.weight)
+            else:
+                init.trunc_normal_(module.weight, std=self.config.initializer_range)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        else:
+            super()._init_weights(module)
+        if hasattr(module, "reset_mimir_weights") and not isinstance(module, PreTrainedModel):
+            module.reset_mimir_weights(mae=self._mae_initialization)
+
+
 def checkpoint_weight_names(path, **hub_kwargs) -> set[str] | None:
     """The tensor names of a checkpoint's safetensors weights (a folder or Hub id; from the shard index or the file's
     header, no tensor is read), or None when it has no readable safetensors file."""
@@ -710,15 +970,22 @@ def export_code(folder: str, module_names: list[str]) -> list[str]:
 
 __all__ = [
     "DropPath",
+    "MimirEncoderMixin",
     "MimirEncoderOutput",
     "MimirForPreTrainingOutput",
+    "MimirImageClassifierMixin",
     "MimirLoadingMixin",
+    "MimirMaeDecoderBase",
+    "MimirMaeFamilyMixin",
+    "MimirPatchTokenEmbeddings",
+    "MimirPreTrainedMixin",
     "MimirPreTrainingMixin",
     "PixelNormalisation",
     "check_labels",
     "classification_loss",
     "check_pixel_values",
     "checkpoint_weight_names",
+    "decoder_config",
     "export_code",
     "masked_reconstruction_loss",
     "mimir_pretraining_output",

@@ -1,19 +1,19 @@
 """MIMIR CaiT models: class-attention image transformers (Touvron et al. 2021), the classifier the authors released and
 the masked autoencoder they pre-trained it as.
 
-Read top to bottom: embeddings -> talking-heads attention -> class attention -> LayerScale -> the two layer kinds ->
-the MAE decoder -> `MimirCaitPreTrainedModel` -> `MimirCaitModel` (the trunk) -> `MimirCaitForImageClassification`,
+Read top to bottom: talking-heads attention -> class attention -> LayerScale -> the two layer kinds -> the MAE
+decoder -> `MimirCaitPreTrainedModel` -> `MimirCaitModel` (the trunk) -> `MimirCaitForImageClassification`,
 `MimirCaitForPreTraining`. Pixel values are in [0, 1]; the optional per-channel normalisation of the config is applied
 inside the embeddings, so attacks act on pixels.
 
-The building blocks CaiT shares with ViT are transformers' own (`ViTPatchEmbeddings`, `ViTMLP`, and `ViTAttention`
-under the class attention); what CaiT adds is written here. Module names follow transformers' ViT (`q_proj`, `o_proj`,
-`layernorm_before`, ...); `convert_cait.py` maps the authors' timm-layout checkpoints onto them.
+The building blocks CaiT shares with ViT are transformers' own (`ViTMLP`, and `ViTAttention` under the class
+attention); those it shares with the other MIMIR families are `modeling_common`'s (the embeddings with a late class
+token, the MAE decoder's frame, the classification head, the pre-training model); what CaiT adds is written here.
+Module names follow transformers' ViT (`q_proj`, `o_proj`, `layernorm_before`, ...); `convert_cait.py` maps the
+authors' timm-layout checkpoints onto them.
 """
 
 from __future__ import annotations
-
-import copy
 
 import torch
 from torch import nn
@@ -21,82 +21,19 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.models.vit.modeling_vit import ViTAttention, ViTMLP, ViTPatchEmbeddings, eager_attention_forward
+from transformers.models.vit.modeling_vit import ViTAttention, ViTMLP, eager_attention_forward
 
 from ...modeling_common import (
     DropPath,
-    MimirEncoderOutput,
+    MimirEncoderMixin,
     MimirImageClassifierMixin,
-    MimirLoadingMixin,
+    MimirMaeDecoderBase,
+    MimirMaeFamilyMixin,
+    MimirPatchTokenEmbeddings,
     MimirPreTrainingMixin,
-    OptimizerGroupsMixin,
-    PixelNormalisation,
-    check_num_labels,
-    check_pixel_values,
-    finish_output,
-    output_flags,
-    random_masking,
-    recording_attentions,
-    resize_patch_positions,
-    sincos_position_embedding,
-    unshuffle_with_mask_tokens,
+    decoder_config,
 )
 from .configuration_mimir_cait import MimirCaitConfig
-
-
-class MimirCaitEmbeddings(nn.Module):
-    """[0, 1] pixels -> (optional normalisation) -> conv patch tokens + learned positions -> (optional MAE masking).
-
-    Also holds the class token, which CaiT only joins at the class-attention stage (its position table has no class
-    slot), so that layer-wise lr decay counts it with the embeddings, as MAE's fine-tuning does.
-    """
-
-    def __init__(self, config: MimirCaitConfig):
-        super().__init__()
-        self.config = config
-        self.normalisation = PixelNormalisation(config.num_channels, config.image_mean, config.image_std)
-        self.patch_embeddings = ViTPatchEmbeddings(config)
-        self.position_embeddings = nn.Parameter(torch.zeros(1, config.num_patches, config.hidden_size))
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
-
-    def initialize_weights(self, mae: bool) -> None:
-        """timm's CaiT init (truncated normal), or MAE's (`mae`: sin-cos positions, xavier patch projection)."""
-        std = self.config.initializer_range
-        if mae:
-            positions = sincos_position_embedding(self.config.grid_size, self.config.hidden_size, cls_token=False)
-            init.copy_(self.position_embeddings, positions)
-            weight = self.patch_embeddings.projection.weight  # initialised like an nn.Linear, as in MAE
-            if not getattr(weight, "_is_hf_initialized", False):
-                nn.init.xavier_uniform_(weight.view(weight.shape[0], -1))
-            init.normal_(self.cls_token, std=std)
-        else:
-            init.trunc_normal_(self.position_embeddings, std=std)
-            init.trunc_normal_(self.cls_token, std=std)
-
-    def forward(
-        self,
-        pixel_values: torch.Tensor,
-        noise: torch.Tensor | None = None,
-        apply_masking: bool = False,
-        interpolate_pos_encoding: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """Patch tokens `[B, N, D]` with positions (only the visible ones, shuffled, with `apply_masking`), the mask
-        and `ids_restore` (`None` without masking)."""
-        config = self.config
-        check_pixel_values(
-            pixel_values, config.num_channels, config.image_size_hw, config.patch_size, interpolate_pos_encoding
-        )
-        height, width = pixel_values.shape[-2:]
-        pixel_values = self.normalisation(pixel_values)
-        embeddings = self.patch_embeddings(pixel_values.to(self.patch_embeddings.projection.weight.dtype))
-        positions = self.position_embeddings
-        if interpolate_pos_encoding:
-            new_grid = (height // config.patch_size, width // config.patch_size)
-            positions = resize_patch_positions(positions, config.grid_size, new_grid)
-        embeddings = embeddings + positions
-        if not apply_masking:
-            return embeddings, None, None
-        return random_masking(embeddings, config.mask_ratio, noise)
 
 
 def mix_heads(mixer: nn.Linear, scores: torch.Tensor) -> torch.Tensor:
@@ -175,7 +112,11 @@ class MimirCaitLayerScale(nn.Module):
 
     def __init__(self, config: MimirCaitConfig):
         super().__init__()
-        self.lambda1 = nn.Parameter(torch.full((config.hidden_size,), float(config.layer_scale_init)))
+        self.init_value = float(config.layer_scale_init)
+        self.lambda1 = nn.Parameter(torch.full((config.hidden_size,), self.init_value))
+
+    def reset_mimir_weights(self, mae: bool) -> None:
+        init.constant_(self.lambda1, self.init_value)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return hidden_states * self.lambda1
@@ -222,7 +163,7 @@ class MimirCaitClassAttentionLayer(GradientCheckpointingLayer):
         return class_token + self.layer_scale2(self.mlp(self.layernorm_after(class_token)))
 
 
-class MimirCaitDecoder(nn.Module):
+class MimirCaitDecoder(MimirMaeDecoderBase):
     """The authors' light CaiT decoder (`MaskedAutoencoderCait`, `use_cait_block=True`).
 
     Encoder tokens [class, visible] -> `decoder_embed`; mask tokens fill the hidden patches, which are put back in
@@ -233,88 +174,39 @@ class MimirCaitDecoder(nn.Module):
     """
 
     def __init__(self, config: MimirCaitConfig):
-        super().__init__()
-        self.config = config
-        decoder_config = copy.deepcopy(config)
-        decoder_config.hidden_size = config.decoder_hidden_size
-        decoder_config.num_hidden_layers = config.decoder_num_hidden_layers
-        decoder_config.num_attention_heads = config.decoder_num_attention_heads
-        decoder_config.intermediate_size = config.decoder_intermediate_size
-        self.decoder_embed = nn.Linear(config.hidden_size, config.decoder_hidden_size)
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, config.decoder_hidden_size))
-        self.decoder_pos_embed = nn.Parameter(
-            torch.zeros(1, config.num_patches, config.decoder_hidden_size), requires_grad=False
-        )  # fixed sin-cos
-        self.decoder_layers = nn.ModuleList(
-            [MimirCaitLayer(decoder_config, config.drop_path_rate) for _ in range(config.decoder_num_hidden_layers)]
-        )
-        self.decoder_norm = nn.LayerNorm(config.decoder_hidden_size, eps=config.layer_norm_eps)
-        self.decoder_pred = nn.Linear(config.decoder_hidden_size, config.patch_size**2 * config.num_channels)
-
-    def initialize_weights(self) -> None:
-        positions = sincos_position_embedding(self.config.grid_size, self.config.decoder_hidden_size, cls_token=False)
-        init.copy_(self.decoder_pos_embed, positions)
-        init.normal_(self.mask_token, std=self.config.initializer_range)
+        layer_config = decoder_config(config)
+        layers = [MimirCaitLayer(layer_config, config.drop_path_rate) for _ in range(config.decoder_num_hidden_layers)]
+        super().__init__(config, layers)
 
     def forward(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
         """`latent` `[B, 1 + keep, D]` (class token first) -> predicted pixels `[B, num_patches, p * p * C]`."""
-        tokens = self.decoder_embed(latent)
-        patches = unshuffle_with_mask_tokens(tokens[:, 1:], self.mask_token, ids_restore) + self.decoder_pos_embed
-        hidden_states = torch.cat([tokens[:, :1], patches], dim=1)
+        class_token, patches = self.embed(latent, ids_restore)
+        hidden_states = torch.cat([class_token, patches], dim=1)
         for layer in self.decoder_layers:
             hidden_states = layer(hidden_states)
-        return self.decoder_pred(self.decoder_norm(hidden_states))[:, 1:]
+        return self.predict(hidden_states)[:, 1:]
 
 
-class MimirCaitPreTrainedModel(OptimizerGroupsMixin, MimirLoadingMixin, PreTrainedModel):
-    """What the MIMIR CaiT models share: the config class, the init, mimir_hf's loading checks and code export."""
+class MimirCaitPreTrainedModel(MimirMaeFamilyMixin, PreTrainedModel):
+    """What the MIMIR CaiT models share: the config class, the init (timm's CaiT init, truncated normal, by default;
+    MAE's for pre-training; LayerScale vectors at `layer_scale_init`), mimir_hf's loading checks and code export."""
 
     config_class = MimirCaitConfig
     config: MimirCaitConfig
     base_model_prefix = "cait"
-    main_input_name = "pixel_values"
-    input_modalities = ("image",)
-    supports_gradient_checkpointing = True
-    _no_split_modules = ["MimirCaitEmbeddings", "MimirCaitLayer", "MimirCaitClassAttentionLayer"]
+    _no_split_modules = ["MimirPatchTokenEmbeddings", "MimirCaitLayer", "MimirCaitClassAttentionLayer"]
     # SDPA serves the class attention only; the talking-heads layers always compute attention explicitly.
     _supports_sdpa = True
-    # Losses are batch means: Trainer must divide them by the gradient-accumulation steps itself.
-    accepts_loss_kwargs = False
-    # Fine-tuning keeps the class token and the learned positions out of weight decay (MAE, timm).
-    _no_weight_decay_endings = ("cls_token", "position_embeddings")
     _auto_classes = {
         "AutoModel": "MimirCaitModel",
         "AutoModelForPreTraining": "MimirCaitForPreTraining",
         "AutoModelForImageClassification": "MimirCaitForImageClassification",
     }
-    # timm's CaiT init (truncated normal) by default; MAE's (xavier-uniform, sin-cos positions) for pre-training.
-    _mae_initialization = False
-
-    @torch.no_grad()
-    def _init_weights(self, module):
-        """Linear layers truncated-normal (timm) or xavier-uniform (MAE), zero biases; unit norms; positions, class
-        and mask tokens; LayerScale vectors at `layer_scale_init`; the normalisation buffers from the config."""
-        if isinstance(module, nn.Linear):
-            if self._mae_initialization:
-                init.xavier_uniform_(module.weight)
-            else:
-                init.trunc_normal_(module.weight, std=self.config.initializer_range)
-            if module.bias is not None:
-                init.zeros_(module.bias)
-        else:
-            super()._init_weights(module)
-        if isinstance(module, MimirCaitEmbeddings):
-            module.initialize_weights(mae=self._mae_initialization)
-        elif isinstance(module, MimirCaitDecoder):
-            module.initialize_weights()
-        elif isinstance(module, MimirCaitLayerScale):
-            init.constant_(module.lambda1, self.config.layer_scale_init)
-        elif isinstance(module, PixelNormalisation):
-            module.reset()
 
 
-class MimirCaitModel(MimirCaitPreTrainedModel):
-    """The CaiT trunk: embeddings, self-attention layers over the patches, class-attention layers, final LayerNorm.
+class MimirCaitModel(MimirEncoderMixin, MimirCaitPreTrainedModel):
+    """The CaiT trunk: embeddings, self-attention layers over the patches, class-attention layers, final LayerNorm;
+    `forward` is `MimirEncoderMixin`'s, `pooler_output` the normalised class token.
 
     With `apply_masking=True` it is the MAE encoder of pre-training: the layers see only the visible patches and the
     class token attends over [class token, visible patches]. `mae_initialization` selects MAE's init for a trunk built
@@ -324,7 +216,7 @@ class MimirCaitModel(MimirCaitPreTrainedModel):
     def __init__(self, config: MimirCaitConfig, mae_initialization: bool = False):
         super().__init__(config)
         self._mae_initialization = mae_initialization
-        self.embeddings = MimirCaitEmbeddings(config)
+        self.embeddings = MimirPatchTokenEmbeddings(config)
         self.layers = nn.ModuleList(
             [MimirCaitLayer(config, config.drop_path_rate) for _ in range(config.num_hidden_layers)]
         )
@@ -334,81 +226,28 @@ class MimirCaitModel(MimirCaitPreTrainedModel):
         self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.post_init()
 
-    def forward(
-        self,
-        pixel_values: torch.Tensor,
-        noise: torch.Tensor | None = None,
-        apply_masking: bool = False,
-        interpolate_pos_encoding: bool = False,
-        output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
-        return_dict: bool | None = None,
-    ) -> MimirEncoderOutput | tuple:
-        r"""
-        pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
-            Images in [0, 1].
-        noise (`torch.FloatTensor` of shape `(batch_size, num_patches)`, *optional*):
-            Uniform noise whose per-sample argsort decides the mask (with `apply_masking`; for reproducible masks).
-        apply_masking (`bool`, defaults to `False`):
-            Hide `config.mask_ratio` of the patches (MAE pre-training). `False`: every patch, in order.
-        interpolate_pos_encoding (`bool`, defaults to `False`):
-            Resize the position embeddings to the input's patch grid (for other image sizes).
-        output_hidden_states (`bool`, *optional*):
-            Also return the patch tokens entering every self-attention layer and leaving the last one.
-        output_attentions (`bool`, *optional*):
-            Also return every layer's attention probabilities (unset: the config's): the self-attention layers
-            over the patches, then the class-attention layers.
-        return_dict (`bool`, *optional*):
-            A `MimirEncoderOutput`, or its tuple with `False` (unset: the config's).
+    def attention_modules(self) -> list[nn.Module]:
+        """The self-attention layers' attentions, then the class-attention layers'."""
+        return [layer.attention for layer in (*self.layers, *self.class_attention_layers)]
 
-        Returns `last_hidden_state` `[batch, 1 + num_tokens, hidden]` (class token first, after the final norm) and
-        `pooler_output` `[batch, hidden]` (the normalised class token), plus `mask` and `ids_restore` with masking.
-        """
-        output_hidden_states, output_attentions, return_dict = output_flags(
-            self.config, output_hidden_states, output_attentions, return_dict
-        )
-        hidden_states, mask, ids_restore = self.embeddings(
-            pixel_values, noise=noise, apply_masking=apply_masking, interpolate_pos_encoding=interpolate_pos_encoding
-        )
-        all_hidden_states = (hidden_states,) if output_hidden_states else None
-        attention_modules = [layer.attention for layer in (*self.layers, *self.class_attention_layers)]
-        with recording_attentions(attention_modules, output_attentions) as attentions:
-            for layer in self.layers:
-                hidden_states = layer(hidden_states)
-                if output_hidden_states:
-                    all_hidden_states += (hidden_states,)
-
-            class_token = self.embeddings.cls_token.expand(hidden_states.shape[0], -1, -1)
-            for layer in self.class_attention_layers:
-                class_token = layer(class_token, hidden_states)
-
-        sequence_output = self.layernorm(torch.cat([class_token, hidden_states], dim=1))
-        output = MimirEncoderOutput(
-            last_hidden_state=sequence_output,
-            pooler_output=sequence_output[:, 0],
-            mask=mask,
-            ids_restore=ids_restore,
-            hidden_states=all_hidden_states,
-            attentions=None if attentions is None else tuple(attentions),
-        )
-        return finish_output(output, return_dict)
+    def run_layers(self, hidden_states, pixel_values, masked, collected):
+        """The self-attention layers over the patches (each one's output collected), then the class-attention layers
+        over [class token, patches]; returns [class token, patches] for the final norm."""
+        for layer in self.layers:
+            hidden_states = layer(hidden_states)
+            if collected is not None:
+                collected.append(hidden_states)
+        class_token = self.embeddings.cls_token.expand(hidden_states.shape[0], -1, -1)
+        for layer in self.class_attention_layers:
+            class_token = layer(class_token, hidden_states)
+        return torch.cat([class_token, hidden_states], dim=1)
 
 
 class MimirCaitForImageClassification(MimirImageClassifierMixin, MimirCaitPreTrainedModel):
     """CaiT with a linear head on the normalised class token: `logits = classifier(features(pixel_values))` (timm's
     `Cait` with `global_pool="token"`, what MIMIR fine-tunes)."""
 
-    # A pre-training checkpoint's decoder is dropped on purpose; the head is new then.
-    _keys_to_ignore_on_load_unexpected = [r"^decoder\."]
-    _new_weights_allowed = ("classifier.",)
-
-    def __init__(self, config: MimirCaitConfig):
-        super().__init__(config)
-        check_num_labels(config)
-        self.num_labels = config.num_labels
-        self.cait = MimirCaitModel(config)
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
-        self.post_init()
+    trunk_class = MimirCaitModel
 
 
 class MimirCaitForPreTraining(MimirPreTrainingMixin, MimirCaitPreTrainedModel):
@@ -421,18 +260,8 @@ class MimirCaitForPreTraining(MimirPreTrainingMixin, MimirCaitPreTrainedModel):
     encoder positions, fixed sin-cos decoder positions, N(0, 0.02) class and mask tokens.
     """
 
-    # The authors' pre-training decays every matrix and token (timm's param_groups_weight_decay, no list).
-    _no_weight_decay_endings = ()
-
-    _mae_initialization = True
-    _keys_to_ignore_on_load_unexpected = [r"^classifier\."]  # starting from a fine-tuned classifier
-    _new_weights_allowed = ("decoder.",)  # e.g. an encoder-only checkpoint
-
-    def __init__(self, config: MimirCaitConfig):
-        super().__init__(config)
-        self.cait = MimirCaitModel(config, mae_initialization=True)
-        self.decoder = MimirCaitDecoder(config)
-        self.post_init()
+    trunk_class = MimirCaitModel
+    decoder_class = MimirCaitDecoder
 
 
 __all__ = [

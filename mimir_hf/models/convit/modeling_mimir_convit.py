@@ -1,20 +1,21 @@
 """MIMIR ConViT models: vision transformers with gated positional self-attention (d'Ascoli et al. 2021), the
 classifier the authors released and the masked autoencoder they pre-trained it as.
 
-Read top to bottom: embeddings -> relative patch offsets -> gated positional self-attention (GPSA) -> layer -> the MAE
+Read top to bottom: relative patch offsets -> gated positional self-attention (GPSA) -> layer -> the MAE
 decoder -> `MimirConvitPreTrainedModel` -> `MimirConvitModel` (the trunk) -> `MimirConvitForImageClassification`,
 `MimirConvitForPreTraining`. Pixel values are in [0, 1]; the optional per-channel normalisation of the config is
 applied inside the embeddings, so attacks act on pixels.
 
-The building blocks ConViT shares with ViT are transformers' own (`ViTPatchEmbeddings`, `ViTMLP`, and `ViTAttention`
-for the ordinary layers from `local_up_to_layer` on, which therefore run on SDPA); GPSA is written here. Module names
+The building blocks ConViT shares with ViT are transformers' own (`ViTMLP`, and `ViTAttention` for the ordinary layers
+from `local_up_to_layer` on, which therefore run on SDPA); those it shares with the other MIMIR families are
+`modeling_common`'s (the embeddings with a late class token, the MAE decoder's frame, the classification head, the
+pre-training model); GPSA is written here. Module names
 follow transformers' ViT (`q_proj`, `o_proj`, `layernorm_before`, ...); `convert_convit.py` maps the authors'
 timm-layout checkpoints onto them.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 
 import torch
@@ -22,88 +23,19 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.models.vit.modeling_vit import ViTAttention, ViTMLP, ViTPatchEmbeddings
+from transformers.models.vit.modeling_vit import ViTAttention, ViTMLP
 
 from ...modeling_common import (
     DropPath,
-    MimirEncoderOutput,
+    MimirEncoderMixin,
     MimirImageClassifierMixin,
-    MimirLoadingMixin,
+    MimirMaeDecoderBase,
+    MimirMaeFamilyMixin,
+    MimirPatchTokenEmbeddings,
     MimirPreTrainingMixin,
-    OptimizerGroupsMixin,
-    PixelNormalisation,
-    check_num_labels,
-    check_pixel_values,
-    finish_output,
-    output_flags,
-    random_masking,
-    recording_attentions,
-    resize_patch_positions,
-    sincos_position_embedding,
-    unshuffle_with_mask_tokens,
+    decoder_config,
 )
 from .configuration_mimir_convit import MimirConvitConfig
-
-
-class MimirConvitEmbeddings(nn.Module):
-    """[0, 1] pixels -> (optional normalisation) -> conv patch tokens (+ learned positions when `use_pos_embed`) ->
-    (optional MAE masking).
-
-    Also holds the class token, which ConViT only joins after the GPSA layers (its position table has no class slot),
-    so that layer-wise lr decay counts it with the embeddings, as MAE's fine-tuning does.
-    """
-
-    def __init__(self, config: MimirConvitConfig):
-        super().__init__()
-        self.config = config
-        self.normalisation = PixelNormalisation(config.num_channels, config.image_mean, config.image_std)
-        self.patch_embeddings = ViTPatchEmbeddings(config)
-        self.position_embeddings = (
-            nn.Parameter(torch.zeros(1, config.num_patches, config.hidden_size)) if config.use_pos_embed else None
-        )
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
-
-    def initialize_weights(self, mae: bool) -> None:
-        """timm's ConViT init (truncated normal), or MAE's (`mae`: sin-cos positions, xavier patch projection)."""
-        std = self.config.initializer_range
-        if mae:
-            if self.position_embeddings is not None:
-                positions = sincos_position_embedding(self.config.grid_size, self.config.hidden_size, cls_token=False)
-                init.copy_(self.position_embeddings, positions)
-            weight = self.patch_embeddings.projection.weight  # initialised like an nn.Linear, as in MAE
-            if not getattr(weight, "_is_hf_initialized", False):
-                nn.init.xavier_uniform_(weight.view(weight.shape[0], -1))
-            init.normal_(self.cls_token, std=std)
-        else:
-            if self.position_embeddings is not None:
-                init.trunc_normal_(self.position_embeddings, std=std)
-            init.trunc_normal_(self.cls_token, std=std)
-
-    def forward(
-        self,
-        pixel_values: torch.Tensor,
-        noise: torch.Tensor | None = None,
-        apply_masking: bool = False,
-        interpolate_pos_encoding: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """Patch tokens `[B, N, D]` (only the visible ones, shuffled, with `apply_masking`), the mask and
-        `ids_restore` (`None` without masking)."""
-        config = self.config
-        check_pixel_values(
-            pixel_values, config.num_channels, config.image_size_hw, config.patch_size, interpolate_pos_encoding
-        )
-        height, width = pixel_values.shape[-2:]
-        pixel_values = self.normalisation(pixel_values)
-        embeddings = self.patch_embeddings(pixel_values.to(self.patch_embeddings.projection.weight.dtype))
-        if self.position_embeddings is not None:
-            positions = self.position_embeddings
-            if interpolate_pos_encoding:
-                new_grid = (height // config.patch_size, width // config.patch_size)
-                positions = resize_patch_positions(positions, config.grid_size, new_grid)
-            embeddings = embeddings + positions
-        if not apply_masking:
-            return embeddings, None, None
-        return random_masking(embeddings, config.mask_ratio, noise)
 
 
 def relative_patch_offsets(
@@ -157,6 +89,10 @@ class MimirConvitGatedPositionalAttention(nn.Module):
         self.o_proj = nn.Linear(config.hidden_size, config.hidden_size)
         self.position_proj = nn.Linear(3, self.num_heads)  # timm: attn.pos_proj
         self.gating_param = nn.Parameter(torch.ones(self.num_heads))
+
+    def reset_mimir_weights(self, mae: bool) -> None:
+        """ConViT's local init, after the generic init of its projections (see `initialize_locality`)."""
+        self.initialize_locality()
 
     @torch.no_grad()
     def initialize_locality(self) -> None:
@@ -222,7 +158,7 @@ class MimirConvitLayer(GradientCheckpointingLayer):
         return hidden_states + self.drop_path(self.mlp(self.layernorm_after(hidden_states)))
 
 
-class MimirConvitDecoder(nn.Module):
+class MimirConvitDecoder(MimirMaeDecoderBase):
     """The authors' light ConViT decoder (`MaskedAutoencoderConVit`, `use_convit_dec=True`).
 
     Encoder tokens [class, visible] -> `decoder_embed`; the class token is set aside for good; mask tokens fill the
@@ -234,91 +170,39 @@ class MimirConvitDecoder(nn.Module):
     """
 
     def __init__(self, config: MimirConvitConfig):
-        super().__init__()
-        self.config = config
-        decoder_config = copy.deepcopy(config)
-        decoder_config.hidden_size = config.decoder_hidden_size
-        decoder_config.num_hidden_layers = config.decoder_num_hidden_layers
-        decoder_config.num_attention_heads = config.decoder_num_attention_heads
-        decoder_config.intermediate_size = config.decoder_intermediate_size
-        decoder_config.qkv_bias = True
-        self.decoder_embed = nn.Linear(config.hidden_size, config.decoder_hidden_size)
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, config.decoder_hidden_size))
-        self.decoder_pos_embed = nn.Parameter(
-            torch.zeros(1, config.num_patches, config.decoder_hidden_size), requires_grad=False
-        )  # fixed sin-cos
-        self.decoder_layers = nn.ModuleList(
-            [MimirConvitLayer(decoder_config, use_gpsa=True) for _ in range(config.decoder_num_hidden_layers)]
-        )
-        self.decoder_norm = nn.LayerNorm(config.decoder_hidden_size, eps=config.layer_norm_eps)
-        self.decoder_pred = nn.Linear(config.decoder_hidden_size, config.patch_size**2 * config.num_channels)
-
-    def initialize_weights(self) -> None:
-        positions = sincos_position_embedding(self.config.grid_size, self.config.decoder_hidden_size, cls_token=False)
-        init.copy_(self.decoder_pos_embed, positions)
-        init.normal_(self.mask_token, std=self.config.initializer_range)
+        layer_config = decoder_config(config, qkv_bias=True)
+        layers = [MimirConvitLayer(layer_config, use_gpsa=True) for _ in range(config.decoder_num_hidden_layers)]
+        super().__init__(config, layers)
 
     def forward(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
         """`latent` `[B, 1 + keep, D]` (class token first) -> predicted pixels `[B, num_patches, p * p * C]`."""
-        tokens = self.decoder_embed(latent)
-        hidden_states = unshuffle_with_mask_tokens(tokens[:, 1:], self.mask_token, ids_restore) + self.decoder_pos_embed
+        _, hidden_states = self.embed(latent, ids_restore)
         offsets = relative_patch_offsets(self.config.grid_size, device=hidden_states.device, dtype=hidden_states.dtype)
         for layer in self.decoder_layers:
             hidden_states = layer(hidden_states, offsets)
-        return self.decoder_pred(self.decoder_norm(hidden_states))
+        return self.predict(hidden_states)
 
 
-class MimirConvitPreTrainedModel(OptimizerGroupsMixin, MimirLoadingMixin, PreTrainedModel):
-    """What the MIMIR ConViT models share: the config class, the init, mimir_hf's loading checks and code export."""
+class MimirConvitPreTrainedModel(MimirMaeFamilyMixin, PreTrainedModel):
+    """What the MIMIR ConViT models share: the config class, the init (timm's ConViT init, truncated normal, by
+    default; MAE's for pre-training; then GPSA's local init), mimir_hf's loading checks and code export."""
 
     config_class = MimirConvitConfig
     config: MimirConvitConfig
     base_model_prefix = "convit"
-    main_input_name = "pixel_values"
-    input_modalities = ("image",)
-    supports_gradient_checkpointing = True
-    _no_split_modules = ["MimirConvitEmbeddings", "MimirConvitLayer"]
+    _no_split_modules = ["MimirPatchTokenEmbeddings", "MimirConvitLayer"]
     # SDPA serves the ordinary layers (from `local_up_to_layer` on); GPSA always computes attention explicitly.
     _supports_sdpa = True
-    # Losses are batch means: Trainer must divide them by the gradient-accumulation steps itself.
-    accepts_loss_kwargs = False
-    # Fine-tuning keeps the class token and the learned positions out of weight decay (MAE, timm).
-    _no_weight_decay_endings = ("cls_token", "position_embeddings")
     _auto_classes = {
         "AutoModel": "MimirConvitModel",
         "AutoModelForPreTraining": "MimirConvitForPreTraining",
         "AutoModelForImageClassification": "MimirConvitForImageClassification",
     }
-    # timm's ConViT init (truncated normal) by default; MAE's (xavier-uniform, sin-cos positions) for pre-training.
-    _mae_initialization = False
-
-    @torch.no_grad()
-    def _init_weights(self, module):
-        """Linear layers truncated-normal (timm) or xavier-uniform (MAE), zero biases; unit norms; positions, class
-        and mask tokens; then GPSA's local init (modules are initialised children first, so it overrides its
-        projections' init); the normalisation buffers from the config."""
-        if isinstance(module, nn.Linear):
-            if self._mae_initialization:
-                init.xavier_uniform_(module.weight)
-            else:
-                init.trunc_normal_(module.weight, std=self.config.initializer_range)
-            if module.bias is not None:
-                init.zeros_(module.bias)
-        else:
-            super()._init_weights(module)
-        if isinstance(module, MimirConvitGatedPositionalAttention):
-            module.initialize_locality()
-        elif isinstance(module, MimirConvitEmbeddings):
-            module.initialize_weights(mae=self._mae_initialization)
-        elif isinstance(module, MimirConvitDecoder):
-            module.initialize_weights()
-        elif isinstance(module, PixelNormalisation):
-            module.reset()
 
 
-class MimirConvitModel(MimirConvitPreTrainedModel):
+class MimirConvitModel(MimirEncoderMixin, MimirConvitPreTrainedModel):
     """The ConViT trunk: embeddings, `local_up_to_layer` GPSA layers over the patches, the class token joined, the
-    ordinary layers, final LayerNorm. `pooler_output` is the class token after the final norm.
+    ordinary layers, final LayerNorm; `forward` is `MimirEncoderMixin`'s, `pooler_output` the normalised class token.
 
     With `apply_masking=True` it is the authors' MAE encoder: the layers see only the visible patches, in their shuffled
     order, and GPSA's relative offsets are those of a square grid of that many tokens. `mae_initialization` selects
@@ -328,7 +212,7 @@ class MimirConvitModel(MimirConvitPreTrainedModel):
     def __init__(self, config: MimirConvitConfig, mae_initialization: bool = False):
         super().__init__(config)
         self._mae_initialization = mae_initialization
-        self.embeddings = MimirConvitEmbeddings(config)
+        self.embeddings = MimirPatchTokenEmbeddings(config, use_position_embeddings=config.use_pos_embed)
         depth = config.num_hidden_layers
         rates = [config.drop_path_rate * index / max(depth - 1, 1) for index in range(depth)]  # linear ramp from 0
         self.layers = nn.ModuleList(
@@ -337,100 +221,30 @@ class MimirConvitModel(MimirConvitPreTrainedModel):
         self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.post_init()
 
-    def gpsa_grid(self, num_tokens: int, pixel_values: torch.Tensor, masked: bool) -> tuple[int, int]:
-        """The grid GPSA's offsets are computed on: the input's patch grid, or with masking the square grid the
-        authors' GPSA assumes for the `num_tokens` visible patches (a `ValueError` when that is not a square)."""
-        if not masked:
-            return (pixel_values.shape[-2] // self.config.patch_size, pixel_values.shape[-1] // self.config.patch_size)
-        side = math.isqrt(num_tokens)
-        if side * side != num_tokens and self.config.local_up_to_layer > 0:
-            raise ValueError(
-                f"ConViT's GPSA layers see the {num_tokens} visible patches as a square grid (as the authors' MAE "
-                f"does), so their number int(num_patches * (1 - mask_ratio)) must be a square; choose image_size and "
-                f"mask_ratio accordingly (e.g. 0.75 on a square grid of an even side)."
-            )
-        return (side, side)
-
-    def forward(
-        self,
-        pixel_values: torch.Tensor,
-        noise: torch.Tensor | None = None,
-        apply_masking: bool = False,
-        interpolate_pos_encoding: bool = False,
-        output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
-        return_dict: bool | None = None,
-    ) -> MimirEncoderOutput | tuple:
-        r"""
-        pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
-            Images in [0, 1].
-        noise (`torch.FloatTensor` of shape `(batch_size, num_patches)`, *optional*):
-            Uniform noise whose per-sample argsort decides the mask (with `apply_masking`; for reproducible masks).
-        apply_masking (`bool`, defaults to `False`):
-            Hide `config.mask_ratio` of the patches (MAE pre-training). `False`: every patch, in order.
-        interpolate_pos_encoding (`bool`, defaults to `False`):
-            Resize the position embeddings to the input's patch grid (GPSA's offsets always follow the input grid).
-        output_hidden_states (`bool`, *optional*):
-            Also return the tokens entering every layer and leaving the last one (patches only before layer
-            `local_up_to_layer`, class token first from there on).
-        output_attentions (`bool`, *optional*):
-            Also return every layer's attention probabilities (unset: the config's), GPSA and ordinary layers
-            alike; the ordinary ones need `attn_implementation="eager"`.
-        return_dict (`bool`, *optional*):
-            A `MimirEncoderOutput`, or its tuple with `False` (unset: the config's).
-
-        Returns `last_hidden_state` `[batch, 1 + num_tokens, hidden]` (class token first, after the final norm) and
-        `pooler_output` `[batch, hidden]` (the normalised class token), plus `mask` and `ids_restore` with masking.
-        """
-        output_hidden_states, output_attentions, return_dict = output_flags(
-            self.config, output_hidden_states, output_attentions, return_dict
-        )
-        hidden_states, mask, ids_restore = self.embeddings(
-            pixel_values, noise=noise, apply_masking=apply_masking, interpolate_pos_encoding=interpolate_pos_encoding
-        )
-        if apply_masking and self.config.local_up_to_layer > 0:
+    def run_layers(self, hidden_states, pixel_values, masked, collected):
+        """Every layer (each one's output collected), the class token joined in front before layer
+        `local_up_to_layer`. GPSA's offsets follow the input's patch grid, or with masking the square grid the
+        authors' GPSA assumes for the visible patches."""
+        if masked and self.config.local_up_to_layer > 0:
             grid = visible_patch_grid(hidden_states.shape[1])
         else:
             grid = (pixel_values.shape[-2] // self.config.patch_size, pixel_values.shape[-1] // self.config.patch_size)
         relative_offsets = relative_patch_offsets(grid, device=hidden_states.device, dtype=hidden_states.dtype)
-
-        all_hidden_states = (hidden_states,) if output_hidden_states else None
-        with recording_attentions([layer.attention for layer in self.layers], output_attentions) as attentions:
-            for index, layer in enumerate(self.layers):
-                if index == self.config.local_up_to_layer:
-                    class_token = self.embeddings.cls_token.expand(hidden_states.shape[0], -1, -1)
-                    hidden_states = torch.cat([class_token, hidden_states], dim=1)
-                hidden_states = layer(hidden_states, relative_offsets)
-                if output_hidden_states:
-                    all_hidden_states += (hidden_states,)
-
-        sequence_output = self.layernorm(hidden_states)
-        output = MimirEncoderOutput(
-            last_hidden_state=sequence_output,
-            pooler_output=sequence_output[:, 0],
-            mask=mask,
-            ids_restore=ids_restore,
-            hidden_states=all_hidden_states,
-            attentions=None if attentions is None else tuple(attentions),
-        )
-        return finish_output(output, return_dict)
+        for index, layer in enumerate(self.layers):
+            if index == self.config.local_up_to_layer:
+                class_token = self.embeddings.cls_token.expand(hidden_states.shape[0], -1, -1)
+                hidden_states = torch.cat([class_token, hidden_states], dim=1)
+            hidden_states = layer(hidden_states, relative_offsets)
+            if collected is not None:
+                collected.append(hidden_states)
+        return hidden_states
 
 
 class MimirConvitForImageClassification(MimirImageClassifierMixin, MimirConvitPreTrainedModel):
     """ConViT with a linear head on the normalised class token: `logits = classifier(features(pixel_values))` (timm's
     `ConVit` with `global_pool="token"`, what MIMIR fine-tunes)."""
 
-    # A pre-training checkpoint's decoder is dropped on purpose; the head is new then.
-    _keys_to_ignore_on_load_unexpected = [r"^decoder\."]
-    _new_weights_allowed = ("classifier.",)
-
-    def __init__(self, config: MimirConvitConfig):
-        super().__init__(config)
-        check_num_labels(config)
-        self.num_labels = config.num_labels
-        self.convit = MimirConvitModel(config)
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
-        self.post_init()
+    trunk_class = MimirConvitModel
 
 
 class MimirConvitForPreTraining(MimirPreTrainingMixin, MimirConvitPreTrainedModel):
@@ -444,22 +258,15 @@ class MimirConvitForPreTraining(MimirPreTrainingMixin, MimirConvitPreTrainedMode
     and mask tokens. The authors pre-train with `qkv_bias=True`.
     """
 
-    # The authors' pre-training decays every matrix and token (timm's param_groups_weight_decay, no list).
-    _no_weight_decay_endings = ()
-
-    _mae_initialization = True
-    _keys_to_ignore_on_load_unexpected = [r"^classifier\."]  # starting from a fine-tuned classifier
-    _new_weights_allowed = ("decoder.",)  # e.g. an encoder-only checkpoint
+    trunk_class = MimirConvitModel
+    decoder_class = MimirConvitDecoder
 
     def __init__(self, config: MimirConvitConfig):
-        super().__init__(config)
         if not config.use_pos_embed:
             raise ValueError("MimirConvitForPreTraining needs use_pos_embed=True (the authors' MAE adds positions).")
         if config.local_up_to_layer > 0:
             visible_patch_grid(config.num_visible_patches)  # a clear error now rather than at the first forward
-        self.convit = MimirConvitModel(config, mae_initialization=True)
-        self.decoder = MimirConvitDecoder(config)
-        self.post_init()
+        super().__init__(config)
 
 
 __all__ = [

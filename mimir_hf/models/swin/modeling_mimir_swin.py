@@ -38,10 +38,8 @@ from transformers.models.swin.modeling_swin import (
 
 from ...modeling_common import (
     MimirImageClassifierMixin,
-    MimirLoadingMixin,
-    OptimizerGroupsMixin,
+    MimirPreTrainedMixin,
     PixelNormalisation,
-    check_num_labels,
     check_pixel_values,
     finish_output,
     output_flags,
@@ -81,26 +79,17 @@ def follow_microsoft_swin(model: SwinModel, config: MimirSwinConfig) -> None:
                 block.mlp = MimirSwinMLPWithDropPath(block.mlp, block.drop_path.drop_prob)
 
 
-class MimirSwinPreTrainedModel(OptimizerGroupsMixin, MimirLoadingMixin, SwinPreTrainedModel):
-    """What the MIMIR Swin models share: the config class, mimir_hf's loading checks and code export, and the init of
-    the pixel-normalisation buffers."""
+class MimirSwinPreTrainedModel(MimirPreTrainedMixin, SwinPreTrainedModel):
+    """What the MIMIR Swin models share: the config class, mimir_hf's loading checks and code export, transformers'
+    Swin init and the init of the pixel-normalisation buffers."""
 
     config_class = MimirSwinConfig
     config: MimirSwinConfig
     base_model_prefix = "swin"
-    main_input_name = "pixel_values"
-    # Losses are means over the batch: Trainer must keep dividing them by the gradient-accumulation steps.
-    accepts_loss_kwargs = False
     _auto_classes = {
         "AutoModel": "MimirSwinModel",
         "AutoModelForImageClassification": "MimirSwinForImageClassification",
     }
-
-    @torch.no_grad()
-    def _init_weights(self, module):
-        super()._init_weights(module)
-        if isinstance(module, PixelNormalisation):
-            module.reset()
 
     # ARES's Swin fine-tuning (timm's optimizer) keeps only the absolute positions (unused by the released models)
     # out of weight decay; the relative-position tables decay like any matrix.
@@ -189,17 +178,12 @@ class MimirSwinForImageClassification(MimirImageClassifierMixin, SwinForImageCla
 
     config_class = MimirSwinConfig
     config: MimirSwinConfig
-    _new_weights_allowed = ("classifier.",)  # e.g. a backbone checkpoint fine-tuned on new classes
 
     def __init__(self, config: MimirSwinConfig):
         # Not SwinForImageClassification.__init__: it would build a second, plain SwinModel only to replace it.
         MimirSwinPreTrainedModel.__init__(self, config)
-        check_num_labels(config)
-        self.num_labels = config.num_labels
-        self.swin = MimirSwinModel(config)
-        self.classifier = (
-            nn.Linear(self.swin.num_features, config.num_labels) if config.num_labels > 0 else nn.Identity()
-        )
+        trunk = MimirSwinModel(config)
+        self.attach_trunk_and_head(trunk, trunk.num_features)
         self.post_init()
 
 

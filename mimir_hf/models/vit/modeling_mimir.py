@@ -25,18 +25,15 @@ from transformers.utils import logging
 
 from ...modeling_common import (
     DropPath,
+    MimirEncoderMixin,
     MimirEncoderOutput,
     MimirImageClassifierMixin,
-    MimirLoadingMixin,
+    MimirMaeFamilyMixin,
     MimirPreTrainingMixin,
-    OptimizerGroupsMixin,
     PixelNormalisation,
     check_num_labels,
     check_pixel_values,
     checkpoint_weight_names,
-    finish_output,
-    output_flags,
-    recording_attentions,
     sincos_position_embedding,
 )
 from .configuration_mimir import MimirConfig
@@ -66,7 +63,8 @@ class MimirEmbeddings(ViTMAEEmbeddings):
         self.grid_size = config.grid_size
         self.normalisation = PixelNormalisation(config.num_channels, config.image_mean, config.image_std)
 
-    def initialize_weights(self):
+    def reset_mimir_weights(self, mae: bool = True) -> None:
+        """MAE's init: sin-cos positions, xavier patch projection, N(0, 0.02) class token."""
         init.copy_(
             self.position_embeddings, sincos_position_embedding(self.grid_size, self.position_embeddings.shape[-1])
         )
@@ -91,7 +89,7 @@ class MimirEmbeddings(ViTMAEEmbeddings):
         pixel_values: torch.Tensor,
         noise: torch.Tensor | None = None,
         interpolate_pos_encoding: bool = False,
-        apply_masking: bool = True,
+        apply_masking: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         config = self.config
         check_pixel_values(
@@ -134,28 +132,29 @@ class MimirDecoder(ViTMAEDecoder):
     def __init__(self, config: MimirConfig):
         super().__init__(config, num_patches=config.num_patches)
 
-    def initialize_weights(self, num_patches: int | None = None):
+    def initialize_weights(self, num_patches: int | None = None):  # called by ViTMAEDecoder.__init__ too
         grid_size = self.config.grid_size
         init.copy_(self.decoder_pos_embed, sincos_position_embedding(grid_size, self.decoder_pos_embed.shape[-1]))
         init.normal_(self.mask_token, std=self.config.initializer_range)
 
+    def reset_mimir_weights(self, mae: bool = True) -> None:
+        self.initialize_weights()
 
-class MimirPreTrainedModel(OptimizerGroupsMixin, MimirLoadingMixin, PreTrainedModel):
+
+class MimirPreTrainedModel(MimirMaeFamilyMixin, PreTrainedModel):
+    """What the MIMIR ViT models share: the config class, MAE's init (xavier-uniform linear layers, zero biases, unit
+    norms, sin-cos positions, N(0, 0.02) tokens), ViTMAE's attention kernels, mimir_hf's loading checks (ViTMAE
+    checkpoints included) and code export."""
+
     config_class = MimirConfig
     config: MimirConfig
     base_model_prefix = "vit"
-    main_input_name = "pixel_values"
-    input_modalities = ("image",)
-    supports_gradient_checkpointing = True
     _no_split_modules = ["MimirEmbeddings", "MimirLayer", "ViTMAELayer"]
     _supports_sdpa = True
     _supports_flash_attn = True
     _supports_flex_attn = True
     _supports_attention_backend = True
-    # Losses are batch means: Trainer must divide them by the gradient-accumulation steps itself.
-    accepts_loss_kwargs = False
-    # Fine-tuning keeps the class token and the learned positions out of weight decay (MAE, timm).
-    _no_weight_decay_endings = ("cls_token", "position_embeddings")
+    _mae_initialization = True
 
     _loadable_model_types = ("mimir", "vit_mae")
     _checkpoint_key_mapping = VIT_MAE_KEY_MAPPING
@@ -165,23 +164,12 @@ class MimirPreTrainedModel(OptimizerGroupsMixin, MimirLoadingMixin, PreTrainedMo
         "AutoModelForImageClassification": "MimirForImageClassification",
     }
 
-    @torch.no_grad()
-    def _init_weights(self, module):
-        """MAE's init: xavier-uniform linear layers, zero biases, unit norms, sin-cos positions, N(0, 0.02) tokens."""
-        if isinstance(module, nn.Linear):
-            init.xavier_uniform_(module.weight)
-            if module.bias is not None:
-                init.zeros_(module.bias)
-        else:
-            super()._init_weights(module)
-        if isinstance(module, (MimirEmbeddings, MimirDecoder)):
-            module.initialize_weights()
-        if isinstance(module, PixelNormalisation):
-            module.reset()
 
+class MimirModel(MimirEncoderMixin, MimirPreTrainedModel):
+    """The MIMIR ViT encoder: embeddings, `num_hidden_layers` layers, final LayerNorm (or none, see below); `forward`
+    is `MimirEncoderMixin`'s.
 
-class MimirModel(MimirPreTrainedModel):
-    """The MIMIR ViT encoder: embeddings, `num_hidden_layers` layers, final LayerNorm (or none, see below).
+    `mae_initialization` (default) initialises as MAE does; `False` gives timm's ViT init (truncated normal).
 
     `use_final_norm=False` replaces the final norm by `nn.Identity()`: the mean-pooling classifier normalises the
     pooled feature with its own `fc_norm` instead, as in MAE fine-tuning. `from_pretrained` picks it for a checkpoint
@@ -216,8 +204,9 @@ class MimirModel(MimirPreTrainedModel):
         )
         return {"use_final_norm": False}
 
-    def __init__(self, config: MimirConfig, use_final_norm: bool = True):
+    def __init__(self, config: MimirConfig, use_final_norm: bool = True, mae_initialization: bool = True):
         super().__init__(config)
+        self._mae_initialization = mae_initialization
         self.embeddings = MimirEmbeddings(config)
         rates = torch.linspace(0, config.drop_path_rate, config.num_hidden_layers).tolist()
         self.layers = nn.ModuleList([MimirLayer(config, rate) for rate in rates])
@@ -226,57 +215,20 @@ class MimirModel(MimirPreTrainedModel):
         )
         self.post_init()
 
-    def forward(
-        self,
-        pixel_values: torch.Tensor,
-        noise: torch.Tensor | None = None,
-        apply_masking: bool = False,
-        interpolate_pos_encoding: bool = False,
-        output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
-        return_dict: bool | None = None,
-    ) -> MimirEncoderOutput | tuple:
-        r"""
-        pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
-            Images in [0, 1].
-        noise (`torch.FloatTensor` of shape `(batch_size, num_patches)`, *optional*):
-            Uniform noise whose per-sample argsort decides the mask (with `apply_masking`; for reproducible masks).
-        apply_masking (`bool`, defaults to `False`):
-            Hide `config.mask_ratio` of the patches (MAE pre-training). `False`: every patch, in order.
-        interpolate_pos_encoding (`bool`, defaults to `False`):
-            Resize the position embeddings to the input's patch grid (for other image sizes).
-        output_hidden_states, output_attentions, return_dict (`bool`, *optional*):
-            As in transformers (unset: the config's); attentions need `attn_implementation="eager"`.
+    def run_layers(self, hidden_states, pixel_values, masked, collected):
+        """Every layer over [CLS, patches], each one's output collected."""
+        for layer in self.layers:
+            hidden_states = layer(hidden_states)
+            if collected is not None:
+                collected.append(hidden_states)
+        return hidden_states
 
-        Returns `last_hidden_state` `[batch, 1 + num_tokens, hidden]` (CLS first, after the final norm),
-        `pooler_output` `[batch, hidden]` (the CLS token, or with `classifier_pooling="mean"` the mean of the patch
-        tokens, before the classifier's `fc_norm`), plus `mask` and `ids_restore` with masking.
-        """
-        output_hidden_states, output_attentions, return_dict = output_flags(
-            self.config, output_hidden_states, output_attentions, return_dict
-        )
-        hidden_states, mask, ids_restore = self.embeddings(
-            pixel_values, noise=noise, interpolate_pos_encoding=interpolate_pos_encoding, apply_masking=apply_masking
-        )
-        all_hidden_states = (hidden_states,) if output_hidden_states else None
-        attention_modules = [layer.attention for layer in self.layers]
-        with recording_attentions(attention_modules, output_attentions) as attentions:
-            for layer in self.layers:
-                hidden_states = layer(hidden_states)
-                if output_hidden_states:
-                    all_hidden_states += (hidden_states,)
-        sequence_output = self.layernorm(hidden_states)
-        mean = self.config.classifier_pooling == "mean"
-        pooled = sequence_output[:, 1:].mean(dim=1) if mean else sequence_output[:, 0]
-        output = MimirEncoderOutput(
-            last_hidden_state=sequence_output,
-            pooler_output=pooled,
-            mask=mask,
-            ids_restore=ids_restore,
-            hidden_states=all_hidden_states,
-            attentions=None if attentions is None else tuple(attentions),
-        )
-        return finish_output(output, return_dict)
+    def pool(self, sequence_output: torch.Tensor) -> torch.Tensor:
+        """The CLS token, or with `classifier_pooling="mean"` the mean of the patch tokens (before the classifier's
+        `fc_norm`)."""
+        if self.config.classifier_pooling == "mean":
+            return sequence_output[:, 1:].mean(dim=1)
+        return sequence_output[:, 0]
 
 
 class MimirForPreTraining(MimirPreTrainingMixin, MimirPreTrainedModel):
@@ -286,16 +238,8 @@ class MimirForPreTraining(MimirPreTrainingMixin, MimirPreTrainedModel):
     The adversarial images come from outside (see `mimir_hf.attacks.mae_attack` and `MimirPreTrainingTrainer`).
     """
 
-    # The authors' pre-training decays every matrix and token (timm's param_groups_weight_decay, no list).
-    _no_weight_decay_endings = ()
-
-    _new_weights_allowed = ("decoder.",)  # e.g. starting pre-training from an encoder-only checkpoint
-
-    def __init__(self, config: MimirConfig):
-        super().__init__(config)
-        self.vit = MimirModel(config)
-        self.decoder = MimirDecoder(config)
-        self.post_init()
+    trunk_class = MimirModel
+    decoder_class = MimirDecoder
 
     def decode(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
         return self.decoder(latent, ids_restore).logits  # ViTMAE's decoder returns an output object
@@ -313,7 +257,8 @@ class MimirForImageClassification(MimirImageClassifierMixin, MimirPreTrainedMode
     _new_weights_allowed = ("classifier.", "fc_norm.")
 
     def __init__(self, config: MimirConfig):
-        super().__init__(config)
+        # Not the mixin's __init__: the ViT head has an fc_norm between the trunk and the classifier.
+        MimirPreTrainedModel.__init__(self, config)
         check_num_labels(config)
         self.num_labels = config.num_labels
         mean_pooling = config.classifier_pooling == "mean"
