@@ -492,6 +492,28 @@ def resize_patch_positions(positions: torch.Tensor, grid_size: tuple[int, int], 
     return table.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], -1)
 
 
+def patch_tokens(embeddings: nn.Module, pixel_values: torch.Tensor, interpolate_pos_encoding: bool) -> torch.Tensor:
+    """What every MIMIR embedding does first: check the input's shape against `embeddings.config`, apply the in-model
+    normalisation (`embeddings.normalisation`), and project the patches (`embeddings.patch_embeddings`, a
+    transformers `ViTPatchEmbeddings`) to tokens `[B, N, D]`, without positions."""
+    config = embeddings.config
+    check_pixel_values(
+        pixel_values, config.num_channels, config.image_size_hw, config.patch_size, interpolate_pos_encoding
+    )
+    pixel_values = embeddings.normalisation(pixel_values)
+    return embeddings.patch_embeddings(pixel_values.to(embeddings.patch_embeddings.projection.weight.dtype))
+
+
+def auto_classes(prefix: str, pretraining: bool = True) -> dict[str, str]:
+    """A family's `_auto_classes` by its naming: `<prefix>Model`, `<prefix>ForImageClassification` and, where MIMIR
+    pre-trains the family, `<prefix>ForPreTraining`."""
+    names = {"AutoModel": f"{prefix}Model"}
+    if pretraining:
+        names["AutoModelForPreTraining"] = f"{prefix}ForPreTraining"
+    names["AutoModelForImageClassification"] = f"{prefix}ForImageClassification"
+    return names
+
+
 class MimirPatchTokenEmbeddings(nn.Module):
     """[0, 1] pixels -> (optional normalisation) -> conv patch tokens (+ learned positions) -> (optional MAE masking),
     for the families whose class token joins late (CaiT, ConViT): their position table has no class slot.
@@ -536,12 +558,8 @@ class MimirPatchTokenEmbeddings(nn.Module):
         """Patch tokens `[B, N, D]` (only the visible ones, shuffled, with `apply_masking`), the mask and
         `ids_restore` (`None` without masking)."""
         config = self.config
-        check_pixel_values(
-            pixel_values, config.num_channels, config.image_size_hw, config.patch_size, interpolate_pos_encoding
-        )
         height, width = pixel_values.shape[-2:]
-        pixel_values = self.normalisation(pixel_values)
-        embeddings = self.patch_embeddings(pixel_values.to(self.patch_embeddings.projection.weight.dtype))
+        embeddings = patch_tokens(self, pixel_values, interpolate_pos_encoding)
         if self.position_embeddings is not None:
             positions = self.position_embeddings
             if interpolate_pos_encoding:
@@ -981,6 +999,7 @@ __all__ = [
     "MimirPreTrainedMixin",
     "MimirPreTrainingMixin",
     "PixelNormalisation",
+    "auto_classes",
     "check_labels",
     "classification_loss",
     "check_pixel_values",
@@ -989,6 +1008,7 @@ __all__ = [
     "export_code",
     "masked_reconstruction_loss",
     "mimir_pretraining_output",
+    "patch_tokens",
     "patchify",
     "random_masking",
     "reconstruction_target",

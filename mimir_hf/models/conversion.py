@@ -124,6 +124,69 @@ def split_fused_qkv(value: torch.Tensor, prefix: str, suffix: str) -> dict[str, 
     }
 
 
+def rename_keys(
+    state: dict[str, torch.Tensor], rename_key, layout: str
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Every key of a checkpoint through the family's `rename_key(key, tensor)`, which returns our keys and tensors
+    (several for a fused projection; none for a tensor left out on purpose) or None for a key it does not know.
+    Returns the renamed tensors and, for each of our keys, the checkpoint key it came from; unknown keys raise a
+    `ValueError` that lists them and names the `layout` expected."""
+    renamed, origin, unknown = {}, {}, []
+    for key, value in state.items():
+        new = rename_key(key, value)
+        if new is None:
+            unknown.append(key)
+            continue
+        renamed.update(new)
+        origin.update({name: key for name in new})
+    if unknown:
+        raise ValueError(f"Unknown keys in the checkpoint (not {layout}): {sorted(unknown)[:8]}")
+    return renamed, origin
+
+
+def module_tensor(key: str, value: torch.Tensor, modules: dict[str, str], prefix: str = "") -> dict | None:
+    """A `<module>.weight` / `.bias` key of a module that `modules` maps (theirs -> ours, under `prefix`) renamed;
+    None for any other key."""
+    module, _, kind = key.rpartition(".")
+    if module in modules and kind in ("weight", "bias"):
+        return {f"{prefix}{modules[module]}.{kind}": value}
+    return None
+
+
+def patch_embedding_fields(state: dict[str, torch.Tensor]) -> dict:
+    """`hidden_size`, `num_channels` and `patch_size` from a timm-layout patch projection (`patch_embed.proj`)."""
+    hidden_size, num_channels, patch_size, _ = state["patch_embed.proj.weight"].shape
+    return dict(hidden_size=hidden_size, num_channels=num_channels, patch_size=patch_size)
+
+
+def convert_encoder_and_decoder(
+    state: dict[str, torch.Tensor],
+    args: dict | None,
+    overrides: dict,
+    infer_config,
+    rename,
+    pretraining_class: type,
+    classifier_class: type,
+) -> tuple[Conversion, dict[str, str]]:
+    """A timm-layout file of a family MIMIR pre-trains as an MAE (CaiT, ConViT): its pre-training model when the file
+    has a decoder (`decoder_embed`), else its classifier, with a new head when the file has none (noted). DDP's
+    `module.` prefix is dropped. `infer_config(state, args, **overrides)` gives the config and notes,
+    `rename(state, ignored)` our tensors and their origins; every tensor is placed, listed in `ignored` with the
+    reason, or refused by `fit_to_model`. Returns the conversion and `ignored` (also in the conversion)."""
+    state = {key.removeprefix("module."): value for key, value in state.items()}
+    config, notes = infer_config(state, args, **overrides)
+    model_class = pretraining_class if "decoder_embed.weight" in state else classifier_class
+    ignored: dict[str, str] = {}
+    renamed, origin = rename(state, ignored)
+    new_keys = fit_to_model(model_class, config, renamed, origin, ignored, new_allowed=("classifier.",))
+    if new_keys:
+        notes.append(
+            f"an encoder without a head: the {config.num_labels}-class head is newly initialised, for fine-tuning "
+            "(pass --num_labels for another number of classes)."
+        )
+    return Conversion(model_class, config, renamed, ignored, new_keys, notes), ignored
+
+
 def arg(args: dict | None, name: str, default=None):
     """`args[name]` of a checkpoint's saved training arguments, or `default` when absent (or no args at all)."""
     if not args:
@@ -254,10 +317,14 @@ __all__ = [
     "arg",
     "check_against_name",
     "check_depths",
+    "convert_encoder_and_decoder",
     "count_indexed",
     "fit_to_model",
+    "module_tensor",
     "normalisation_fields",
+    "patch_embedding_fields",
     "pretraining_method_fields",
-    "task_and_input_fields",
+    "rename_keys",
     "split_fused_qkv",
+    "task_and_input_fields",
 ]

@@ -22,8 +22,11 @@ from ..conversion import (
     NamedModel,
     arg,
     check_against_name,
+    convert_encoder_and_decoder,
     count_indexed,
-    fit_to_model,
+    module_tensor,
+    patch_embedding_fields,
+    rename_keys,
     split_fused_qkv,
     task_and_input_fields,
 )
@@ -79,36 +82,32 @@ def named_cait(name: str) -> NamedModel | None:
     return NamedModel(title, width, {"blocks": depth, "blocks_token_only": 2}, heads)
 
 
-def rename_state_dict(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """timm names -> ours, the fused `attn.qkv` split into q, k and v; and our key -> the checkpoint key it came
-    from. Unknown keys raise a `ValueError` listing them."""
-    renamed, origin, unknown = {}, {}, []
-    for key, value in state.items():
-        new: dict[str, torch.Tensor] = {}
-        if key in _PARAMETERS:
-            new = {_PARAMETERS[key]: value}
-        elif match := re.match(r"^(blocks|blocks_token_only|decoder_blocks)\.(\d+)\.(.+)$", key):
-            stack, index, name = match.groups()
-            prefix = f"{_STACKS[stack]}.{index}."
-            module, _, kind = name.rpartition(".")
-            if name in _LAYER_SCALES:
-                new = {prefix + _LAYER_SCALES[name]: value}
-            elif module == "attn.qkv" and kind in ("weight", "bias") and stack != "blocks_token_only":
-                new = split_fused_qkv(value, prefix + "attention.", kind)
-            elif module in _LAYER and kind in ("weight", "bias"):
-                new = {f"{prefix}{_LAYER[module]}.{kind}": value}
-        elif (module := key.rpartition(".")[0]) in _TOP and key.rpartition(".")[2] in ("weight", "bias"):
-            new = {f"{_TOP[module]}.{key.rpartition('.')[2]}": value}
-        if not new:
-            unknown.append(key)
-        renamed.update(new)
-        origin.update({name: key for name in new})
-    if unknown:
-        raise ValueError(
-            f"Unknown keys in the CaiT checkpoint (not the timm CaiT / MIMIR MaskedAutoencoderCait layout; a global-"
-            f"pooling head with fc_norm or a ViT-block decoder is not supported): {sorted(unknown)[:8]}"
-        )
-    return renamed, origin
+def _rename_key(key: str, value: torch.Tensor) -> dict[str, torch.Tensor] | None:
+    """One timm key -> ours (the fused `attn.qkv` split into q, k and v), or None for a key of no CaiT layout."""
+    if key in _PARAMETERS:
+        return {_PARAMETERS[key]: value}
+    if match := re.match(r"^(blocks|blocks_token_only|decoder_blocks)\.(\d+)\.(.+)$", key):
+        stack, index, name = match.groups()
+        prefix = f"{_STACKS[stack]}.{index}."
+        module, _, kind = name.rpartition(".")
+        if name in _LAYER_SCALES:
+            return {prefix + _LAYER_SCALES[name]: value}
+        if module == "attn.qkv" and kind in ("weight", "bias") and stack != "blocks_token_only":
+            return split_fused_qkv(value, prefix + "attention.", kind)
+        return module_tensor(name, value, _LAYER, prefix)
+    return module_tensor(key, value, _TOP)
+
+
+def rename_state_dict(
+    state: dict[str, torch.Tensor], ignored: dict[str, str] | None = None
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """timm names -> ours; and our key -> the checkpoint key it came from. Unknown keys raise a `ValueError` listing
+    them. (CaiT leaves no tensor out, so `ignored` stays as it is.)"""
+    layout = (
+        "the timm CaiT / MIMIR MaskedAutoencoderCait layout; a global-pooling head with fc_norm or a ViT-block "
+        "decoder is not supported"
+    )
+    return rename_keys(state, _rename_key, layout)
 
 
 def _layer_scale_init(fields: dict, args: dict | None, notes: list) -> float:
@@ -139,13 +138,11 @@ def infer_cait_config(
         raise ValueError(f"Not a timm-layout CaiT checkpoint: missing {missing} (it has e.g. {sorted(state)[:5]}).")
     overrides = {key: value for key, value in overrides.items() if value is not None}
     notes: list[str] = []
-    hidden_size, num_channels, patch_size, _ = state["patch_embed.proj.weight"].shape
+    fields = patch_embedding_fields(state)
+    hidden_size, patch_size = fields["hidden_size"], fields["patch_size"]
     num_patches = state["pos_embed"].shape[1]
     side = int(round(num_patches**0.5))
-    fields = dict(
-        hidden_size=hidden_size,
-        num_channels=num_channels,
-        patch_size=patch_size,
+    fields.update(
         image_size=side * patch_size if side * side == num_patches else None,
         num_hidden_layers=count_indexed(state, "blocks"),
         num_class_attention_layers=count_indexed(state, "blocks_token_only"),
@@ -173,19 +170,16 @@ def convert_cait_checkpoint(state: dict[str, torch.Tensor], args: dict | None = 
     """`MimirCaitForPreTraining` (decoder present) or `MimirCaitForImageClassification` from a timm-layout CaiT state
     dict and its run's `args`. Every tensor is placed, or listed in `ignored` with the reason (query/key/value biases
     when `qkv_bias=False` is asked for), or refused with a `ValueError`."""
-    state = {key.removeprefix("module."): value for key, value in state.items()}
-    config, notes = infer_cait_config(state, args, **overrides)
-    pretraining = "decoder_embed.weight" in state
-    model_class = MimirCaitForPreTraining if pretraining else MimirCaitForImageClassification
-    renamed, origin = rename_state_dict(state)
-    ignored: dict[str, str] = {}
-    new_keys = fit_to_model(model_class, config, renamed, origin, ignored, new_allowed=("classifier.",))
-    if new_keys:
-        notes.append(
-            f"an encoder without a head: the {config.num_labels}-class head is newly initialised, for fine-tuning "
-            "(pass --num_labels for another number of classes)."
-        )
-    return Conversion(model_class, config, renamed, ignored, new_keys, notes)
+    conversion, _ = convert_encoder_and_decoder(
+        state,
+        args,
+        overrides,
+        infer_cait_config,
+        rename_state_dict,
+        MimirCaitForPreTraining,
+        MimirCaitForImageClassification,
+    )
+    return conversion
 
 
 __all__ = ["convert_cait_checkpoint", "infer_cait_config", "named_cait", "rename_state_dict"]

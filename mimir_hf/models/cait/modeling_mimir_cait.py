@@ -31,6 +31,7 @@ from ...modeling_common import (
     MimirMaeFamilyMixin,
     MimirPatchTokenEmbeddings,
     MimirPreTrainingMixin,
+    auto_classes,
     decoder_config,
 )
 from .configuration_mimir_cait import MimirCaitConfig
@@ -197,11 +198,7 @@ class MimirCaitPreTrainedModel(MimirMaeFamilyMixin, PreTrainedModel):
     _no_split_modules = ["MimirPatchTokenEmbeddings", "MimirCaitLayer", "MimirCaitClassAttentionLayer"]
     # SDPA serves the class attention only; the talking-heads layers always compute attention explicitly.
     _supports_sdpa = True
-    _auto_classes = {
-        "AutoModel": "MimirCaitModel",
-        "AutoModelForPreTraining": "MimirCaitForPreTraining",
-        "AutoModelForImageClassification": "MimirCaitForImageClassification",
-    }
+    _auto_classes = auto_classes("MimirCait")
 
 
 class MimirCaitModel(MimirEncoderMixin, MimirCaitPreTrainedModel):

@@ -22,8 +22,11 @@ from ..conversion import (
     NamedModel,
     arg,
     check_against_name,
+    convert_encoder_and_decoder,
     count_indexed,
-    fit_to_model,
+    module_tensor,
+    patch_embedding_fields,
+    rename_keys,
     task_and_input_fields,
 )
 from .configuration_mimir_convit import MimirConvitConfig
@@ -71,43 +74,37 @@ def named_convit(name: str) -> NamedModel | None:
     return NamedModel(f"ConViT-{size}", 48 * heads, {"blocks": 12}, heads)
 
 
+def _rename_key(key: str, value: torch.Tensor) -> dict[str, torch.Tensor] | None:
+    """One timm key -> ours (the fused `attn.qk` / `attn.qkv` split), or None for a key of no ConViT layout."""
+    if key in _PARAMETERS:
+        return {_PARAMETERS[key]: value}
+    if match := re.match(r"^(blocks|decoder_blocks)\.(\d+)\.(.+)$", key):
+        stack, index, name = match.groups()
+        prefix = f"{_STACKS[stack]}.{index}."
+        module, _, kind = name.rpartition(".")
+        if name == "attn.gating_param":
+            return {prefix + "attention.gating_param": value}
+        if module in _FUSED and kind in ("weight", "bias"):
+            names = _FUSED[module]
+            chunks = value.chunk(len(names), dim=0)
+            return {f"{prefix}attention.{n}.{kind}": chunk.clone() for n, chunk in zip(names, chunks, strict=True)}
+        return module_tensor(name, value, _LAYER, prefix)
+    return module_tensor(key, value, _TOP)
+
+
 def rename_state_dict(
     state: dict[str, torch.Tensor], ignored: dict[str, str]
 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """timm names -> ours, the fused `attn.qk` / `attn.qkv` split; and our key -> the checkpoint key it came from.
     Cached GPSA offsets go to `ignored`; unknown keys raise a `ValueError` listing them."""
-    renamed, origin, unknown = {}, {}, []
-    for key, value in state.items():
-        new: dict[str, torch.Tensor] = {}
+    for key in state:
         if _REBUILT.match(key):
             ignored[key] = "GPSA's cached patch offsets, recomputed from the patch grid"
-            continue
-        if key in _PARAMETERS:
-            new = {_PARAMETERS[key]: value}
-        elif match := re.match(r"^(blocks|decoder_blocks)\.(\d+)\.(.+)$", key):
-            stack, index, name = match.groups()
-            prefix = f"{_STACKS[stack]}.{index}."
-            module, _, kind = name.rpartition(".")
-            if name == "attn.gating_param":
-                new = {prefix + "attention.gating_param": value}
-            elif module in _FUSED and kind in ("weight", "bias"):
-                names = _FUSED[module]
-                chunks = value.chunk(len(names), dim=0)
-                new = {f"{prefix}attention.{n}.{kind}": chunk.clone() for n, chunk in zip(names, chunks, strict=True)}
-            elif module in _LAYER and kind in ("weight", "bias"):
-                new = {f"{prefix}{_LAYER[module]}.{kind}": value}
-        elif (module := key.rpartition(".")[0]) in _TOP and key.rpartition(".")[2] in ("weight", "bias"):
-            new = {f"{_TOP[module]}.{key.rpartition('.')[2]}": value}
-        if not new:
-            unknown.append(key)
-        renamed.update(new)
-        origin.update({name: key for name in new})
-    if unknown:
-        raise ValueError(
-            f"Unknown keys in the ConViT checkpoint (not the timm ConViT / MIMIR MaskedAutoencoderConVit layout; a "
-            f"global-pooling head with fc_norm is not supported): {sorted(unknown)[:8]}"
-        )
-    return renamed, origin
+    layout = (
+        "the timm ConViT / MIMIR MaskedAutoencoderConVit layout; a global-pooling head with fc_norm is not supported"
+    )
+    kept = {key: value for key, value in state.items() if key not in ignored}
+    return rename_keys(kept, _rename_key, layout)
 
 
 def _gpsa_layers(state: dict[str, torch.Tensor], stack: str) -> int:
@@ -130,12 +127,10 @@ def infer_convit_config(
         raise ValueError(f"Not a timm-layout ConViT checkpoint: missing {missing} (it has e.g. {sorted(state)[:5]}).")
     overrides = {key: value for key, value in overrides.items() if value is not None}
     notes: list[str] = []
-    hidden_size, num_channels, patch_size, _ = state["patch_embed.proj.weight"].shape
+    fields = patch_embedding_fields(state)
+    hidden_size, patch_size = fields["hidden_size"], fields["patch_size"]
     local_up_to_layer = _gpsa_layers(state, "blocks")
-    fields = dict(
-        hidden_size=hidden_size,
-        num_channels=num_channels,
-        patch_size=patch_size,
+    fields.update(
         num_hidden_layers=count_indexed(state, "blocks"),
         local_up_to_layer=local_up_to_layer,
         intermediate_size=state["blocks.0.mlp.fc1.weight"].shape[0],
@@ -184,24 +179,21 @@ def convert_convit_checkpoint(state: dict[str, torch.Tensor], args: dict | None 
     """`MimirConvitForPreTraining` (decoder present) or `MimirConvitForImageClassification` from a timm-layout ConViT
     state dict and its run's `args`. Every tensor is placed, or listed in `ignored` with the reason (cached offsets;
     query/key/value biases when `qkv_bias=False` is asked for), or refused with a `ValueError`."""
-    state = {key.removeprefix("module."): value for key, value in state.items()}
-    config, notes = infer_convit_config(state, args, **overrides)
-    pretraining = "decoder_embed.weight" in state
-    model_class = MimirConvitForPreTraining if pretraining else MimirConvitForImageClassification
-    ignored: dict[str, str] = {}
-    renamed, origin = rename_state_dict(state, ignored)
-    new_keys = fit_to_model(model_class, config, renamed, origin, ignored, new_allowed=("classifier.",))
-    if new_keys:
-        notes.append(
-            f"an encoder without a head: the {config.num_labels}-class head is newly initialised, for fine-tuning "
-            "(pass --num_labels for another number of classes)."
-        )
+    conversion, ignored = convert_encoder_and_decoder(
+        state,
+        args,
+        overrides,
+        infer_convit_config,
+        rename_state_dict,
+        MimirConvitForPreTraining,
+        MimirConvitForImageClassification,
+    )
     if any(reason.startswith("query/key/value bias") for reason in ignored.values()):
-        notes.append(
+        conversion.notes.append(
             "qkv_bias=False: the file's query/key/value biases were dropped (listed below), as the authors' timm "
             "fine-tuning did when it loaded a biased pre-training encoder into a bias-free ConViT."
         )
-    return Conversion(model_class, config, renamed, ignored, new_keys, notes)
+    return conversion
 
 
 __all__ = ["convert_convit_checkpoint", "infer_convit_config", "named_convit", "rename_state_dict"]

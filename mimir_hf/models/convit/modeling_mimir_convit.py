@@ -33,6 +33,7 @@ from ...modeling_common import (
     MimirMaeFamilyMixin,
     MimirPatchTokenEmbeddings,
     MimirPreTrainingMixin,
+    auto_classes,
     decoder_config,
 )
 from .configuration_mimir_convit import MimirConvitConfig
@@ -193,11 +194,7 @@ class MimirConvitPreTrainedModel(MimirMaeFamilyMixin, PreTrainedModel):
     _no_split_modules = ["MimirPatchTokenEmbeddings", "MimirConvitLayer"]
     # SDPA serves the ordinary layers (from `local_up_to_layer` on); GPSA always computes attention explicitly.
     _supports_sdpa = True
-    _auto_classes = {
-        "AutoModel": "MimirConvitModel",
-        "AutoModelForPreTraining": "MimirConvitForPreTraining",
-        "AutoModelForImageClassification": "MimirConvitForImageClassification",
-    }
+    _auto_classes = auto_classes("MimirConvit")
 
 
 class MimirConvitModel(MimirEncoderMixin, MimirConvitPreTrainedModel):

@@ -40,6 +40,7 @@ from ...modeling_common import (
     MimirImageClassifierMixin,
     MimirPreTrainedMixin,
     PixelNormalisation,
+    auto_classes,
     check_pixel_values,
     finish_output,
     output_flags,
@@ -86,10 +87,7 @@ class MimirSwinPreTrainedModel(MimirPreTrainedMixin, SwinPreTrainedModel):
     config_class = MimirSwinConfig
     config: MimirSwinConfig
     base_model_prefix = "swin"
-    _auto_classes = {
-        "AutoModel": "MimirSwinModel",
-        "AutoModelForImageClassification": "MimirSwinForImageClassification",
-    }
+    _auto_classes = auto_classes("MimirSwin", pretraining=False)
 
     # ARES's Swin fine-tuning (timm's optimizer) keeps only the absolute positions (unused by the released models)
     # out of weight decay; the relative-position tables decay like any matrix.

@@ -23,8 +23,11 @@ from ..conversion import (
     arg,
     check_depths,
     count_indexed,
+    module_tensor,
     normalisation_fields,
+    patch_embedding_fields,
     pretraining_method_fields,
+    rename_keys,
     split_fused_qkv,
 )
 from .configuration_mimir import MimirConfig
@@ -126,15 +129,13 @@ def infer_config(state: dict[str, torch.Tensor], args: dict | None = None, **ove
     if missing:
         raise ValueError(f"Not a MAE/MIMIR ViT checkpoint: missing {missing} (it has e.g. {sorted(state)[:5]}).")
     notes = []
-    hidden, channels, patch, _ = state["patch_embed.proj.weight"].shape
+    fields = patch_embedding_fields(state)
+    hidden, patch = fields["hidden_size"], fields["patch_size"]
     num_patches = state["pos_embed"].shape[1] - 1
     side = int(round(num_patches**0.5))
     image_size = side * patch if side * side == num_patches else None
     heads = _heads(state, args, hidden, overrides.get("num_attention_heads"), notes)
-    fields = dict(
-        hidden_size=hidden,
-        num_channels=channels,
-        patch_size=patch,
+    fields.update(
         image_size=image_size,
         num_hidden_layers=count_indexed(state, "blocks"),
         num_attention_heads=heads,
@@ -166,31 +167,24 @@ def infer_config(state: dict[str, torch.Tensor], args: dict | None = None, **ove
     return MimirConfig(**fields), notes
 
 
+def _rename_key(key: str, value: torch.Tensor) -> dict[str, torch.Tensor] | None:
+    """One timm/MAE key -> ours (the fused qkv projection split into q, k and v), or None for an unknown key."""
+    if match := re.match(r"^(blocks|decoder_blocks)\.(\d+)\.(.+)$", key):
+        stack, index, name = match.groups()
+        prefix = f"vit.layers.{index}." if stack == "blocks" else f"decoder.decoder_layers.{index}."
+        module, _, kind = name.rpartition(".")
+        if module == "attn.qkv" and kind in ("weight", "bias"):
+            return split_fused_qkv(value, f"{prefix}attention.", kind)
+        return module_tensor(name, value, _BLOCK, prefix)
+    if key in _TOP:  # bare parameters (tokens, position embeddings)
+        return {_TOP[key]: value}
+    return module_tensor(key, value, _TOP)
+
+
 def rename_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """timm/MAE names -> mimir_hf names; the fused qkv projection is split into q, k and v."""
-    renamed, unknown = {}, []
-    for key, value in state.items():
-        match = re.match(r"^(blocks|decoder_blocks)\.(\d+)\.(.+)\.(weight|bias)$", key)
-        if match:
-            stack, index, module, kind = match.groups()
-            prefix = f"vit.layers.{index}" if stack == "blocks" else f"decoder.decoder_layers.{index}"
-            if module == "attn.qkv":
-                renamed.update(split_fused_qkv(value, f"{prefix}.attention.", kind))
-            elif module in _BLOCK:
-                renamed[f"{prefix}.{_BLOCK[module]}.{kind}"] = value
-            else:
-                unknown.append(key)
-            continue
-        module, _, kind = key.rpartition(".")
-        if key in _TOP:  # bare parameters (tokens, position embeddings)
-            renamed[_TOP[key]] = value
-        elif module in _TOP and kind in ("weight", "bias"):
-            renamed[f"{_TOP[module]}.{kind}"] = value
-        else:
-            unknown.append(key)
-    if unknown:
-        raise ValueError(f"Unknown keys in the checkpoint (not a MAE/MIMIR ViT layout): {sorted(unknown)}")
-    return renamed
+    """timm/MAE names -> mimir_hf names; the fused qkv projection is split into q, k and v. Unknown keys raise a
+    `ValueError` listing them."""
+    return rename_keys(state, _rename_key, "the MAE/MIMIR ViT layout")[0]
 
 
 def convert_vit_state_dict(state: dict[str, torch.Tensor], args: dict | None = None, **overrides) -> Conversion:

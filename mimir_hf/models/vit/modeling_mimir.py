@@ -31,9 +31,10 @@ from ...modeling_common import (
     MimirMaeFamilyMixin,
     MimirPreTrainingMixin,
     PixelNormalisation,
+    auto_classes,
     check_num_labels,
-    check_pixel_values,
     checkpoint_weight_names,
+    patch_tokens,
     sincos_position_embedding,
 )
 from .configuration_mimir import MimirConfig
@@ -91,13 +92,8 @@ class MimirEmbeddings(ViTMAEEmbeddings):
         interpolate_pos_encoding: bool = False,
         apply_masking: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        config = self.config
-        check_pixel_values(
-            pixel_values, config.num_channels, config.image_size_hw, config.patch_size, interpolate_pos_encoding
-        )
         height, width = pixel_values.shape[-2:]
-        pixel_values = self.normalisation(pixel_values)
-        embeddings = self.patch_embeddings(pixel_values.to(self.patch_embeddings.projection.weight.dtype))
+        embeddings = patch_tokens(self, pixel_values, interpolate_pos_encoding)
         if interpolate_pos_encoding:
             position_embeddings = self.interpolate_pos_encoding(embeddings, height, width)
         else:
@@ -158,11 +154,7 @@ class MimirPreTrainedModel(MimirMaeFamilyMixin, PreTrainedModel):
 
     _loadable_model_types = ("mimir", "vit_mae")
     _checkpoint_key_mapping = VIT_MAE_KEY_MAPPING
-    _auto_classes = {
-        "AutoModel": "MimirModel",
-        "AutoModelForPreTraining": "MimirForPreTraining",
-        "AutoModelForImageClassification": "MimirForImageClassification",
-    }
+    _auto_classes = auto_classes("Mimir")
 
 
 class MimirModel(MimirEncoderMixin, MimirPreTrainedModel):
