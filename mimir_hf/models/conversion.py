@@ -124,6 +124,38 @@ def split_fused_qkv(value: torch.Tensor, prefix: str, suffix: str) -> dict[str, 
     }
 
 
+# A timm transformer block's modules -> transformers' layer names (ViT, Swin, CaiT and ConViT blocks alike), under
+# `blocks.N.` / `layers.i.blocks.j.`; each family adds its attention's own projections.
+TIMM_BLOCK = {
+    "norm1": "layernorm_before",
+    "norm2": "layernorm_after",
+    "attn.proj": "attention.o_proj",
+    "mlp.fc1": "mlp.fc1",
+    "mlp.fc2": "mlp.fc2",
+}
+
+
+def mae_layout_names(trunk: str) -> tuple[dict[str, str], dict[str, str]]:
+    """The modules and bare parameters outside the blocks of a timm / MAE-layout file (patch projection, final norm,
+    head, the MAE decoder's frame) -> ours, for a family whose trunk is `trunk` (the base model prefix):
+    `(modules, parameters)`."""
+    modules = {
+        "patch_embed.proj": f"{trunk}.embeddings.patch_embeddings.projection",
+        "norm": f"{trunk}.layernorm",
+        "head": "classifier",
+        "decoder_embed": "decoder.decoder_embed",
+        "decoder_norm": "decoder.decoder_norm",
+        "decoder_pred": "decoder.decoder_pred",
+    }
+    parameters = {
+        "pos_embed": f"{trunk}.embeddings.position_embeddings",
+        "cls_token": f"{trunk}.embeddings.cls_token",
+        "mask_token": "decoder.mask_token",
+        "decoder_pos_embed": "decoder.decoder_pos_embed",
+    }
+    return modules, parameters
+
+
 def rename_keys(
     state: dict[str, torch.Tensor], rename_key, layout: str
 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -312,6 +344,7 @@ def task_and_input_fields(
 
 
 __all__ = [
+    "TIMM_BLOCK",
     "Conversion",
     "NamedModel",
     "arg",
@@ -320,6 +353,7 @@ __all__ = [
     "convert_encoder_and_decoder",
     "count_indexed",
     "fit_to_model",
+    "mae_layout_names",
     "module_tensor",
     "normalisation_fields",
     "patch_embedding_fields",

@@ -76,11 +76,12 @@ class MimirCaitConfig(MimirMaeConfig):
     model_type = "mimir_cait"
     presets = PRESETS
 
+    # CaiT's own fields, then the shared ones whose defaults differ (CaiT-XXS24)
+    layer_scale_init: float | int = 1e-5
+    num_class_attention_layers: int = 2
     hidden_size: int = 192
     num_hidden_layers: int = 24
     num_attention_heads: int = 4
-    num_class_attention_layers: int = 2
-    layer_scale_init: float | int = 1e-5
 
     def validate_architecture(self):
         """Checks run by `@strict` at construction: each names the field, the value and what is expected."""

@@ -18,12 +18,14 @@ import re
 import torch
 
 from ..conversion import (
+    TIMM_BLOCK,
     Conversion,
     NamedModel,
     arg,
     check_against_name,
     convert_encoder_and_decoder,
     count_indexed,
+    mae_layout_names,
     module_tensor,
     patch_embedding_fields,
     rename_keys,
@@ -33,36 +35,19 @@ from ..conversion import (
 from .configuration_mimir_cait import PRESETS, MimirCaitConfig
 from .modeling_mimir_cait import MimirCaitForImageClassification, MimirCaitForPreTraining
 
-_TOP = {  # timm -> ours, modules outside the blocks
-    "patch_embed.proj": "cait.embeddings.patch_embeddings.projection",
-    "norm": "cait.layernorm",
-    "head": "classifier",
-    "decoder_embed": "decoder.decoder_embed",
-    "decoder_norm": "decoder.decoder_norm",
-    "decoder_pred": "decoder.decoder_pred",
-}
-_PARAMETERS = {
-    "pos_embed": "cait.embeddings.position_embeddings",
-    "cls_token": "cait.embeddings.cls_token",
-    "mask_token": "decoder.mask_token",
-    "decoder_pos_embed": "decoder.decoder_pos_embed",
-}
+_TOP, _PARAMETERS = mae_layout_names("cait")  # timm -> ours, outside the blocks
 _STACKS = {  # timm stack -> ours
     "blocks": "cait.layers",
     "blocks_token_only": "cait.class_attention_layers",
     "decoder_blocks": "decoder.decoder_layers",
 }
 _LAYER = {  # inside a block, timm -> ours (talking-heads and class-attention layers alike)
-    "norm1": "layernorm_before",
+    **TIMM_BLOCK,
     "attn.q": "attention.q_proj",  # class attention
     "attn.k": "attention.k_proj",
     "attn.v": "attention.v_proj",
     "attn.proj_l": "attention.logits_mix",  # talking heads: mixes the logits before the softmax
     "attn.proj_w": "attention.weights_mix",  # ... and the probabilities after it
-    "attn.proj": "attention.o_proj",
-    "norm2": "layernorm_after",
-    "mlp.fc1": "mlp.fc1",
-    "mlp.fc2": "mlp.fc2",
 }
 _LAYER_SCALES = {"gamma_1": "layer_scale1.lambda1", "gamma_2": "layer_scale2.lambda1"}
 _DEFAULT_NUM_LABELS = 1000  # an encoder-only file: ImageNet-1K fine-tuning, unless told otherwise

@@ -84,10 +84,11 @@ class MimirConvitConfig(MimirMaeConfig):
     model_type = "mimir_convit"
     presets = PRESETS
 
-    num_attention_heads: int = 16
+    # ConViT's own fields, then the shared ones whose defaults differ (ConViT-B as MIMIR fine-tunes it)
     local_up_to_layer: int = 10
     locality_strength: float | int = 1.0
     use_pos_embed: bool = True
+    num_attention_heads: int = 16
     qkv_bias: bool = False
 
     def validate_architecture(self):

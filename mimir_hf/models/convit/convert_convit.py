@@ -18,12 +18,14 @@ import re
 import torch
 
 from ..conversion import (
+    TIMM_BLOCK,
     Conversion,
     NamedModel,
     arg,
     check_against_name,
     convert_encoder_and_decoder,
     count_indexed,
+    mae_layout_names,
     module_tensor,
     patch_embedding_fields,
     rename_keys,
@@ -32,30 +34,10 @@ from ..conversion import (
 from .configuration_mimir_convit import MimirConvitConfig
 from .modeling_mimir_convit import MimirConvitForImageClassification, MimirConvitForPreTraining
 
-_TOP = {  # timm -> ours, modules outside the blocks
-    "patch_embed.proj": "convit.embeddings.patch_embeddings.projection",
-    "norm": "convit.layernorm",
-    "head": "classifier",
-    "decoder_embed": "decoder.decoder_embed",
-    "decoder_norm": "decoder.decoder_norm",
-    "decoder_pred": "decoder.decoder_pred",
-}
-_PARAMETERS = {
-    "pos_embed": "convit.embeddings.position_embeddings",
-    "cls_token": "convit.embeddings.cls_token",
-    "mask_token": "decoder.mask_token",
-    "decoder_pos_embed": "decoder.decoder_pos_embed",
-}
+_TOP, _PARAMETERS = mae_layout_names("convit")  # timm -> ours, outside the blocks
 _STACKS = {"blocks": "convit.layers", "decoder_blocks": "decoder.decoder_layers"}
-_LAYER = {  # inside a block, timm -> ours
-    "norm1": "layernorm_before",
-    "attn.v": "attention.v_proj",  # GPSA
-    "attn.proj": "attention.o_proj",
-    "attn.pos_proj": "attention.position_proj",  # GPSA
-    "norm2": "layernorm_after",
-    "mlp.fc1": "mlp.fc1",
-    "mlp.fc2": "mlp.fc2",
-}
+# inside a block, timm -> ours: GPSA's value and positional projections besides the common modules
+_LAYER = {**TIMM_BLOCK, "attn.v": "attention.v_proj", "attn.pos_proj": "attention.position_proj"}
 _FUSED = {"attn.qk": ("q_proj", "k_proj"), "attn.qkv": ("q_proj", "k_proj", "v_proj")}  # split along output rows
 _REBUILT = re.compile(r"^(decoder_)?blocks\.\d+\.attn\.rel_indices$")  # GPSA's cached offsets, if ever saved
 _DEFAULT_NUM_LABELS = 10  # an encoder-only file: the released ConViTs are CIFAR-10 models

@@ -23,17 +23,19 @@ import re
 
 import torch
 
-from ..conversion import Conversion, NamedModel, arg, check_against_name, split_fused_qkv
+from ..conversion import (
+    TIMM_BLOCK,
+    Conversion,
+    NamedModel,
+    arg,
+    check_against_name,
+    module_tensor,
+    rename_keys,
+    split_fused_qkv,
+)
 from .configuration_mimir_swin import MimirSwinConfig
 from .modeling_mimir_swin import MimirSwinForImageClassification
 
-_BLOCK = {  # Microsoft block -> transformers SwinLayer, under layers.i.blocks.j.
-    "norm1": "layernorm_before",
-    "norm2": "layernorm_after",
-    "attn.proj": "attention.o_proj",
-    "mlp.fc1": "mlp.fc1",
-    "mlp.fc2": "mlp.fc2",
-}
 _TOP = {
     "patch_embed.proj": "swin.embeddings.patch_embeddings.projection",
     "patch_embed.norm": "swin.embeddings.norm",
@@ -192,34 +194,27 @@ def convert_swin_state_dict(state_dict: dict[str, torch.Tensor], config: MimirSw
     `ValueError` listing them.
     """
     state, _ = split_encoder_keys(state_dict)
-    renamed, unknown = {}, []
-    for key, value in state.items():
-        if _REBUILT_BUFFERS.match(key):
-            continue
-        if match := re.match(r"^layers\.(\d+)\.blocks\.(\d+)\.(.+)$", key):
-            stage, block, name = match.groups()
-            prefix = f"swin.encoder.layers.{stage}.blocks.{block}"
-            module, _, kind = name.rpartition(".")
-            if module == "attn.qkv" and kind in ("weight", "bias"):
-                renamed.update(split_fused_qkv(value, f"{prefix}.attention.", kind))
-            elif name == "attn.relative_position_bias_table":
-                renamed[f"{prefix}.attention.relative_position_bias.relative_position_bias_table"] = value
-            elif module in _BLOCK and kind in ("weight", "bias"):
-                renamed[f"{prefix}.{_BLOCK[module]}.{kind}"] = value
-            else:
-                unknown.append(key)
-        elif match := re.match(r"^layers\.(\d+)\.downsample\.(reduction|norm)\.(weight|bias)$", key):
-            stage, module, kind = match.groups()
-            renamed[f"swin.encoder.layers.{stage}.downsample.{module}.{kind}"] = value
-        elif key == "absolute_pos_embed":
-            renamed["swin.embeddings.position_embeddings"] = value
-        elif (module := key.rpartition(".")[0]) in _TOP and key.rpartition(".")[2] in ("weight", "bias"):
-            renamed[f"{_TOP[module]}.{key.rpartition('.')[2]}"] = value
-        else:
-            unknown.append(key)
-    if unknown:
-        raise ValueError(f"Unknown keys in the Swin checkpoint (not Microsoft's Swin layout): {sorted(unknown)}")
-    return renamed
+    kept = {key: value for key, value in state.items() if not _REBUILT_BUFFERS.match(key)}
+    return rename_keys(kept, _rename_key, "Microsoft's Swin layout")[0]
+
+
+def _rename_key(key: str, value: torch.Tensor) -> dict[str, torch.Tensor] | None:
+    """One Microsoft key -> ours (the fused `attn.qkv` split), or None for a key of no Swin layout."""
+    if match := re.match(r"^layers\.(\d+)\.blocks\.(\d+)\.(.+)$", key):
+        stage, block, name = match.groups()
+        prefix = f"swin.encoder.layers.{stage}.blocks.{block}."
+        module, _, kind = name.rpartition(".")
+        if module == "attn.qkv" and kind in ("weight", "bias"):
+            return split_fused_qkv(value, f"{prefix}attention.", kind)
+        if name == "attn.relative_position_bias_table":
+            return {f"{prefix}attention.relative_position_bias.relative_position_bias_table": value}
+        return module_tensor(name, value, TIMM_BLOCK, prefix)
+    if match := re.match(r"^layers\.(\d+)\.downsample\.(reduction|norm)\.(weight|bias)$", key):
+        stage, module, kind = match.groups()
+        return {f"swin.encoder.layers.{stage}.downsample.{module}.{kind}": value}
+    if key == "absolute_pos_embed":
+        return {"swin.embeddings.position_embeddings": value}
+    return module_tensor(key, value, _TOP)
 
 
 def convert_swin_checkpoint(

@@ -18,11 +18,13 @@ import re
 import torch
 
 from ..conversion import (
+    TIMM_BLOCK,
     Conversion,
     NamedModel,
     arg,
     check_depths,
     count_indexed,
+    mae_layout_names,
     module_tensor,
     normalisation_fields,
     patch_embedding_fields,
@@ -33,26 +35,8 @@ from ..conversion import (
 from .configuration_mimir import MimirConfig
 from .modeling_mimir import MimirForImageClassification, MimirForPreTraining
 
-_BLOCK = {  # timm Block -> ViTMAE layer, under blocks.N. / decoder_blocks.N.
-    "norm1": "layernorm_before",
-    "norm2": "layernorm_after",
-    "attn.proj": "attention.o_proj",
-    "mlp.fc1": "mlp.fc1",
-    "mlp.fc2": "mlp.fc2",
-}
-_TOP = {
-    "patch_embed.proj": "vit.embeddings.patch_embeddings.projection",
-    "cls_token": "vit.embeddings.cls_token",
-    "pos_embed": "vit.embeddings.position_embeddings",
-    "norm": "vit.layernorm",
-    "fc_norm": "fc_norm",
-    "head": "classifier",
-    "decoder_embed": "decoder.decoder_embed",
-    "mask_token": "decoder.mask_token",
-    "decoder_pos_embed": "decoder.decoder_pos_embed",
-    "decoder_norm": "decoder.decoder_norm",
-    "decoder_pred": "decoder.decoder_pred",
-}
+_MODULES, _PARAMETERS = mae_layout_names("vit")  # timm / MAE -> ours, outside the blocks
+_TOP = {**_MODULES, **_PARAMETERS, "fc_norm": "fc_norm"}  # fc_norm: the mean-pooling head's norm
 # The authors' ViT encoders (`models/models_vit.py`, `models/mae_vit.py`; older names carry the patch size) and MAE's
 # ViT-H, by the size in their names. "small_ds" is the authors' 768-wide, 8-deep, 8-head ViT-S (MLP ratio 3).
 _ENCODERS = {
@@ -175,7 +159,7 @@ def _rename_key(key: str, value: torch.Tensor) -> dict[str, torch.Tensor] | None
         module, _, kind = name.rpartition(".")
         if module == "attn.qkv" and kind in ("weight", "bias"):
             return split_fused_qkv(value, f"{prefix}attention.", kind)
-        return module_tensor(name, value, _BLOCK, prefix)
+        return module_tensor(name, value, TIMM_BLOCK, prefix)
     if key in _TOP:  # bare parameters (tokens, position embeddings)
         return {_TOP[key]: value}
     return module_tensor(key, value, _TOP)
