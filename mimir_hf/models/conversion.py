@@ -8,6 +8,7 @@ conversion's promises (every tensor placed, only `new_keys` left at their initia
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -191,32 +192,41 @@ def patch_embedding_fields(state: dict[str, torch.Tensor]) -> dict:
     return dict(hidden_size=hidden_size, num_channels=num_channels, patch_size=patch_size)
 
 
-def convert_encoder_and_decoder(
-    state: dict[str, torch.Tensor],
-    args: dict | None,
-    overrides: dict,
-    infer_config,
-    rename,
-    pretraining_class: type,
-    classifier_class: type,
-) -> tuple[Conversion, dict[str, str]]:
-    """A timm-layout file of a family MIMIR pre-trains as an MAE (CaiT, ConViT): its pre-training model when the file
-    has a decoder (`decoder_embed`), else its classifier, with a new head when the file has none (noted). DDP's
-    `module.` prefix is dropped. `infer_config(state, args, **overrides)` gives the config and notes,
-    `rename(state, ignored)` our tensors and their origins; every tensor is placed, listed in `ignored` with the
-    reason, or refused by `fit_to_model`. Returns the conversion and `ignored` (also in the conversion)."""
-    state = {key.removeprefix("module."): value for key, value in state.items()}
-    config, notes = infer_config(state, args, **overrides)
-    model_class = pretraining_class if "decoder_embed.weight" in state else classifier_class
-    ignored: dict[str, str] = {}
-    renamed, origin = rename(state, ignored)
-    new_keys = fit_to_model(model_class, config, renamed, origin, ignored, new_allowed=("classifier.",))
-    if new_keys:
-        notes.append(
-            f"an encoder without a head: the {config.num_labels}-class head is newly initialised, for fine-tuning "
-            "(pass --num_labels for another number of classes)."
-        )
-    return Conversion(model_class, config, renamed, ignored, new_keys, notes), ignored
+def encoder_and_decoder_converter(
+    family: str, infer_config, rename, pretraining_class: type, classifier_class: type
+) -> Callable[..., Conversion]:
+    """The converter of a family MIMIR pre-trains as an MAE from timm-layout files (CaiT, ConViT):
+    `convert(state, args=None, **overrides)` gives the family's pre-training model when the file has a decoder
+    (`decoder_embed`), else its classifier, with a new head when the file has none (noted). DDP's `module.` prefix is
+    dropped. `infer_config(state, args, **overrides)` gives the config and notes, `rename(state, ignored)` our
+    tensors and their origins; every tensor is placed, listed in `ignored` with the reason (query/key/value biases
+    when `qkv_bias=False` is asked for, buffers the model rebuilds), or refused with a `ValueError`."""
+
+    def convert(state: dict[str, torch.Tensor], args: dict | None = None, **overrides) -> Conversion:
+        state = {key.removeprefix("module."): value for key, value in state.items()}
+        config, notes = infer_config(state, args, **overrides)
+        model_class = pretraining_class if "decoder_embed.weight" in state else classifier_class
+        ignored: dict[str, str] = {}
+        renamed, origin = rename(state, ignored)
+        new_keys = fit_to_model(model_class, config, renamed, origin, ignored, new_allowed=("classifier.",))
+        if new_keys:
+            notes.append(
+                f"an encoder without a head: the {config.num_labels}-class head is newly initialised, for fine-tuning "
+                "(pass --num_labels for another number of classes)."
+            )
+        if any(reason.startswith("query/key/value bias") for reason in ignored.values()):
+            notes.append(
+                "qkv_bias=False: the file's query/key/value biases were dropped (listed below), as the authors' timm "
+                "fine-tuning did when it loaded a biased pre-training encoder into a bias-free model."
+            )
+        return Conversion(model_class, config, renamed, ignored, new_keys, notes)
+
+    convert.__name__ = convert.__qualname__ = f"convert_{family}_checkpoint"
+    convert.__doc__ = (
+        f"`{pretraining_class.__name__}` (decoder present) or `{classifier_class.__name__}` from a timm-layout "
+        f"{family} state dict and its run's `args` (see `encoder_and_decoder_converter`)."
+    )
+    return convert
 
 
 def arg(args: dict | None, name: str, default=None):
@@ -350,7 +360,7 @@ __all__ = [
     "arg",
     "check_against_name",
     "check_depths",
-    "convert_encoder_and_decoder",
+    "encoder_and_decoder_converter",
     "count_indexed",
     "fit_to_model",
     "mae_layout_names",

@@ -17,32 +17,18 @@ import re
 
 import torch
 
-from ..conversion import (
-    TIMM_BLOCK,
-    Conversion,
-    NamedModel,
-    arg,
-    check_against_name,
-    convert_encoder_and_decoder,
-    count_indexed,
-    mae_layout_names,
-    module_tensor,
-    patch_embedding_fields,
-    rename_keys,
-    split_fused_qkv,
-    task_and_input_fields,
-)
+from .. import conversion
 from .configuration_mimir_cait import PRESETS, MimirCaitConfig
 from .modeling_mimir_cait import MimirCaitForImageClassification, MimirCaitForPreTraining
 
-_TOP, _PARAMETERS = mae_layout_names("cait")  # timm -> ours, outside the blocks
+_TOP, _PARAMETERS = conversion.mae_layout_names("cait")  # timm -> ours, outside the blocks
 _STACKS = {  # timm stack -> ours
     "blocks": "cait.layers",
     "blocks_token_only": "cait.class_attention_layers",
     "decoder_blocks": "decoder.decoder_layers",
 }
 _LAYER = {  # inside a block, timm -> ours (talking-heads and class-attention layers alike)
-    **TIMM_BLOCK,
+    **conversion.TIMM_BLOCK,
     "attn.q": "attention.q_proj",  # class attention
     "attn.k": "attention.k_proj",
     "attn.v": "attention.v_proj",
@@ -57,14 +43,14 @@ _SIZES = {"xxs": (192, 4), "xs": (288, 6), "s": (384, 8), "m": (768, 16)}
 _NAME = re.compile(r"cait_(xxs|xs|s|m)(\d+)")
 
 
-def named_cait(name: str) -> NamedModel | None:
+def named_cait(name: str) -> conversion.NamedModel | None:
     """The CaiT one of timm's / the authors' model names stands for, or None when the name is not one of them."""
     match = _NAME.search(str(name or "").lower())
     if not match:
         return None
     (width, heads), depth = _SIZES[match.group(1)], int(match.group(2))
     title = f"CaiT-{match.group(1).upper()}{depth}"
-    return NamedModel(title, width, {"blocks": depth, "blocks_token_only": 2}, heads)
+    return conversion.NamedModel(title, width, {"blocks": depth, "blocks_token_only": 2}, heads)
 
 
 def _rename_key(key: str, value: torch.Tensor) -> dict[str, torch.Tensor] | None:
@@ -78,9 +64,9 @@ def _rename_key(key: str, value: torch.Tensor) -> dict[str, torch.Tensor] | None
         if name in _LAYER_SCALES:
             return {prefix + _LAYER_SCALES[name]: value}
         if module == "attn.qkv" and kind in ("weight", "bias") and stack != "blocks_token_only":
-            return split_fused_qkv(value, prefix + "attention.", kind)
-        return module_tensor(name, value, _LAYER, prefix)
-    return module_tensor(key, value, _TOP)
+            return conversion.split_fused_qkv(value, prefix + "attention.", kind)
+        return conversion.module_tensor(name, value, _LAYER, prefix)
+    return conversion.module_tensor(key, value, _TOP)
 
 
 def rename_state_dict(
@@ -92,13 +78,13 @@ def rename_state_dict(
         "the timm CaiT / MIMIR MaskedAutoencoderCait layout; a global-pooling head with fc_norm or a ViT-block "
         "decoder is not supported"
     )
-    return rename_keys(state, _rename_key, layout)
+    return conversion.rename_keys(state, _rename_key, layout)
 
 
 def _layer_scale_init(fields: dict, args: dict | None, notes: list) -> float:
     """LayerScale's initial value (the config records it; loaded vectors replace it): from `args.model`, else from a
     released shape, else 1e-5 with a note."""
-    name = str(arg(args, "model", "")).lower()
+    name = str(conversion.arg(args, "model", "")).lower()
     if "cait" in name:
         return 1e-6 if "s36" in name else 1e-5
     shape = {key: fields[key] for key in ("hidden_size", "num_hidden_layers", "num_attention_heads")}
@@ -123,48 +109,32 @@ def infer_cait_config(
         raise ValueError(f"Not a timm-layout CaiT checkpoint: missing {missing} (it has e.g. {sorted(state)[:5]}).")
     overrides = {key: value for key, value in overrides.items() if value is not None}
     notes: list[str] = []
-    fields = patch_embedding_fields(state)
+    fields = conversion.patch_embedding_fields(state)
     hidden_size, patch_size = fields["hidden_size"], fields["patch_size"]
     num_patches = state["pos_embed"].shape[1]
     side = int(round(num_patches**0.5))
     fields.update(
         image_size=side * patch_size if side * side == num_patches else None,
-        num_hidden_layers=count_indexed(state, "blocks"),
-        num_class_attention_layers=count_indexed(state, "blocks_token_only"),
+        num_hidden_layers=conversion.count_indexed(state, "blocks"),
+        num_class_attention_layers=conversion.count_indexed(state, "blocks_token_only"),
         num_attention_heads=state["blocks.0.attn.proj_l.weight"].shape[0],
         intermediate_size=state["blocks.0.mlp.fc1.weight"].shape[0],
         qkv_bias="blocks.0.attn.qkv.bias" in state,
     )
-    name = str(arg(args, "model", ""))
-    check_against_name(state, name, named_cait(name), hidden_size, fields["num_attention_heads"], notes)
+    name = str(conversion.arg(args, "model", ""))
+    conversion.check_against_name(state, name, named_cait(name), hidden_size, fields["num_attention_heads"], notes)
     fields["layer_scale_init"] = _layer_scale_init(fields, args, notes)
-    fields = task_and_input_fields(
-        state,
-        args,
-        notes,
-        fields,
-        overrides,
-        "decoder_blocks.0.attn.proj_l.weight",
-        _DEFAULT_NUM_LABELS,
-        f"pos_embed has {num_patches} patches, not a square grid: pass image_size=(height, width).",
+    unreadable_size = f"pos_embed has {num_patches} patches, not a square grid: pass image_size=(height, width)."
+    decoder_key = "decoder_blocks.0.attn.proj_l.weight"  # gives a pre-training file's decoder heads
+    fields = conversion.task_and_input_fields(
+        state, args, notes, fields, overrides, decoder_key, _DEFAULT_NUM_LABELS, unreadable_size
     )
     return MimirCaitConfig(**fields), notes
 
 
-def convert_cait_checkpoint(state: dict[str, torch.Tensor], args: dict | None = None, **overrides) -> Conversion:
-    """`MimirCaitForPreTraining` (decoder present) or `MimirCaitForImageClassification` from a timm-layout CaiT state
-    dict and its run's `args`. Every tensor is placed, or listed in `ignored` with the reason (query/key/value biases
-    when `qkv_bias=False` is asked for), or refused with a `ValueError`."""
-    conversion, _ = convert_encoder_and_decoder(
-        state,
-        args,
-        overrides,
-        infer_cait_config,
-        rename_state_dict,
-        MimirCaitForPreTraining,
-        MimirCaitForImageClassification,
-    )
-    return conversion
+convert_cait_checkpoint = conversion.encoder_and_decoder_converter(
+    "cait", infer_cait_config, rename_state_dict, MimirCaitForPreTraining, MimirCaitForImageClassification
+)
 
 
 __all__ = ["convert_cait_checkpoint", "infer_cait_config", "named_cait", "rename_state_dict"]

@@ -17,27 +17,14 @@ import re
 
 import torch
 
-from ..conversion import (
-    TIMM_BLOCK,
-    Conversion,
-    NamedModel,
-    arg,
-    check_against_name,
-    convert_encoder_and_decoder,
-    count_indexed,
-    mae_layout_names,
-    module_tensor,
-    patch_embedding_fields,
-    rename_keys,
-    task_and_input_fields,
-)
+from .. import conversion
 from .configuration_mimir_convit import MimirConvitConfig
 from .modeling_mimir_convit import MimirConvitForImageClassification, MimirConvitForPreTraining
 
-_TOP, _PARAMETERS = mae_layout_names("convit")  # timm -> ours, outside the blocks
+_TOP, _PARAMETERS = conversion.mae_layout_names("convit")  # timm -> ours, outside the blocks
 _STACKS = {"blocks": "convit.layers", "decoder_blocks": "decoder.decoder_layers"}
 # inside a block, timm -> ours: GPSA's value and positional projections besides the common modules
-_LAYER = {**TIMM_BLOCK, "attn.v": "attention.v_proj", "attn.pos_proj": "attention.position_proj"}
+_LAYER = {**conversion.TIMM_BLOCK, "attn.v": "attention.v_proj", "attn.pos_proj": "attention.position_proj"}
 _FUSED = {"attn.qk": ("q_proj", "k_proj"), "attn.qkv": ("q_proj", "k_proj", "v_proj")}  # split along output rows
 _REBUILT = re.compile(r"^(decoder_)?blocks\.\d+\.attn\.rel_indices$")  # GPSA's cached offsets, if ever saved
 _DEFAULT_NUM_LABELS = 10  # an encoder-only file: the released ConViTs are CIFAR-10 models
@@ -47,13 +34,13 @@ _SIZES = {"ti": ("Ti", 4), "tiny": ("Ti", 4), "small": ("S", 9), "base": ("B", 1
 _NAME = re.compile(r"convit_(tiny|ti|small|base)(?![a-z])")
 
 
-def named_convit(name: str) -> NamedModel | None:
+def named_convit(name: str) -> conversion.NamedModel | None:
     """The ConViT one of timm's / the authors' model names stands for, or None when the name is not one of them."""
     match = _NAME.search(str(name or "").lower())
     if not match:
         return None
     size, heads = _SIZES[match.group(1)]
-    return NamedModel(f"ConViT-{size}", 48 * heads, {"blocks": 12}, heads)
+    return conversion.NamedModel(f"ConViT-{size}", 48 * heads, {"blocks": 12}, heads)
 
 
 def _rename_key(key: str, value: torch.Tensor) -> dict[str, torch.Tensor] | None:
@@ -70,8 +57,8 @@ def _rename_key(key: str, value: torch.Tensor) -> dict[str, torch.Tensor] | None
             names = _FUSED[module]
             chunks = value.chunk(len(names), dim=0)
             return {f"{prefix}attention.{n}.{kind}": chunk.clone() for n, chunk in zip(names, chunks, strict=True)}
-        return module_tensor(name, value, _LAYER, prefix)
-    return module_tensor(key, value, _TOP)
+        return conversion.module_tensor(name, value, _LAYER, prefix)
+    return conversion.module_tensor(key, value, _TOP)
 
 
 def rename_state_dict(
@@ -86,12 +73,12 @@ def rename_state_dict(
         "the timm ConViT / MIMIR MaskedAutoencoderConVit layout; a global-pooling head with fc_norm is not supported"
     )
     kept = {key: value for key, value in state.items() if key not in ignored}
-    return rename_keys(kept, _rename_key, layout)
+    return conversion.rename_keys(kept, _rename_key, layout)
 
 
 def _gpsa_layers(state: dict[str, torch.Tensor], stack: str) -> int:
     """Number of leading GPSA blocks of `stack`; a `ValueError` when GPSA blocks do not all come first."""
-    depth = count_indexed(state, stack)
+    depth = conversion.count_indexed(state, stack)
     gpsa = [index for index in range(depth) if f"{stack}.{index}.attn.qk.weight" in state]
     if gpsa != list(range(len(gpsa))):
         raise ValueError(f"GPSA layers must come first, found them at {stack} {gpsa} of {depth}.")
@@ -109,17 +96,17 @@ def infer_convit_config(
         raise ValueError(f"Not a timm-layout ConViT checkpoint: missing {missing} (it has e.g. {sorted(state)[:5]}).")
     overrides = {key: value for key, value in overrides.items() if value is not None}
     notes: list[str] = []
-    fields = patch_embedding_fields(state)
+    fields = conversion.patch_embedding_fields(state)
     hidden_size, patch_size = fields["hidden_size"], fields["patch_size"]
     local_up_to_layer = _gpsa_layers(state, "blocks")
     fields.update(
-        num_hidden_layers=count_indexed(state, "blocks"),
+        num_hidden_layers=conversion.count_indexed(state, "blocks"),
         local_up_to_layer=local_up_to_layer,
         intermediate_size=state["blocks.0.mlp.fc1.weight"].shape[0],
         qkv_bias=any(f"blocks.0.attn.{name}.bias" in state for name in ("qk", "qkv")),
         use_pos_embed="pos_embed" in state,
     )
-    name = str(arg(args, "model", ""))
+    name = str(conversion.arg(args, "model", ""))
     named = named_convit(name)
     if local_up_to_layer:
         fields["num_attention_heads"] = state["blocks.0.attn.pos_proj.weight"].shape[0]
@@ -133,49 +120,28 @@ def infer_convit_config(
             f"num_attention_heads = {fields['num_attention_heads']} is a guess (width / 48, ConViT's head width): the "
             "file has no GPSA layer to read it from. Pass --num_attention_heads if it is wrong."
         )
-    check_against_name(state, name, named, hidden_size, fields["num_attention_heads"], notes)
-    image_size = arg(args, "input_size")
+    conversion.check_against_name(state, name, named, hidden_size, fields["num_attention_heads"], notes)
+    image_size = conversion.arg(args, "input_size")
     if "pos_embed" in state:
         num_patches = state["pos_embed"].shape[1]
         side = int(round(num_patches**0.5))
         image_size = side * patch_size if side * side == num_patches else None
     fields["image_size"] = image_size
-    if "decoder_embed.weight" in state and _gpsa_layers(state, "decoder_blocks") != count_indexed(
+    if "decoder_embed.weight" in state and _gpsa_layers(state, "decoder_blocks") != conversion.count_indexed(
         state, "decoder_blocks"
     ):
         raise ValueError("The ConViT decoder has non-GPSA blocks (use_convit_dec=False), which mimir_hf lacks.")
-    fields = task_and_input_fields(
-        state,
-        args,
-        notes,
-        fields,
-        overrides,
-        "decoder_blocks.0.attn.pos_proj.weight",
-        _DEFAULT_NUM_LABELS,
-        "The image size cannot be read (no square pos_embed, no args.input_size): pass image_size.",
+    unreadable_size = "The image size cannot be read (no square pos_embed, no args.input_size): pass image_size."
+    decoder_key = "decoder_blocks.0.attn.pos_proj.weight"  # gives a pre-training file's decoder heads
+    fields = conversion.task_and_input_fields(
+        state, args, notes, fields, overrides, decoder_key, _DEFAULT_NUM_LABELS, unreadable_size
     )
     return MimirConvitConfig(**fields), notes
 
 
-def convert_convit_checkpoint(state: dict[str, torch.Tensor], args: dict | None = None, **overrides) -> Conversion:
-    """`MimirConvitForPreTraining` (decoder present) or `MimirConvitForImageClassification` from a timm-layout ConViT
-    state dict and its run's `args`. Every tensor is placed, or listed in `ignored` with the reason (cached offsets;
-    query/key/value biases when `qkv_bias=False` is asked for), or refused with a `ValueError`."""
-    conversion, ignored = convert_encoder_and_decoder(
-        state,
-        args,
-        overrides,
-        infer_convit_config,
-        rename_state_dict,
-        MimirConvitForPreTraining,
-        MimirConvitForImageClassification,
-    )
-    if any(reason.startswith("query/key/value bias") for reason in ignored.values()):
-        conversion.notes.append(
-            "qkv_bias=False: the file's query/key/value biases were dropped (listed below), as the authors' timm "
-            "fine-tuning did when it loaded a biased pre-training encoder into a bias-free ConViT."
-        )
-    return conversion
+convert_convit_checkpoint = conversion.encoder_and_decoder_converter(
+    "convit", infer_convit_config, rename_state_dict, MimirConvitForPreTraining, MimirConvitForImageClassification
+)
 
 
 __all__ = ["convert_convit_checkpoint", "infer_convit_config", "named_convit", "rename_state_dict"]

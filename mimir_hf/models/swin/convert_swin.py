@@ -23,16 +23,7 @@ import re
 
 import torch
 
-from ..conversion import (
-    TIMM_BLOCK,
-    Conversion,
-    NamedModel,
-    arg,
-    check_against_name,
-    module_tensor,
-    rename_keys,
-    split_fused_qkv,
-)
+from .. import conversion
 from .configuration_mimir_swin import MimirSwinConfig
 from .modeling_mimir_swin import MimirSwinForImageClassification
 
@@ -59,13 +50,13 @@ _SIZES = {
 _NAME = re.compile(r"swin_(tiny|small|base|large)(?![a-z])")
 
 
-def named_swin(name: str) -> NamedModel | None:
+def named_swin(name: str) -> conversion.NamedModel | None:
     """The Swin one of Microsoft's / timm's / the authors' model names stands for, or None when it is not one."""
     match = _NAME.search(str(name or "").lower())
     if not match:
         return None
     title, width, depths, heads = _SIZES[match.group(1)]
-    return NamedModel(title, width, {f"layers.{i}.blocks": depth for i, depth in enumerate(depths)}, heads)
+    return conversion.NamedModel(title, width, {f"layers.{i}.blocks": depth for i, depth in enumerate(depths)}, heads)
 
 
 def split_encoder_keys(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
@@ -195,7 +186,7 @@ def convert_swin_state_dict(state_dict: dict[str, torch.Tensor], config: MimirSw
     """
     state, _ = split_encoder_keys(state_dict)
     kept = {key: value for key, value in state.items() if not _REBUILT_BUFFERS.match(key)}
-    return rename_keys(kept, _rename_key, "Microsoft's Swin layout")[0]
+    return conversion.rename_keys(kept, _rename_key, "Microsoft's Swin layout")[0]
 
 
 def _rename_key(key: str, value: torch.Tensor) -> dict[str, torch.Tensor] | None:
@@ -205,21 +196,21 @@ def _rename_key(key: str, value: torch.Tensor) -> dict[str, torch.Tensor] | None
         prefix = f"swin.encoder.layers.{stage}.blocks.{block}."
         module, _, kind = name.rpartition(".")
         if module == "attn.qkv" and kind in ("weight", "bias"):
-            return split_fused_qkv(value, f"{prefix}attention.", kind)
+            return conversion.split_fused_qkv(value, f"{prefix}attention.", kind)
         if name == "attn.relative_position_bias_table":
             return {f"{prefix}attention.relative_position_bias.relative_position_bias_table": value}
-        return module_tensor(name, value, TIMM_BLOCK, prefix)
+        return conversion.module_tensor(name, value, conversion.TIMM_BLOCK, prefix)
     if match := re.match(r"^layers\.(\d+)\.downsample\.(reduction|norm)\.(weight|bias)$", key):
         stage, module, kind = match.groups()
         return {f"swin.encoder.layers.{stage}.downsample.{module}.{kind}": value}
     if key == "absolute_pos_embed":
         return {"swin.embeddings.position_embeddings": value}
-    return module_tensor(key, value, _TOP)
+    return conversion.module_tensor(key, value, _TOP)
 
 
 def convert_swin_checkpoint(
     state_dict: dict[str, torch.Tensor], args: dict | None = None, **config_overrides
-) -> Conversion:
+) -> conversion.Conversion:
     """Infer the config, convert the tensors and account for every key: what was ignored, which weights are new.
 
     `args` (a training run's saved arguments) are not needed: the tensors determine a Swin completely. When
@@ -251,14 +242,14 @@ def convert_swin_checkpoint(
     if missing:
         raise ValueError(f"The checkpoint lacks {len(missing)} encoder weights, e.g. {missing[:6]}.")
     notes = []
-    name = str(arg(args, "model", ""))
-    check_against_name(state, name, named_swin(name), config.embed_dim, list(config.num_heads), notes)
+    name = str(conversion.arg(args, "model", ""))
+    conversion.check_against_name(state, name, named_swin(name), config.embed_dim, list(config.num_heads), notes)
     if new_keys:
         notes.append(
             f"a pre-training (GreenMIM) backbone: the {config.num_labels}-class head is newly initialised, for "
             "fine-tuning (pass --num_labels for another number of classes)."
         )
-    return Conversion(MimirSwinForImageClassification, config, renamed, ignored, new_keys, notes)
+    return conversion.Conversion(MimirSwinForImageClassification, config, renamed, ignored, new_keys, notes)
 
 
 __all__ = [
