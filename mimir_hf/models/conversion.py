@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import torch
 from transformers import PretrainedConfig
@@ -192,22 +193,96 @@ def patch_embedding_fields(state: dict[str, torch.Tensor]) -> dict:
     return dict(hidden_size=hidden_size, num_channels=num_channels, patch_size=patch_size)
 
 
-def encoder_and_decoder_converter(
-    family: str, infer_config, rename, pretraining_class: type, classifier_class: type
-) -> Callable[..., Conversion]:
-    """The converter of a family MIMIR pre-trains as an MAE from timm-layout files (CaiT, ConViT):
-    `convert(state, args=None, **overrides)` gives the family's pre-training model when the file has a decoder
-    (`decoder_embed`), else its classifier, with a new head when the file has none (noted). DDP's `module.` prefix is
-    dropped. `infer_config(state, args, **overrides)` gives the config and notes, `rename(state, ignored)` our
-    tensors and their origins; every tensor is placed, listed in `ignored` with the reason (query/key/value biases
-    when `qkv_bias=False` is asked for, buffers the model rebuilds), or refused with a `ValueError`."""
+@dataclass(frozen=True)
+class TimmMaeLayout:
+    """How a family MIMIR pre-trains as an MAE lays out its timm-style files (CaiT, ConViT), and the conversion that is
+    the same for every such family. A family gives its tables and its own readings:
 
-    def convert(state: dict[str, torch.Tensor], args: dict | None = None, **overrides) -> Conversion:
+    - `stacks`: timm's block stacks (`blocks`, `decoder_blocks`, ...) -> our layer lists; `block`: the modules inside
+      a block, timm -> ours; `block_tensor(stack, prefix, name, value)`: the family's own tensors inside a block
+      (fused projections to split, scales), our keys and tensors or None to look `name` up in `block`.
+    - `required`: keys every file of the family has; `read_fields(state, args, overrides, notes, fields)`: fills the
+      family's config fields from the tensors (depths, heads, image size, ...) after the patch projection's.
+    - `decoder_heads_key`: the tensor giving the decoder's head count; `default_num_labels`: the classes of an
+      encoder-only file unless told; `rebuilt`: a pattern of buffers the model rebuilds (left out, listed);
+      `unreadable_size`: the refusal when the image size cannot be read (`{patches}`: the position table's length).
+    """
+
+    family: str
+    title: str
+    config_class: type
+    pretraining_class: type
+    classifier_class: type
+    stacks: dict[str, str]
+    block: dict[str, str]
+    block_tensor: Callable[[str, str, str, torch.Tensor], dict | None]
+    required: tuple[str, ...]
+    read_fields: Callable[..., None]
+    decoder_heads_key: str
+    default_num_labels: int
+    layout: str
+    unreadable_size: str
+    rebuilt: re.Pattern | None = None
+    rebuilt_reason: str = ""
+
+    @cached_property
+    def outside_blocks(self) -> tuple[dict[str, str], dict[str, str]]:
+        """The modules and bare parameters outside the blocks, timm -> ours (`mae_layout_names`)."""
+        return mae_layout_names(self.family)
+
+    def rename_key(self, key: str, value: torch.Tensor) -> dict[str, torch.Tensor] | None:
+        """One timm key -> ours (several for a fused projection), or None for a key of no such layout."""
+        modules, parameters = self.outside_blocks
+        if key in parameters:
+            return {parameters[key]: value}
+        stack, _, rest = key.partition(".")
+        index, _, name = rest.partition(".")
+        if stack in self.stacks and index.isdigit():
+            prefix = f"{self.stacks[stack]}.{index}."
+            own = self.block_tensor(stack, prefix, name, value)
+            return own if own is not None else module_tensor(name, value, self.block, prefix)
+        return module_tensor(key, value, modules)
+
+    def rename_state_dict(
+        self, state: dict[str, torch.Tensor], ignored: dict[str, str] | None = None
+    ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        """timm names -> ours; and our key -> the checkpoint key it came from. Buffers the model rebuilds go to
+        `ignored` with the reason; unknown keys raise a `ValueError` listing them."""
+        ignored = {} if ignored is None else ignored
+        if self.rebuilt is not None:
+            ignored.update({key: self.rebuilt_reason for key in state if self.rebuilt.match(key)})
+        kept = {key: value for key, value in state.items() if key not in ignored}
+        return rename_keys(kept, self.rename_key, self.layout)
+
+    def infer_config(self, state: dict[str, torch.Tensor], args: dict | None = None, **overrides):
+        """The family's config matching the checkpoint's tensors and saved `args`, and the notes on what had to be
+        assumed. `overrides` set any field (`None` values are ignored)."""
+        missing = [key for key in self.required if key not in state]
+        if missing:
+            raise ValueError(
+                f"Not a timm-layout {self.title} checkpoint: missing {missing} (it has e.g. {sorted(state)[:5]})."
+            )
+        overrides = {key: value for key, value in overrides.items() if value is not None}
+        notes: list[str] = []
+        fields = patch_embedding_fields(state)
+        self.read_fields(state, args, overrides, notes, fields)
+        patches = state["pos_embed"].shape[1] if "pos_embed" in state else "no"
+        unreadable_size = self.unreadable_size.format(patches=patches)
+        fields = task_and_input_fields(
+            state, args, notes, fields, overrides, self.decoder_heads_key, self.default_num_labels, unreadable_size
+        )
+        return self.config_class(**fields), notes
+
+    def convert(self, state: dict[str, torch.Tensor], args: dict | None = None, **overrides) -> Conversion:
+        """The family's pre-training model when the file has a decoder (`decoder_embed`), else its classifier, with a
+        new head when the file has none (noted). DDP's `module.` prefix is dropped; every tensor is placed, listed in
+        `ignored` with the reason (query/key/value biases when `qkv_bias=False` is asked for, rebuilt buffers), or
+        refused with a `ValueError`."""
         state = {key.removeprefix("module."): value for key, value in state.items()}
-        config, notes = infer_config(state, args, **overrides)
-        model_class = pretraining_class if "decoder_embed.weight" in state else classifier_class
+        config, notes = self.infer_config(state, args, **overrides)
+        model_class = self.pretraining_class if "decoder_embed.weight" in state else self.classifier_class
         ignored: dict[str, str] = {}
-        renamed, origin = rename(state, ignored)
+        renamed, origin = self.rename_state_dict(state, ignored)
         new_keys = fit_to_model(model_class, config, renamed, origin, ignored, new_allowed=("classifier.",))
         if new_keys:
             notes.append(
@@ -220,13 +295,6 @@ def encoder_and_decoder_converter(
                 "fine-tuning did when it loaded a biased pre-training encoder into a bias-free model."
             )
         return Conversion(model_class, config, renamed, ignored, new_keys, notes)
-
-    convert.__name__ = convert.__qualname__ = f"convert_{family}_checkpoint"
-    convert.__doc__ = (
-        f"`{pretraining_class.__name__}` (decoder present) or `{classifier_class.__name__}` from a timm-layout "
-        f"{family} state dict and its run's `args` (see `encoder_and_decoder_converter`)."
-    )
-    return convert
 
 
 def arg(args: dict | None, name: str, default=None):
@@ -355,12 +423,12 @@ def task_and_input_fields(
 
 __all__ = [
     "TIMM_BLOCK",
+    "TimmMaeLayout",
     "Conversion",
     "NamedModel",
     "arg",
     "check_against_name",
     "check_depths",
-    "encoder_and_decoder_converter",
     "count_indexed",
     "fit_to_model",
     "mae_layout_names",

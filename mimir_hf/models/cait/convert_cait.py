@@ -21,7 +21,6 @@ from .. import conversion
 from .configuration_mimir_cait import PRESETS, MimirCaitConfig
 from .modeling_mimir_cait import MimirCaitForImageClassification, MimirCaitForPreTraining
 
-_TOP, _PARAMETERS = conversion.mae_layout_names("cait")  # timm -> ours, outside the blocks
 _STACKS = {  # timm stack -> ours
     "blocks": "cait.layers",
     "blocks_token_only": "cait.class_attention_layers",
@@ -36,7 +35,6 @@ _LAYER = {  # inside a block, timm -> ours (talking-heads and class-attention la
     "attn.proj_w": "attention.weights_mix",  # ... and the probabilities after it
 }
 _LAYER_SCALES = {"gamma_1": "layer_scale1.lambda1", "gamma_2": "layer_scale2.lambda1"}
-_DEFAULT_NUM_LABELS = 1000  # an encoder-only file: ImageNet-1K fine-tuning, unless told otherwise
 # CaiT's sizes (Touvron et al. 2021, Table 1; timm's and the authors' `cait_xxs24`, `cait_s36`, `mae_cait_xxs24`,
 # ...): width and heads by the size letters, depth by the number; every model ends in 2 class-attention layers.
 _SIZES = {"xxs": (192, 4), "xs": (288, 6), "s": (384, 8), "m": (768, 16)}
@@ -53,32 +51,15 @@ def named_cait(name: str) -> conversion.NamedModel | None:
     return conversion.NamedModel(title, width, {"blocks": depth, "blocks_token_only": 2}, heads)
 
 
-def _rename_key(key: str, value: torch.Tensor) -> dict[str, torch.Tensor] | None:
-    """One timm key -> ours (the fused `attn.qkv` split into q, k and v), or None for a key of no CaiT layout."""
-    if key in _PARAMETERS:
-        return {_PARAMETERS[key]: value}
-    if match := re.match(r"^(blocks|blocks_token_only|decoder_blocks)\.(\d+)\.(.+)$", key):
-        stack, index, name = match.groups()
-        prefix = f"{_STACKS[stack]}.{index}."
-        module, _, kind = name.rpartition(".")
-        if name in _LAYER_SCALES:
-            return {prefix + _LAYER_SCALES[name]: value}
-        if module == "attn.qkv" and kind in ("weight", "bias") and stack != "blocks_token_only":
-            return conversion.split_fused_qkv(value, prefix + "attention.", kind)
-        return conversion.module_tensor(name, value, _LAYER, prefix)
-    return conversion.module_tensor(key, value, _TOP)
-
-
-def rename_state_dict(
-    state: dict[str, torch.Tensor], ignored: dict[str, str] | None = None
-) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """timm names -> ours; and our key -> the checkpoint key it came from. Unknown keys raise a `ValueError` listing
-    them. (CaiT leaves no tensor out, so `ignored` stays as it is.)"""
-    layout = (
-        "the timm CaiT / MIMIR MaskedAutoencoderCait layout; a global-pooling head with fc_norm or a ViT-block "
-        "decoder is not supported"
-    )
-    return conversion.rename_keys(state, _rename_key, layout)
+def _block_tensor(stack: str, prefix: str, name: str, value: torch.Tensor) -> dict[str, torch.Tensor] | None:
+    """CaiT's own tensors inside a block: the LayerScale vectors and the fused `attn.qkv` (split into q, k and v) of
+    the talking-heads layers; None for the modules every block has."""
+    if name in _LAYER_SCALES:
+        return {prefix + _LAYER_SCALES[name]: value}
+    module, _, kind = name.rpartition(".")
+    if module == "attn.qkv" and kind in ("weight", "bias") and stack != "blocks_token_only":
+        return conversion.split_fused_qkv(value, prefix + "attention.", kind)
+    return None
 
 
 def _layer_scale_init(fields: dict, args: dict | None, notes: list) -> float:
@@ -98,23 +79,13 @@ def _layer_scale_init(fields: dict, args: dict | None, notes: list) -> float:
     return 1e-5
 
 
-def infer_cait_config(
-    state: dict[str, torch.Tensor], args: dict | None = None, **overrides
-) -> tuple[MimirCaitConfig, list[str]]:
-    """A `MimirCaitConfig` matching the checkpoint's tensors and saved `args`, and the notes on what had to be assumed.
-    `overrides` set any field (`None` values are ignored)."""
-    required = ("patch_embed.proj.weight", "pos_embed", "cls_token", "blocks.0.attn.proj_l.weight")
-    missing = [key for key in required if key not in state]
-    if missing:
-        raise ValueError(f"Not a timm-layout CaiT checkpoint: missing {missing} (it has e.g. {sorted(state)[:5]}).")
-    overrides = {key: value for key, value in overrides.items() if value is not None}
-    notes: list[str] = []
-    fields = conversion.patch_embedding_fields(state)
-    hidden_size, patch_size = fields["hidden_size"], fields["patch_size"]
+def _read_fields(state: dict[str, torch.Tensor], args: dict | None, overrides: dict, notes: list, fields: dict):
+    """CaiT's config fields from the tensors: the grid (a square `pos_embed`), both depths, the heads (the
+    talking-heads mixer is heads x heads), the MLP width, the qkv bias; LayerScale's init from `args.model`."""
     num_patches = state["pos_embed"].shape[1]
     side = int(round(num_patches**0.5))
     fields.update(
-        image_size=side * patch_size if side * side == num_patches else None,
+        image_size=side * fields["patch_size"] if side * side == num_patches else None,
         num_hidden_layers=conversion.count_indexed(state, "blocks"),
         num_class_attention_layers=conversion.count_indexed(state, "blocks_token_only"),
         num_attention_heads=state["blocks.0.attn.proj_l.weight"].shape[0],
@@ -122,19 +93,33 @@ def infer_cait_config(
         qkv_bias="blocks.0.attn.qkv.bias" in state,
     )
     name = str(conversion.arg(args, "model", ""))
-    conversion.check_against_name(state, name, named_cait(name), hidden_size, fields["num_attention_heads"], notes)
+    heads = fields["num_attention_heads"]
+    conversion.check_against_name(state, name, named_cait(name), fields["hidden_size"], heads, notes)
     fields["layer_scale_init"] = _layer_scale_init(fields, args, notes)
-    unreadable_size = f"pos_embed has {num_patches} patches, not a square grid: pass image_size=(height, width)."
-    decoder_key = "decoder_blocks.0.attn.proj_l.weight"  # gives a pre-training file's decoder heads
-    fields = conversion.task_and_input_fields(
-        state, args, notes, fields, overrides, decoder_key, _DEFAULT_NUM_LABELS, unreadable_size
-    )
-    return MimirCaitConfig(**fields), notes
 
 
-convert_cait_checkpoint = conversion.encoder_and_decoder_converter(
-    "cait", infer_cait_config, rename_state_dict, MimirCaitForPreTraining, MimirCaitForImageClassification
+LAYOUT = conversion.TimmMaeLayout(
+    family="cait",
+    title="CaiT",
+    config_class=MimirCaitConfig,
+    pretraining_class=MimirCaitForPreTraining,
+    classifier_class=MimirCaitForImageClassification,
+    stacks=_STACKS,
+    block=_LAYER,
+    block_tensor=_block_tensor,
+    required=("patch_embed.proj.weight", "pos_embed", "cls_token", "blocks.0.attn.proj_l.weight"),
+    read_fields=_read_fields,
+    decoder_heads_key="decoder_blocks.0.attn.proj_l.weight",
+    default_num_labels=1000,  # an encoder-only file: ImageNet-1K fine-tuning, unless told otherwise
+    layout=(
+        "the timm CaiT / MIMIR MaskedAutoencoderCait layout; a global-pooling head with fc_norm or a ViT-block "
+        "decoder is not supported"
+    ),
+    unreadable_size="pos_embed has {patches} patches, not a square grid: pass image_size=(height, width).",
 )
+convert_cait_checkpoint = LAYOUT.convert
+infer_cait_config = LAYOUT.infer_config
+rename_state_dict = LAYOUT.rename_state_dict
 
 
-__all__ = ["convert_cait_checkpoint", "infer_cait_config", "named_cait", "rename_state_dict"]
+__all__ = ["LAYOUT", "convert_cait_checkpoint", "infer_cait_config", "named_cait", "rename_state_dict"]
