@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging as logging_module
 import math
 import os
 import statistics
@@ -519,6 +520,8 @@ def end_to_end(args) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     datasets.disable_progress_bars()
+    # the training data's "resized by the image processor" note: here the random-resized crop does the resize
+    logging_module.getLogger("mimir_hf.commands").setLevel(logging_module.ERROR)
     rows, recipes = [], {}
     with tempfile.TemporaryDirectory() as scratch:
         for recipe in args.cases:
