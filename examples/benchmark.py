@@ -18,27 +18,68 @@ optimizer state, activations, temporaries) in one extra, untimed step, counted b
 `--evaluation_memory` measures instead the robustness report (`evaluate_robustness`, every attack but AutoAttack) over
 N and 10N images streamed from a lazily transformed `datasets.Dataset`: its peak memory (the same counter on a CPU,
 `torch.cuda.max_memory_allocated` on CUDA) should not grow with the number of images.
+
+`--end_to_end` measures from files to gradients instead: for each recipe of `--cases` it writes image files in a
+temporary folder (JPEGs at `--source_size` for the ImageNet recipes, 32x32 PNGs for the CIFAR ones, plus an `.npz`
+of auxiliary images where the recipe mixes them in), loads them with the package's own data path (`load_data`,
+`load_aux_data`: decoding, the recipe's augmentation, the image processor) and runs the recipe's real trainer for
+`--warmup` + `--steps` steps with each `--workers` count of data-loader workers. Per case it reports images/s end to
+end, images/s of the model step alone (one batch from memory, repeated), the data path's images/s in one process
+(decode + augmentation + collate: what one worker delivers) and which of the two bounds the run; with `--feed_rate`
+the workers one GPU needs at each rate. `--tabulate file.json` prints the tables of docs/benchmarks.md.
+
+    python examples/benchmark.py --end_to_end --tiny --workers 0 1 2 --output e2e.json      # CPU, tiny models
+    python examples/benchmark.py --end_to_end --workers 0 4 8 --feed_rate 4019 1681 --output e2e.json   # a GPU
+    python examples/benchmark.py --tabulate e2e.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging as logging_module
+import math
+import os
 import statistics
 import tempfile
 import time
 import weakref
 
+import datasets
 import numpy as np
 import torch
 import torch.nn.functional as F
+import yaml
+from PIL import Image
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
-from transformers import ViTMAEConfig, ViTMAEForPreTraining
+from transformers import PrinterCallback, TrainerCallback, ViTMAEConfig, ViTMAEForPreTraining
 from transformers.utils import logging
 
-from mimir_hf import PRESETS, MimirConfig, MimirForImageClassification, MimirForPreTraining
-from mimir_hf.commands.common import DEMO_SHAPE
+from mimir_hf import (
+    PRESETS,
+    MimirConfig,
+    MimirForImageClassification,
+    MimirForPreTraining,
+    MimirSwinConfig,
+    MimirSwinForImageClassification,
+)
+from mimir_hf.augmentation import AugmentationArguments
+from mimir_hf.commands import finetune as finetune_command
+from mimir_hf.commands import pretrain as pretrain_command
+from mimir_hf.commands.common import (
+    DEMO_SHAPE,
+    DataArguments,
+    FineTuningModelArguments,
+    ModelArguments,
+    RunArguments,
+    config_overrides,
+    load_aux_data,
+    load_data,
+    load_recipe,
+    parse,
+    resolve_recipe,
+)
 from mimir_hf.data import image_processor_for, with_pixel_transform
 from mimir_hf.evaluation import RobustnessSettings, evaluate_robustness
 from mimir_hf.mutual_information import hsic
@@ -58,7 +99,9 @@ DEFAULT_SHAPE = {**DEMO_SHAPE, "patch_size": 2}
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), help="A paper shape; default: digits, patch 2.")
-    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument(
+        "--batch_size", type=int, help="Images per step (default 64; --end_to_end: the recipe's per-device batch)."
+    )
     parser.add_argument(
         "--attack_steps", type=int, default=PRETRAINING_ATTACK.steps, help="k of the MIMIR pre-training attack."
     )
@@ -75,6 +118,17 @@ def parse_args(argv=None):
     parser.add_argument("--report_images", type=int, default=64, help="Test digits the report cost runs on.")
     parser.add_argument("--evaluation_memory", action="store_true", help="Measure the report's peak memory instead.")
     parser.add_argument("--eval_images", type=int, nargs="+", default=[64, 640], help="Image counts to compare.")
+    end_to_end = parser.add_argument_group("--end_to_end: from files to gradients")
+    end_to_end.add_argument("--end_to_end", action="store_true", help="Run the recipes' trainers from image files.")
+    end_to_end.add_argument("--cases", nargs="+", default=list(END_TO_END_CASES), help="Recipes to run.")
+    end_to_end.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2], help="dataloader_num_workers.")
+    end_to_end.add_argument("--feed_rate", type=float, nargs="+", default=list(FEED_RATES), help="GPU images/s.")
+    end_to_end.add_argument("--tiny", action="store_true", help="Tiny models at the recipes' input sizes.")
+    end_to_end.add_argument("--threads", type=int, help="torch threads of the main process (default: torch's).")
+    end_to_end.add_argument("--source_size", type=int, nargs=2, default=[500, 375], metavar=("W", "H"))
+    end_to_end.add_argument("--steps", type=int, default=6, help="Timed steps after --warmup.")
+    end_to_end.add_argument("--compile", action="store_true", help="torch.compile the model (torch_compile).")
+    end_to_end.add_argument("--tabulate", metavar="FILE.json", help="Print the tables of an --end_to_end JSON.")
     return parser.parse_args(argv)
 
 
@@ -230,9 +284,305 @@ def evaluation_memory(images=(64, 640), batch_size=64, shape=None, settings=None
     }
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# --end_to_end: from files to gradients
+# ----------------------------------------------------------------------------------------------------------------
+
+# One recipe per data path: CIFAR-10 crop-flip, + auxiliary data, + the PGD-AT step; ImageNet MAE's random-resized
+# crop (pre-training and PGD-AT fine-tuning) and ARES's RandAugment + erasing + mixup / cutmix (Swin).
+END_TO_END_CASES = (
+    "cifar10/pretrain_vit_small",
+    "cifar10/pretrain_vit_small_edm",
+    "cifar10/finetune_vit_small",
+    "imagenet/pretrain_vit_base",
+    "imagenet/finetune_vit_base_eps4",
+    "imagenet/finetune_swin_base",
+)
+FEED_RATES = (4019, 1681)  # a MIMIR step's images/s on the H100 (docs/benchmarks.md): ViT-S/2 32 px, ViT-B/16 224 px
+CLASSES = 10
+AUX_IMAGES = 512
+TINY_VIT = dict(
+    hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, decoder_hidden_size=16,
+    decoder_num_hidden_layers=1, decoder_num_attention_heads=2, decoder_intermediate_size=32,
+)  # fmt: skip
+TINY_SWIN = dict(embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1])
+SWIN_LARGE = dict(embed_dim=192, num_heads=[6, 12, 24, 48])
+# Dropped from a recipe: its data source, precision and checkpoint (the benchmark brings its own files and model).
+_RECIPE_SOURCES = ("dataset_name", "dataset_config_name", "image_column_name", "label_column_name",
+                   "model_name_or_path", "aux_data_file", "fp16", "bf16")  # fmt: skip
+
+
+def write_image_folder(root: str, count: int, size: tuple[int, int], suffix: str, seed: int = 0) -> str:
+    """`count` images of `size` (width, height) in `CLASSES` class folders under `root`: smooth random colour fields
+    with pixel noise, saved at JPEG quality 90: about 95 KB a 500x375 JPEG, near an ImageNet photograph's size and
+    decoding cost (pure noise would cost far more, a flat field far less)."""
+    rng = np.random.RandomState(seed)
+    for index in range(count):
+        folder = os.path.join(root, f"class_{index % CLASSES}")
+        os.makedirs(folder, exist_ok=True)
+        coarse = Image.fromarray(rng.randint(0, 256, (6, 8, 3), dtype=np.uint8)).resize(size, Image.Resampling.BICUBIC)
+        pixels = np.asarray(coarse, dtype=np.int16) + rng.randint(-32, 33, (size[1], size[0], 3))
+        Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(
+            os.path.join(folder, f"{index:05d}{suffix}"), quality=90
+        )
+    return root
+
+
+def write_aux_file(path: str, count: int = AUX_IMAGES, seed: int = 1) -> str:
+    """An auxiliary-data `.npz` (uint8 32x32 RGB `image`, `label`), stored uncompressed as the EDM files are."""
+    rng = np.random.RandomState(seed)
+    np.savez(path, image=rng.randint(0, 256, (count, 32, 32, 3), dtype=np.uint8), label=rng.randint(0, CLASSES, count))
+    return path
+
+
+def _cifar(recipe: str) -> bool:
+    return recipe.startswith("cifar10/")
+
+
+def case_files(recipe: str, values: dict, args, scratch: str, count: int) -> dict:
+    """The data arguments of one recipe: training and validation folders (written once per shape and count) and,
+    where the recipe mixes in auxiliary images, an `.npz` of them."""
+    size, suffix = ((32, 32), ".png") if _cifar(recipe) else (tuple(args.source_size), ".jpg")
+    root = os.path.join(scratch, f"images_{size[0]}x{size[1]}_{count}")
+    if not os.path.isdir(root):
+        write_image_folder(os.path.join(root, "train"), count, size, suffix)
+        write_image_folder(os.path.join(root, "val"), CLASSES, size, suffix, seed=1)
+    files = {"train_dir": os.path.join(root, "train"), "validation_dir": os.path.join(root, "val")}
+    if values.get("aux_data_file"):
+        aux = os.path.join(scratch, "aux.npz")
+        files["aux_data_file"] = aux if os.path.isfile(aux) else write_aux_file(aux)
+    return files
+
+
+def _model_fields(recipe: str, values: dict, tiny: bool) -> dict:
+    """The model of a recipe, new: a pre-training recipe's preset; a fine-tuning recipe's from the pre-training recipe
+    it starts from (none for Swin, built in `build_case_model`); tiny widths and depths with `tiny`."""
+    preset = values.get("model_preset")
+    if preset is None and "/finetune_vit" in recipe:
+        source = recipe.replace("/finetune_", "/pretrain_").removesuffix("_eps4")
+        preset = load_recipe(resolve_recipe(source))["model_preset"]
+    fields = {"model_preset": preset} if preset else {}
+    return {**fields, **TINY_VIT} if tiny and preset else fields
+
+
+def case_arguments(recipe: str, args, workers: int, scratch: str) -> list[str]:
+    """A recipe file for one run: the shipped recipe's settings, with the benchmark's files, model, batch, steps,
+    workers and precision, and nothing saved, logged or evaluated; returned as the argv `parse` reads."""
+    values = load_recipe(resolve_recipe(recipe))
+    batch = args.batch_size or values["per_device_train_batch_size"]
+    files = case_files(recipe, values, args, scratch, batch * (args.warmup + args.steps))
+    values = {key: value for key, value in values.items() if key not in _RECIPE_SOURCES}
+    cuda = args.device.startswith("cuda")
+    values.update(
+        files, **_model_fields(recipe, values, args.tiny), output_dir=os.path.join(scratch, "out"),
+        per_device_train_batch_size=batch, reference_effective_batch=0, max_steps=args.warmup + args.steps,
+        dataloader_num_workers=workers, save_strategy="no", logging_strategy="no", report_to="none",
+        disable_tqdm=True, scan_images=False, torch_compile=args.compile, bf16=cuda, use_cpu=not cuda, seed=0,
+    )  # fmt: skip
+    if "adversarial_step_size_ramp_epochs" in values:  # epoch 0 of a ramp attacks with step 0: time the full attack
+        values["adversarial_step_size_ramp_epochs"] = 0
+    path = os.path.join(scratch, "recipe.yaml")
+    with open(path, "w") as f:
+        yaml.safe_dump(values, f)
+    return [path]
+
+
+def build_case_model(recipe: str, model_args, tiny: bool):
+    """The recipe's model, new: MIMIR pre-training, or a classifier of `CLASSES` classes (Swin-B / Swin-L shapes for
+    the Swin recipes, which start from converted checkpoints)."""
+    if "/pretrain_" in recipe:
+        return pretrain_command.build_model(model_args, 3)
+    names = [f"class_{index}" for index in range(CLASSES)]
+    if model_args.model_preset:
+        return finetune_command.build_classifier(model_args, 3, names)
+    shape = TINY_SWIN if tiny else SWIN_LARGE if "large" in recipe else {}
+    overrides = {k: v for k, v in config_overrides(model_args).items() if k in finetune_command.SWIN_OVERRIDES}
+    return MimirSwinForImageClassification(MimirSwinConfig(**shape, **overrides, num_labels=CLASSES))
+
+
+class StepClock(TrainerCallback):
+    """The time at the end of every optimizer step (after the device finishes it)."""
+
+    def __init__(self):
+        self.times = []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self.times.append(time.perf_counter())
+
+
+def case_trainer(recipe: str, argv: list[str], tiny: bool):
+    """(trainer, clock, description of the data path) of one recipe, built as `mimir-hf pretrain` / `finetune`
+    build theirs: the recipe's arguments, its model, `load_data` and `load_aux_data` with its augmentation."""
+    pretraining = "/pretrain_" in recipe
+    classes = (
+        ModelArguments if pretraining else FineTuningModelArguments, DataArguments,
+        MimirPreTrainingArguments if pretraining else MimirAdversarialTrainingArguments, RunArguments,
+        AugmentationArguments,
+    )  # fmt: skip
+    model_args, data_args, training_args, _, augmentation = parse(classes, argv)
+    model = build_case_model(recipe, model_args, tiny)
+    config, labels = model.config, None if pretraining else CLASSES
+    processor = image_processor_for(config)
+    train, _, _ = load_data(data_args, config, 0, augmentation, need_labels=not pretraining, image_processor=processor)
+    aux = load_aux_data(data_args, config, augmentation, num_labels=labels, image_processor=processor)
+    trainer_class = MimirPreTrainingTrainer if pretraining else MimirAdversarialTrainer
+    clock = StepClock()
+    trainer = trainer_class(model=model, args=training_args, train_dataset=train, aux_dataset=aux, callbacks=[clock])
+    trainer.remove_callback(PrinterCallback)  # the end-of-training metrics line
+    return trainer, clock, describe_data(data_args, training_args, augmentation, config)
+
+
+def describe_data(data_args, training_args, augmentation, config) -> str:
+    """E.g. "500x375 .jpg -> 224x224; random-resized crop ...; aux 0.7; mixup 0.8 / cutmix 1"."""
+    first = next(os.scandir(os.path.join(data_args.train_dir, "class_0"))).path
+    with Image.open(first) as image:
+        source = f"{image.width}x{image.height} {os.path.splitext(first)[1]}"
+    height, width = config.image_size_hw
+    parts = [f"{source} -> {width}x{height}", augmentation.describe()]
+    if data_args.aux_data_file:
+        parts.append(f"aux {training_args.aux_fraction:g}")
+    if getattr(training_args, "mixes_batches", False):
+        parts.append(f"mixup {training_args.mixup_alpha:g} / cutmix {training_args.cutmix_alpha:g}")
+    return "; ".join(parts)
+
+
+def end_to_end_rate(clock: StepClock, batch_size: int, warmup: int) -> float:
+    """Images/s over the steps after `warmup` (data waits included)."""
+    timed = clock.times[max(warmup, 1) - 1 :]
+    return batch_size * (len(timed) - 1) / (timed[-1] - timed[0])
+
+
+def _loader(trainer, workers: int):
+    trainer.args.dataloader_num_workers = workers
+    return trainer.get_train_dataloader()
+
+
+def augmentation_rate(trainer) -> float:
+    """Images/s of the data path alone in this process, with one torch thread as a data-loader worker has: reading,
+    decoding, augmenting, processing and collating every training batch (what one worker delivers)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        start, count = time.perf_counter(), 0
+        for batch in _loader(trainer, 0):
+            count += len(batch["pixel_values"])
+        return count / (time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def model_step_rate(trainer, args) -> float:
+    """Images/s of the trainer's step (its `compute_loss`, backward, AdamW) on one batch held in memory."""
+    batch = next(iter(_loader(trainer, 0)))
+    inputs = {key: value.to(args.device) for key, value in batch.items() if torch.is_tensor(value)}
+    model = torch.compile(trainer.model) if args.compile else trainer.model
+    case = Case("model step", model, lambda m, x, y: trainer.compute_loss(m, inputs), args.device)
+    for index in range(args.warmup + args.steps):
+        case.step(None, None, record=index >= args.warmup)
+    return len(inputs["pixel_values"]) * len(case.times) / sum(case.times)
+
+
+def bound_by(model_rate: float, data_rate: float, workers: int) -> str:
+    """What bounds a run: the data path when its workers (the main process itself at 0 workers, taking turns with
+    the step) deliver fewer images/s than the step takes; the model step otherwise."""
+    return "data" if data_rate * max(workers, 1) < model_rate else "model step"
+
+
+def ideal_rate(model_rate: float, data_rate: float, workers: int) -> float:
+    """The end-to-end images/s with nothing shared: in turns at 0 workers, the slower of the two otherwise."""
+    if workers == 0:
+        return 1 / (1 / model_rate + 1 / data_rate)
+    return min(model_rate, workers * data_rate)
+
+
+def run_case(recipe: str, args, scratch: str) -> tuple[list[dict], dict]:
+    """The rows of one recipe (one per worker count) and its workers needed per feed rate."""
+    rows, model_rate, data_rate = [], None, None
+    for workers in args.workers:
+        trainer, clock, data = case_trainer(recipe, case_arguments(recipe, args, workers, scratch), args.tiny)
+        trainer.train()
+        batch = trainer.args.per_device_train_batch_size
+        if model_rate is None:
+            model_rate, data_rate = model_step_rate(trainer, args), augmentation_rate(trainer)
+        rows.append({
+            "recipe": recipe, "data": data, "batch_size": batch, "workers": workers,
+            "end_to_end": round(end_to_end_rate(clock, batch, args.warmup), 1),
+            "model_step": round(model_rate, 1), "augmentation_per_worker": round(data_rate, 1),
+            "ideal": round(ideal_rate(model_rate, data_rate, workers), 1),
+            "bound": bound_by(model_rate, data_rate, workers),
+        })  # fmt: skip
+        print(f"{recipe}, {workers} workers: {rows[-1]}", flush=True)
+    needed = {f"{rate:g}": math.ceil(rate / data_rate) for rate in args.feed_rate}
+    return rows, {"augmentation_per_worker": round(data_rate, 1), "workers_needed": needed}
+
+
+def end_to_end(args) -> dict:
+    """Every recipe of `args.cases` at every worker count; prints the tables and writes `args.output`."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    datasets.disable_progress_bars()
+    # the training data's "resized by the image processor" note: here the random-resized crop does the resize
+    logging_module.getLogger("mimir_hf.commands").setLevel(logging_module.ERROR)
+    rows, recipes = [], {}
+    with tempfile.TemporaryDirectory() as scratch:
+        for recipe in args.cases:
+            recipe_rows, recipes[recipe] = run_case(recipe, args, scratch)
+            rows += recipe_rows
+    cuda = args.device.startswith("cuda")
+    result = {
+        "mode": "end_to_end", "device": torch.cuda.get_device_name() if cuda else "cpu",
+        "precision": "bf16 mixed" if cuda else "fp32", "tiny": args.tiny, "threads": torch.get_num_threads(),
+        "source_size": args.source_size, "warmup": args.warmup, "steps": args.steps, "compile": args.compile,
+        "feed_rates": args.feed_rate, "cases": rows, "recipes": recipes,
+    }  # fmt: skip
+    print(end_to_end_tables(result))
+    if args.output:
+        with open(args.output, "w") as f:
+            json.dump(result, f, indent=2)
+    return result
+
+
+def end_to_end_tables(result: dict) -> str:
+    """The two markdown tables of docs/benchmarks.md: per recipe and worker count, then workers needed per rate."""
+    lines = [
+        f"device {result['device']} ({result['precision']}), {result['threads']} threads, "
+        f"{'tiny models' if result['tiny'] else 'recipe models'}, {result['steps']} steps after {result['warmup']}"
+        f"{', torch.compile' if result['compile'] else ''}",
+        "",
+        "| recipe | data | batch | workers | end to end (img/s) | model step alone (img/s) | data path per worker "
+        "(img/s) | ideal (img/s) | bound by |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in result["cases"]:
+        lines.append(
+            f"| {row['recipe']} | {row['data']} | {row['batch_size']} | {row['workers']} | {row['end_to_end']:.0f} | "
+            f"{row['model_step']:.0f} | {row['augmentation_per_worker']:.0f} | {row['ideal']:.0f} | {row['bound']} |"
+        )
+    rates = [f"{rate:g}" for rate in result["feed_rates"]]
+    lines += [
+        "",
+        "| recipe | data path per worker (img/s) | " + " | ".join(f"workers for {r} img/s" for r in rates) + " |",
+        "| --- | --- | " + " | ".join("---" for _ in rates) + " |",
+    ]
+    for recipe, entry in result["recipes"].items():
+        needed = " | ".join(str(entry["workers_needed"][r]) for r in rates)
+        lines.append(f"| {recipe} | {entry['augmentation_per_worker']:.0f} | {needed} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     logging.set_verbosity_error()
+    if args.tabulate:
+        with open(args.tabulate) as f:
+            result = json.load(f)
+        print(end_to_end_tables(result))
+        return result
+    if args.end_to_end:
+        return end_to_end(args)
+    args.batch_size = args.batch_size or 64
     if args.evaluation_memory:
         result = evaluation_memory(args.eval_images, batch_size=args.batch_size, device=args.device)
         lines = ["| images | peak memory (MiB) | seconds |", "| --- | --- | --- |"]

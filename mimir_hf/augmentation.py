@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 import torch
 from PIL import Image, ImageEnhance, ImageOps
 
+from .image_processing_mimir import to_model_mode
+
 AUGMENTATIONS = ("none", "crop-flip", "resized-crop-flip")
 RESIZED_CROP_RATIO = (3 / 4, 4 / 3)  # aspect-ratio range of the random-resized crop (torchvision's and timm's)
 MAX_MAGNITUDE = 10  # RandAugment magnitudes are on timm's 0..10 scale
@@ -157,7 +159,7 @@ class TrainAugmentation:
         rng = _Randomness.here().python
         if not isinstance(image, Image.Image):
             image = Image.fromarray(image)
-        image = image.convert(self.mode)
+        image = to_model_mode(image, 1 if self.mode == "L" else 3)
         if settings.augmentation == "resized-crop-flip":
             image = random_resized_crop(image, (self.height, self.width), settings.resized_crop_scale, rng)
             if rng.random() < 0.5:

@@ -19,7 +19,7 @@ from transformers import default_data_collator
 
 from .augmentation import TrainAugmentation
 from .hub import check_hub_answers
-from .image_processing_mimir import MimirImageProcessor, carried_preprocessing, saved_image_processor
+from .image_processing_mimir import MimirImageProcessor, carried_preprocessing, image_tensors, saved_image_processor
 
 DIGITS_SEED = 0
 DIGITS_TEST_FRACTION = 0.2
@@ -400,7 +400,7 @@ def pixel_transform(
         images = batch[image_column]
         if augmentation is not None:
             images = [augmentation.augment_image(image) for image in images]
-        pixel_values = list(image_processor(images=images, return_tensors="pt")["pixel_values"])
+        pixel_values = image_tensors(images, image_processor)
         if augmentation is not None:
             pixel_values = [augmentation.augment_tensor(image) for image in pixel_values]
         out = {"pixel_values": pixel_values}

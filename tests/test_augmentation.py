@@ -205,3 +205,114 @@ def test_step_size_ramp_follows_the_epoch(tmp_path, monkeypatch):
     )
     trainer.train()
     assert steps == pytest.approx([2 / 255, 4 / 255])  # epoch 0: random start only, no PGD call
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The shortcut past the resize round trip: the same pixels, bit for bit, as the processor
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def _processor_pixels(images, processor):
+    return list(processor(images=images, return_tensors="pt")["pixel_values"])
+
+
+@pytest.mark.parametrize("channels", [3, 1])
+def test_image_tensors_equal_the_processor_bit_for_bit_and_skip_it_at_the_model_s_size(channels, monkeypatch):
+    from mimir_hf.image_processing_mimir import image_tensors
+
+    processor = image_processor_for(tiny_config(image_size=16, patch_size=4, num_channels=channels))
+    mode = "L" if channels == 1 else "RGB"
+    # every 8-bit level once, at the model's size; one image of another size and one with transparency, which the
+    # processor itself must handle (resize; compositing on white)
+    levels = np.arange(768, dtype=np.uint8).reshape(16, 16, 3)
+    images = [PILImage.fromarray(levels).convert(mode), picture(16, 16, mode, seed=1), picture(40, 24, mode, seed=2)]
+    images.append(picture(16, 16, "RGBA", seed=3))
+    expected = _processor_pixels(images, processor)
+    calls = []
+    original = type(processor).__call__
+    monkeypatch.setattr(type(processor), "__call__", lambda self, *a, **k: calls.append(k) or original(self, *a, **k))
+    out = image_tensors(images, processor)
+    for mine, theirs in zip(out, expected, strict=True):
+        assert mine.dtype == theirs.dtype == torch.float32 and mine.shape == theirs.shape
+        assert mine.is_contiguous() and torch.equal(mine, theirs)
+    assert [len(call["images"]) for call in calls] == [2]  # only the two images not already at size and mode
+
+
+def test_image_tensors_leave_a_centre_crop_to_the_processor():
+    from mimir_hf.data import image_processor_for as processor_for
+    from mimir_hf.image_processing_mimir import image_tensors
+
+    processor = processor_for(tiny_config(image_size=16, patch_size=4), crop_pct=0.875)
+    images = [picture(16, 16, seed=4), picture(30, 20, seed=5)]
+    for mine, theirs in zip(image_tensors(images, processor), _processor_pixels(images, processor), strict=True):
+        assert torch.equal(mine, theirs)
+
+
+def _previous_transform(augmentation, processor):
+    """The training transform as it was before the shortcut: PIL stage (mode converted by a copy), the processor on
+    the whole batch, the tensor stage."""
+
+    def transform(images):
+        images = [augmentation.augment_image(image) for image in images]
+        return [augmentation.augment_tensor(pixels) for pixels in _processor_pixels(images, processor)]
+
+    return transform
+
+
+def _jpeg_folder_dataset(tmp_path, width, height, suffix, count):
+    rng = np.random.RandomState(0)
+    paths = []
+    for index in range(count):
+        path = tmp_path / f"{index}{suffix}"
+        PILImage.fromarray(rng.randint(0, 256, (height, width, 3), dtype=np.uint8)).save(path)
+        paths.append(str(path))
+    features = Features({"image": Image(), "label": ClassLabel(num_classes=2)})
+    return Dataset.from_dict({"image": paths, "label": [i % 2 for i in range(count)]}, features=features)
+
+
+@pytest.mark.parametrize(
+    "size, source, settings",
+    [
+        (32, (32, 32, ".png"), dict(augmentation="crop-flip", random_erasing=0.5)),
+        (32, (32, 32, ".png"), dict(randaugment_magnitude=9)),
+        (64, (50, 38, ".jpg"), dict(augmentation="resized-crop-flip", resized_crop_scale=0.2)),
+        (
+            64,
+            (50, 38, ".jpg"),
+            dict(
+                augmentation="resized-crop-flip", resized_crop_scale=0.08, randaugment_magnitude=9, random_erasing=0.25
+            ),
+        ),  # fmt: skip
+    ],
+)
+def test_training_transform_gives_the_previous_pixels_on_fixed_seeds(tmp_path, size, source, settings):
+    from mimir_hf.augmentation import _Randomness
+
+    config = tiny_config(image_size=size, patch_size=8)
+    processor = image_processor_for(config)
+    augmentation = AugmentationArguments(**settings).build(config.image_size_hw, config.num_channels)
+    data = _jpeg_folder_dataset(tmp_path, *source, count=12)
+    outputs = []
+    for path in ("previous", "now"):
+        _Randomness._by_process.clear()
+        torch.manual_seed(1234)
+        if path == "previous":
+            previous = _previous_transform(augmentation, processor)
+            outputs.append([p for start in (0, 6) for p in previous(data[start : start + 6]["image"])])
+        else:
+            transformed = with_pixel_transform(data, "image", "label", processor, augmentation)
+            outputs.append([p for start in (0, 6) for p in transformed[start : start + 6]["pixel_values"]])
+    for previous, now in zip(*outputs, strict=True):
+        assert now.shape == (3, size, size) and torch.equal(previous, now)
+    assert not all(torch.equal(outputs[1][0], p) for p in outputs[1][1:])  # the images do differ
+
+
+def test_augmentation_converts_modes_as_the_processor_does():
+    """An image with transparency is composited on white before the random-resized crop, as the processor would."""
+    from mimir_hf.augmentation import _Randomness
+
+    rgba = np.zeros((20, 20, 4), dtype=np.uint8)  # fully transparent black: white once composited
+    augmentation = AugmentationArguments(augmentation="resized-crop-flip").build((8, 8), 3)
+    _Randomness._by_process.clear()
+    out = augmentation.augment_image(PILImage.fromarray(rgba, mode="RGBA"))
+    assert out.mode == "RGB" and np.asarray(out).min() == 255

@@ -55,3 +55,60 @@ def test_the_report_s_peak_memory_stays_flat_with_ten_times_the_images():
     model = benchmark.MimirForImageClassification(benchmark.MimirConfig(**shape, num_labels=10))
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     assert small > weights  # the counter sees the weights and the batches' tensors
+
+
+def test_what_bounds_a_run_and_its_ideal_rate():
+    # 0 workers: the step and the data path take turns; with workers: the slower of the step and the workers' sum
+    assert benchmark.bound_by(model_rate=100, data_rate=50, workers=0) == "data"
+    assert benchmark.bound_by(model_rate=100, data_rate=50, workers=2) == "model step"
+    assert benchmark.bound_by(model_rate=100, data_rate=40, workers=2) == "data"
+    assert abs(benchmark.ideal_rate(100, 100, 0) - 50) < 1e-9
+    assert benchmark.ideal_rate(100, 40, 2) == 80 and benchmark.ideal_rate(100, 40, 3) == 100
+
+
+def test_end_to_end_runs_a_recipe_s_trainer_from_files_at_each_worker_count(tmp_path, capsys):
+    output = tmp_path / "e2e.json"
+    argv = ["--end_to_end", "--tiny", "--cases", "cifar10/pretrain_vit_small_edm", "--workers", "0", "1"]
+    argv += [
+        "--batch_size",
+        "4",
+        "--warmup",
+        "1",
+        "--steps",
+        "2",
+        "--feed_rate",
+        "4019",
+        "100",
+        "--output",
+        str(output),
+    ]
+    result = benchmark.main(argv)
+    assert json.loads(output.read_text()) == result
+    rows = result["cases"]
+    assert [row["workers"] for row in rows] == [0, 1] and all(row["batch_size"] == 4 for row in rows)
+    assert "32x32 .png" in rows[0]["data"] and "aux 0.7" in rows[0]["data"]
+    for row in rows:
+        assert row["end_to_end"] > 0 and row["model_step"] > 0 and row["augmentation_per_worker"] > 0
+        assert row["bound"] == benchmark.bound_by(row["model_step"], row["augmentation_per_worker"], row["workers"])
+    entry = result["recipes"]["cifar10/pretrain_vit_small_edm"]
+    per_worker = entry["augmentation_per_worker"]
+    assert entry["workers_needed"] == {"4019": -(-4019 // per_worker), "100": -(-100 // per_worker)}
+    capsys.readouterr()
+    assert benchmark.main(["--tabulate", str(output)]) == result
+    table = capsys.readouterr().out
+    assert "| cifar10/pretrain_vit_small_edm |" in table and "workers for 4019 img/s" in table
+
+
+def test_end_to_end_arguments_keep_the_recipe_and_bring_their_own_files_and_model(tmp_path):
+    args = benchmark.parse_args(["--end_to_end", "--tiny", "--batch_size", "2", "--warmup", "1", "--steps", "1"])
+    recipe = "imagenet/finetune_swin_base"
+    values = benchmark.load_recipe(benchmark.case_arguments(recipe, args, 3, str(tmp_path))[0])
+    shipped = benchmark.load_recipe(benchmark.resolve_recipe(recipe))
+    assert values["randaugment_magnitude"] == shipped["randaugment_magnitude"] and values["mixup_alpha"] == 0.8
+    assert values["dataloader_num_workers"] == 3 and values["max_steps"] == 2 and "model_name_or_path" not in values
+    assert values["adversarial_step_size_ramp_epochs"] == 0  # the full attack from the first step
+    first = next((tmp_path / f"images_500x375_{2 * 2}" / "train" / "class_0").iterdir())
+    with benchmark.Image.open(first) as f:
+        assert f.size == (500, 375) and f.format == "JPEG"
+    finetune = benchmark.load_recipe(benchmark.case_arguments("cifar10/finetune_vit_small", args, 0, str(tmp_path))[0])
+    assert finetune["model_preset"] == "vit-small-patch2-32" and finetune["hidden_size"] == 32
