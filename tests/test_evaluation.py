@@ -202,7 +202,7 @@ def test_report_records_each_attacks_cost_and_reuses_an_identical_sweep_point(mo
 
 
 def test_resume_file_skips_finished_batches_and_refuses_another_evaluation(model, images, labels, tmp_path):
-    import mimir_hf.evaluation as evaluation
+    from mimir_hf.evaluation import runner
 
     path = str(tmp_path / "progress.jsonl")
     first = evaluate_robustness(model, (images, labels), QUICK, resume_file=path)
@@ -210,12 +210,12 @@ def test_resume_file_skips_finished_batches_and_refuses_another_evaluation(model
     with open(path, "a") as f:
         f.write('{"batch": 9, "resul')  # a run killed while writing its last line
     calls = []
-    original = evaluation.evaluate_batch
-    evaluation.evaluate_batch = lambda *args, **kwargs: calls.append(1) or original(*args, **kwargs)
+    original = runner.evaluate_batch
+    runner.evaluate_batch = lambda *args, **kwargs: calls.append(1) or original(*args, **kwargs)
     try:
         again = evaluate_robustness(model, (images, labels), QUICK, resume_file=path)
     finally:
-        evaluation.evaluate_batch = original
+        runner.evaluate_batch = original
     assert calls == [] and again.accuracy == first.accuracy and again.robust_accuracy == first.robust_accuracy
     assert again.info["resumed"] == {"batches": 2, "file": path} and "resumed" not in first.info
     assert f"2 batches were read back from the resume file {path}" in report_markdown(again)
