@@ -12,22 +12,23 @@ The parts, one module each:
 - `settings`: `RobustnessSettings`, what the report runs;
 - `registry`: `Attack` and the attack registry (`attack_registry`, `sweep_attacks`);
 - `batch`: one batch's per-image correctness under every attack (`evaluate_batch`);
-- `tally`: the per-image worst case and the counts the batches add up to;
+- `tally`: the per-image worst case, and `Tally`, the counts the batches add up to (merged over processes);
+- `processes`: which batches each process evaluates, and the gathering of the tallies (Accelerate's helpers);
 - `resume`: resume files, and the digests that identify a model and its data;
-- `runner`: `evaluate_robustness`, which shares the batches among the processes and builds the report;
-- `report`: the `RobustnessReport` type; `sanity`: the Carlini et al. (2019) checks;
+- `runner`: `evaluate_robustness`, this process's pass over its batches;
+- `report`: `RobustnessReport`, built from the merged tally; `sanity`: the Carlini et al. (2019) checks;
 - `rendering`: the report's Markdown, plot and files.
 """
 
 from .batch import correct_under_attack, evaluate_batch
 from .registry import Attack, AttackFunction, attack_registry, sweep_attacks
 from .rendering import plot_eps_sweep, report_markdown, report_notes, write_report
-from .report import RobustnessReport, SanityCheck, SweepPoint
+from .report import RobustnessReport
 from .resume import model_identity, tensors_digest
 from .runner import evaluate_robustness
-from .sanity import sanity_checks
+from .sanity import SanityCheck, SweepPoint, sanity_checks
 from .settings import DEFAULT_SWEEP_255, RobustnessSettings, autoattack_status
-from .tally import worst_case
+from .tally import Tally, worst_case
 
 __all__ = [
     "DEFAULT_SWEEP_255",
@@ -37,6 +38,7 @@ __all__ = [
     "RobustnessSettings",
     "SanityCheck",
     "SweepPoint",
+    "Tally",
     "attack_registry",
     "autoattack_status",
     "correct_under_attack",

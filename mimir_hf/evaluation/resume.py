@@ -10,6 +10,8 @@ import os
 import torch
 from torch import nn
 
+from .processes import Share
+
 
 def _digest(value) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -39,40 +41,57 @@ def model_identity(model: nn.Module) -> dict:
 
 class ResumeFile:
     """Finished batches, one JSON line each, under a header that identifies what produced them (the model's weights,
-    config and class, the data's first batch and size, the settings); a file written for anything else is refused,
-    naming what differs, rather than mixed in."""
+    config and class, the data's first batch and size, the settings) and names the process's share of the batches;
+    a file written for anything else is refused, naming what differs, rather than mixed in. Under a process group
+    each process keeps its own file, `<path>.rank<N>`."""
 
-    def __init__(self, path: str | None, identity: dict):
-        self.path, self.done = path, {}
+    def __init__(self, path: str | None, identity: dict, share: Share):
+        self.path, self.done, self.share, self.grouped = path, {}, share.describe(), share.grouped
         if path is None:
             return
-        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
-        self.path = f"{path}.rank{rank}" if torch.distributed.is_initialized() else path
-        parts = {name: _digest(value) for name, value in identity.items()}
+        self.path = f"{path}.rank{share.process}" if share.grouped else path
+        self.parts = {name: _digest(value) for name, value in identity.items()}
         if os.path.isfile(self.path):
-            lines, complete = [], True
-            with open(self.path) as f:
-                for line in f:
-                    try:
-                        lines.append(json.loads(line))
-                    except json.JSONDecodeError:  # the last line of a run killed while writing it
-                        complete = False
-                        break
-            recorded = lines[0].get("identity") if lines else None
-            if not isinstance(recorded, dict) or recorded != parts:
-                differ = [name for name in parts if not isinstance(recorded, dict) or recorded.get(name) != parts[name]]
-                raise ValueError(
-                    f"{self.path} holds results of another evaluation (its {', '.join(differ)} differ from this "
-                    "one's): they are not this model's numbers. Delete or move that file to start afresh, or choose "
-                    "another --resume_file."
-                )
-            if not complete:  # drop the partial line, so that the next batch starts a line of its own
-                with open(self.path, "w") as f:
-                    f.writelines(json.dumps(line) + "\n" for line in lines)
-            self.done = {line["batch"]: line for line in lines[1:]}
+            self._read()
         else:
             with open(self.path, "w") as f:
-                f.write(json.dumps({"identity": parts}) + "\n")
+                f.write(json.dumps({"identity": self.parts, "share": self.share}) + "\n")
+
+    def _read(self) -> None:
+        lines, complete = [], True
+        with open(self.path) as f:
+            for line in f:
+                try:
+                    lines.append(json.loads(line))
+                except json.JSONDecodeError:  # the last line of a run killed while writing it
+                    complete = False
+                    break
+        header = lines[0] if lines and isinstance(lines[0], dict) else {}
+        if header.get("identity") != self.parts:
+            raise ValueError(self._refusal(header))
+        if not complete:  # drop the partial line, so that the next batch starts a line of its own
+            with open(self.path, "w") as f:
+                f.writelines(json.dumps(line) + "\n" for line in lines)
+        self.done = {line["batch"]: line for line in lines[1:]}
+
+    def _refusal(self, header: dict) -> str:
+        """Why the file's results are not this evaluation's: another share of the batches, or the parts that differ."""
+        recorded = header.get("identity")
+        recorded = recorded if isinstance(recorded, dict) else {}
+        differ = [name for name in self.parts if recorded.get(name) != self.parts[name]]
+        written_for = header.get("share")
+        if recorded and "data" in differ and written_for != self.share and (written_for or self.grouped):
+            why = (
+                f"written for {written_for or 'another share of the batches'}, while this process evaluates "
+                f"{self.share}: the processes share the batches otherwise (another number of processes, or an "
+                "earlier mimir_hf, which gave the extra batches to the last processes)"
+            )
+        else:
+            why = f"its {', '.join(differ)} differ from this one's"
+        return (
+            f"{self.path} holds results of another evaluation ({why}): they are not this model's numbers. Delete or "
+            "move that file to start afresh, or choose another --resume_file."
+        )
 
     def get(self, index: int):
         line = self.done.get(index)

@@ -1,8 +1,23 @@
-"""The Carlini et al. (2019) checks against gradient masking, as pass/fail rows of the report."""
+"""The Carlini et al. (2019) checks against gradient masking, as pass/fail rows of the report (`SanityCheck`),
+from the accuracies and the eps sweep (`SweepPoint`s)."""
 
 from __future__ import annotations
 
-from .report import SanityCheck, SweepPoint
+from dataclasses import dataclass
+
+
+@dataclass
+class SweepPoint:
+    epsilon: float
+    epsilon_255: float
+    accuracy: float
+
+
+@dataclass
+class SanityCheck:
+    check: str
+    passed: bool | None  # None: skipped
+    detail: str
 
 
 def sanity_checks(
