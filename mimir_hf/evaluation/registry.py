@@ -91,39 +91,44 @@ def attack_registry(model: nn.Module, settings: RobustnessSettings) -> list[Atta
         Attack("uniform_noise", "uniform ±eps noise", _uniform_noise(eps), in_worst_case=False, passes=FORWARD)
     )
     if hasattr(model, "features") and hasattr(model, "classifier"):
-        adaptive = settings.budget(settings.adaptive_steps)
-        attacks.append(
-            Attack(
-                "pgd_mi",
-                "PGD-MI (adaptive: CE + λ·HSIC)",
-                lambda m, x, y, g: projected_gradient_ascent(
-                    mi_objective(m, y, settings.pgd_mi_weight, settings.pgd_mi_sigma), x, adaptive, model=m, generator=g
-                ),
-                whole_batch=True,
-                passes=settings.adaptive_steps,
-            )
-        )
-        attacks.append(
-            Attack(
-                "pgd_feature", "PGD-feature (adaptive: feature L2)", _feature_attack(adaptive),
-                passes=settings.adaptive_steps + FORWARD,
-            )
-        )  # fmt: skip
+        attacks += _adaptive_attacks(settings)
     if not autoattack_status(settings):
-        plan = plan_autoattack(
-            model.config.num_labels, eps, settings.eval_seed, settings.autoattack_implementation,
-            settings.autoattack_iterations,
-        )  # fmt: skip
-        attacks.append(
-            Attack(
-                "autoattack",
-                "AutoAttack standard" if plan.standard else "AutoAttack (" + ", ".join(plan.attacks).upper() + ")",
-                AutoAttackRunner(plan),
-                max_samples=settings.autoattack_max_samples,
-                passes=plan.passes,
-            )
-        )
+        attacks.append(_autoattack(model, settings))
     return attacks
+
+
+def _adaptive_attacks(settings: RobustnessSettings) -> list[Attack]:
+    """PGD-MI (cross-entropy plus the HSIC term, on the whole batch) and PGD-feature (the features' L2 distance)."""
+    adaptive = settings.budget(settings.adaptive_steps)
+    mi = Attack(
+        "pgd_mi",
+        "PGD-MI (adaptive: CE + λ·HSIC)",
+        lambda m, x, y, g: projected_gradient_ascent(
+            mi_objective(m, y, settings.pgd_mi_weight, settings.pgd_mi_sigma), x, adaptive, model=m, generator=g
+        ),
+        whole_batch=True,
+        passes=settings.adaptive_steps,
+    )
+    feature = Attack(
+        "pgd_feature", "PGD-feature (adaptive: feature L2)", _feature_attack(adaptive),
+        passes=settings.adaptive_steps + FORWARD,
+    )  # fmt: skip
+    return [mi, feature]
+
+
+def _autoattack(model: nn.Module, settings: RobustnessSettings) -> Attack:
+    """AutoAttack's row, as `mimir_hf.autoattack` plans it for the model's number of classes."""
+    plan = plan_autoattack(
+        model.config.num_labels, settings.epsilon, settings.eval_seed, settings.autoattack_implementation,
+        settings.autoattack_iterations,
+    )  # fmt: skip
+    return Attack(
+        "autoattack",
+        "AutoAttack standard" if plan.standard else "AutoAttack (" + ", ".join(plan.attacks).upper() + ")",
+        AutoAttackRunner(plan),
+        max_samples=settings.autoattack_max_samples,
+        passes=plan.passes,
+    )
 
 
 def sweep_attacks(settings: RobustnessSettings) -> list[Attack]:
