@@ -83,21 +83,21 @@ def test_two_and_three_classes_get_a_full_report_without_apgd_t(images, labels, 
 
 
 def test_preconditions_are_checked_before_the_first_attack(images, labels, monkeypatch):
-    import mimir_hf.evaluation as evaluation
+    from mimir_hf.evaluation import runner
 
     attacked = []
-    monkeypatch.setattr(evaluation, "evaluate_batch", lambda *args, **kwargs: attacked.append(1))
+    monkeypatch.setattr(runner, "evaluate_batch", lambda *args, **kwargs: attacked.append(1))
     narrow = classifier(4)
     narrow.config.num_labels = 5  # a config that disagrees with its head
     with pytest.raises(ValueError, match="gives 4 logits per image but its config says num_labels=5"):
         evaluate_robustness(narrow, (images, labels), RobustnessSettings(**NO_OTHER_ATTACKS))
     with pytest.raises(ValueError, match="at least 2 classes"):
         plan_autoattack(1, 8 / 255, seed=0)
-    real_version = evaluation.plan_autoattack.__globals__["importlib"].metadata.version
+    real_version = plan_autoattack.__globals__["importlib"].metadata.version
 
     def missing(name):
         if name == "torchattacks":
-            raise evaluation.plan_autoattack.__globals__["importlib"].metadata.PackageNotFoundError(name)
+            raise plan_autoattack.__globals__["importlib"].metadata.PackageNotFoundError(name)
         return real_version(name)
 
     monkeypatch.setattr("importlib.metadata.version", missing)

@@ -186,7 +186,7 @@ def test_cifar_shaped_run_with_augmentation_ema_aux_data_and_the_report_under_to
     first = json.load(open(tmp_path / "report2" / "robustness.json"))
     assert first["num_samples"] == 8 and first["info"]["processes"] == 2
     lines = [open(f"{resume}.rank{rank}").read().splitlines() for rank in (0, 1)]
-    assert [len(rank) - 1 for rank in lines] == [1, 2]  # 3 batches of 3, 3, 2 images: 1 to rank 0, 2 to rank 1
+    assert [len(rank) - 1 for rank in lines] == [2, 1]  # 3 batches of 3, 3, 2 images: 2 to rank 0, 1 to rank 1
     assert sorted(os.listdir(tmp_path / "report2")) == [
         "mimir_run.json", "robust_accuracy_vs_eps.png", "robustness.json", "robustness.md",
     ]  # fmt: skip
@@ -194,7 +194,7 @@ def test_cifar_shaped_run_with_augmentation_ema_aux_data_and_the_report_under_to
     again = torchrun(report_args + ["--output_dir", str(tmp_path / "report2"), "--resume_file", str(resume)])
     assert again.returncode == 0, why(again)
     assert json.load(open(tmp_path / "report2" / "robustness.json"))["accuracy"] == first["accuracy"]
-    assert [len(open(f"{resume}.rank{rank}").read().splitlines()) for rank in (0, 1)] == [2, 3]  # nothing re-run
+    assert [len(open(f"{resume}.rank{rank}").read().splitlines()) for rank in (0, 1)] == [3, 2]  # nothing re-run
     from mimir_hf.commands import evaluate as run_evaluation
 
     single = run_evaluation.main(report_args[1:] + ["--output_dir", str(tmp_path / "report1")])

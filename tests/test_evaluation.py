@@ -202,7 +202,7 @@ def test_report_records_each_attacks_cost_and_reuses_an_identical_sweep_point(mo
 
 
 def test_resume_file_skips_finished_batches_and_refuses_another_evaluation(model, images, labels, tmp_path):
-    import mimir_hf.evaluation as evaluation
+    from mimir_hf.evaluation import runner
 
     path = str(tmp_path / "progress.jsonl")
     first = evaluate_robustness(model, (images, labels), QUICK, resume_file=path)
@@ -210,12 +210,12 @@ def test_resume_file_skips_finished_batches_and_refuses_another_evaluation(model
     with open(path, "a") as f:
         f.write('{"batch": 9, "resul')  # a run killed while writing its last line
     calls = []
-    original = evaluation.evaluate_batch
-    evaluation.evaluate_batch = lambda *args, **kwargs: calls.append(1) or original(*args, **kwargs)
+    original = runner.evaluate_batch
+    runner.evaluate_batch = lambda *args, **kwargs: calls.append(1) or original(*args, **kwargs)
     try:
         again = evaluate_robustness(model, (images, labels), QUICK, resume_file=path)
     finally:
-        evaluation.evaluate_batch = original
+        runner.evaluate_batch = original
     assert calls == [] and again.accuracy == first.accuracy and again.robust_accuracy == first.robust_accuracy
     assert again.info["resumed"] == {"batches": 2, "file": path} and "resumed" not in first.info
     assert f"2 batches were read back from the resume file {path}" in report_markdown(again)
@@ -223,6 +223,58 @@ def test_resume_file_skips_finished_batches_and_refuses_another_evaluation(model
     other = RobustnessSettings(**{**QUICK.__dict__, "epsilon": 4 / 255})
     with pytest.raises(ValueError, match="holds results of another evaluation \\(its settings differ"):
         evaluate_robustness(model, (images, labels), other, resume_file=path)
+
+
+def test_a_resume_file_of_another_share_of_the_batches_is_refused(model, images, labels, tmp_path, monkeypatch):
+    """Written by process 1 of 2 (the second of 2 batches): refused by one process evaluating both, naming both
+    shares; a file without a recorded share (an earlier version's split) is refused by a process of a group."""
+    from mimir_hf.evaluation import processes, runner
+
+    path = tmp_path / "progress.jsonl"
+    second = processes.Share(1, 2, 2, process=1, processes=2, grouped=True)
+    monkeypatch.setattr(runner, "batch_share", lambda count, split=True: second)
+    evaluate_robustness(model, (images, labels), QUICK, resume_file=str(path))
+    monkeypatch.undo()
+    lines = open(f"{path}.rank1").read().splitlines()
+    assert len(lines) == 2 and json.loads(lines[0])["share"] == "batches 1-1 of 2 (process 1 of 2)"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=r"written for batches 1-1 of 2 \(process 1 of 2\), while this process "
+                       r"evaluates batches 0-1 of 2 \(one process\)"):  # fmt: skip
+        evaluate_robustness(model, (images, labels), QUICK, resume_file=str(path))
+
+    first = processes.Share(0, 1, 2, process=0, processes=2, grouped=True)
+    header = {"identity": json.loads(lines[0])["identity"]}  # no share: written before shares were recorded
+    (tmp_path / "progress.jsonl.rank0").write_text(json.dumps(header) + "\n")
+    monkeypatch.setattr(runner, "batch_share", lambda count, split=True: first)
+    with pytest.raises(ValueError, match="written for another share of the batches, while this process evaluates "
+                       r"batches 0-0 of 2 \(process 0 of 2\)"):  # fmt: skip
+        evaluate_robustness(model, (images, labels), QUICK, resume_file=str(path))
+
+
+def test_tally_merges_processes_and_counts_each_attack_and_the_worst_case():
+    """Two processes' tallies merge into the tally of one process that saw both batches: each row's accuracy over
+    the images it covered (AutoAttack: a prefix), the per-image worst case, AutoAttack's PGD reference."""
+    from mimir_hf.evaluation import Tally
+
+    def bits(*values):
+        return torch.tensor(values, dtype=torch.bool)
+
+    names, worst = ["natural", "pgd3", "autoattack", "uniform_noise"], ["pgd3", "autoattack"]
+    batch0 = {"natural": bits(1, 1, 1, 0), "pgd3": bits(1, 0, 1, 0), "autoattack": bits(0, 0, 1, 0),
+              "uniform_noise": bits(1, 1, 1, 0)}  # fmt: skip
+    batch1 = {"natural": bits(1, 1, 0), "pgd3": bits(1, 1, 0), "uniform_noise": bits(0, 1, 0)}  # AutoAttack: 4 images
+    rank0, rank1, one = Tally.for_rows(names), Tally.for_rows(names), Tally.for_rows(names)
+    rank0.add(batch0, worst, "pgd3")
+    rank1.add(batch1, worst, "pgd3")
+    for batch in (batch0, batch1):
+        one.add(batch, worst, "pgd3")
+    merged = rank0.merge(rank1)
+    assert merged == one and Tally.for_rows(names).merge(merged) == merged  # a process without batches adds nothing
+    assert merged.images == 7 and merged.total == {"natural": 7, "pgd3": 7, "autoattack": 4, "uniform_noise": 7}
+    assert merged.rows() == names and Tally.for_rows(names).rows() == []
+    assert [merged.accuracy(name) for name in names] == [71.43, 57.14, 25.0, 57.14]
+    assert merged.robust == 3 and merged.robust_accuracy() == 42.86  # noise is not part of the worst case
+    assert merged.autoattack_reference == 2  # PGD-3's correct images among AutoAttack's 4
 
 
 def test_a_resume_file_is_refused_for_another_model_or_other_images(model, images, labels, tmp_path):

@@ -16,8 +16,9 @@ Arguments: `EvaluationArguments` below, `DataArguments` (`common.py`) and the li
 `robustness.json`, `robustness.md` and `robust_accuracy_vs_eps.png` in --output_dir and, with --update_model_card
 (default), puts the numbers in the card of a model folder that mimir_hf trained.
 
-Under `torchrun` / `accelerate launch` every process evaluates its own contiguous shard of the images (gloo on CPUs,
-NCCL on GPUs), the counts are summed, and only rank 0 writes. With `--resume_file`, each process appends its finished
+Under `torchrun` / `accelerate launch` every process evaluates its own contiguous run of whole batches (gloo on
+CPUs, NCCL on GPUs; the first processes take one more when they do not divide evenly), the counts are summed, and
+only rank 0 writes. With `--resume_file`, each process appends its finished
 batches to `<file>` (`<file>.rank<N>` with several processes) and a rerun of the same evaluation (same settings, data
 and number of processes) skips them: a long AutoAttack run survives being killed.
 """
