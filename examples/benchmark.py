@@ -599,8 +599,8 @@ def _model_fields(recipe: str, values: dict, tiny: bool) -> dict:
 
 
 def case_arguments(recipe: str, args, workers: int, scratch: str) -> list[str]:
-    """A recipe file for one run: the shipped recipe's settings, with the benchmark's files, model, batch, steps,
-    workers and precision, and nothing saved, logged or evaluated; returned as the argv `parse` reads."""
+    """A recipe file for one run: the shipped recipe's settings, with the benchmark's files, model, batch, steps and
+    precision, and nothing saved, logged or evaluated; returned as the argv `parse` reads, with the workers."""
     values = load_recipe(resolve_recipe(recipe))
     batch = args.batch_size or values["per_device_train_batch_size"]
     files = case_files(recipe, values, args, scratch, batch * (args.warmup + args.steps))
@@ -609,7 +609,7 @@ def case_arguments(recipe: str, args, workers: int, scratch: str) -> list[str]:
     values.update(
         files, **_model_fields(recipe, values, args.tiny), output_dir=os.path.join(scratch, "out"),
         per_device_train_batch_size=batch, reference_effective_batch=0, max_steps=args.warmup + args.steps,
-        dataloader_num_workers=workers, save_strategy="no", logging_strategy="no", report_to="none",
+        save_strategy="no", logging_strategy="no", report_to="none",
         disable_tqdm=True, scan_images=False, torch_compile=args.compile,
         torch_compile_backend=args.compile_backend if args.compile else None, bf16=uses_bf16(args), use_cpu=not cuda,
         seed=0,
@@ -619,7 +619,7 @@ def case_arguments(recipe: str, args, workers: int, scratch: str) -> list[str]:
     path = os.path.join(scratch, "recipe.yaml")
     with open(path, "w") as f:
         yaml.safe_dump(values, f)
-    return [path]
+    return [path, "--dataloader_num_workers", str(workers)]  # on the command line: never capped to the CPUs
 
 
 def build_case_model(recipe: str, model_args, tiny: bool):

@@ -102,10 +102,12 @@ def test_end_to_end_runs_a_recipe_s_trainer_from_files_at_each_worker_count(tmp_
 def test_end_to_end_arguments_keep_the_recipe_and_bring_their_own_files_and_model(tmp_path):
     args = benchmark.parse_args(["--end_to_end", "--tiny", "--batch_size", "2", "--warmup", "1", "--steps", "1"])
     recipe = "imagenet/finetune_swin_base"
-    values = benchmark.load_recipe(benchmark.case_arguments(recipe, args, 3, str(tmp_path))[0])
+    argv = benchmark.case_arguments(recipe, args, 3, str(tmp_path))
+    values = benchmark.load_recipe(argv[0])
     shipped = benchmark.load_recipe(benchmark.resolve_recipe(recipe))
     assert values["randaugment_magnitude"] == shipped["randaugment_magnitude"] and values["mixup_alpha"] == 0.8
-    assert values["dataloader_num_workers"] == 3 and values["max_steps"] == 2 and "model_name_or_path" not in values
+    assert argv[1:] == ["--dataloader_num_workers", "3"]  # given, so never capped to this machine's CPUs
+    assert values["max_steps"] == 2 and "model_name_or_path" not in values
     assert values["adversarial_step_size_ramp_epochs"] == 0  # the full attack from the first step
     first = next((tmp_path / f"images_500x375_{2 * 2}" / "train" / "class_0").iterdir())
     with benchmark.Image.open(first) as f:

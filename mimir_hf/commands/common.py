@@ -327,6 +327,7 @@ def parse(argument_classes: tuple, argv: list[str] | None = None, prog: str | No
     check_launch()
     parser = HfArgumentParser(argument_classes, prog=prog)
     argv = sys.argv[1:] if argv is None else list(argv)
+    values = {}
     if argv and not argv[0].startswith("-"):
         path, argv_recipe = resolve_recipe(argv[0]), argv[0]
         values = load_recipe(path)
@@ -347,7 +348,26 @@ def parse(argument_classes: tuple, argv: list[str] | None = None, prog: str | No
         parser.set_defaults(**values)
         for name in values:
             known[name].required = False
-    return parser.parse_args_into_dataclasses(args=argv)
+    parsed = parser.parse_args_into_dataclasses(args=argv)
+    cap_recipe_workers(parsed, values.get("dataloader_num_workers"), argv)
+    return parsed
+
+
+def cap_recipe_workers(parsed, recipe_workers: int | None, argv: list[str]) -> None:
+    """A recipe's `dataloader_num_workers` above this machine's CPU count (`os.cpu_count()`) comes down to that count,
+    said in one line; a `--dataloader_num_workers` given on the command line (`argv`) is never changed."""
+    cores = os.cpu_count() or 1
+    given = any("--dataloader_num_workers".startswith(arg.partition("=")[0]) for arg in argv
+                if arg.startswith("--dataloader_n"))  # fmt: skip
+    if recipe_workers is None or recipe_workers <= cores or given:
+        return
+    for arguments in parsed:
+        if getattr(arguments, "dataloader_num_workers", None) == recipe_workers:
+            arguments.dataloader_num_workers = cores
+    logger.info(
+        f"The recipe's dataloader_num_workers {recipe_workers} is more than this machine's {cores} CPUs: {cores} "
+        "data-loader workers (pass --dataloader_num_workers N to choose)."
+    )
 
 
 def _value_problem(value, action) -> str | None:
