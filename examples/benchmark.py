@@ -759,7 +759,7 @@ def end_to_end(args) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     datasets.disable_progress_bars()
-    # the training data's "resized by the image processor" note: here the random-resized crop does the resize
+    # the notes on how the image processor and the augmentation size the benchmark's synthetic files
     logging_module.getLogger("mimir_hf.commands").setLevel(logging_module.ERROR)
     rows, recipes = [], {}
     with tempfile.TemporaryDirectory() as scratch:

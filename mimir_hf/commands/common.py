@@ -481,12 +481,22 @@ class Data:
 
     def transformed(self, image_processor, label_map: dict[int, int] | None = None, augmentation=None):
         """(train, test): the splits yielding `pixel_values` (through `image_processor`) and `labels` (through
-        `label_map`); the training split also through `augmentation` (a built `TrainAugmentation`), if any. A
-        processor that changes the images' size or channels says so once, with the numbers and how to keep them."""
-        change = preprocessing_change(self.train if self.train is not None else self.test, self.image_column,
-                                      image_processor)  # fmt: skip
+        `label_map`); the training split also through `augmentation` (a built `TrainAugmentation`), if any, whose
+        random-resized crop gives the model's size without the processor's resize (`training_processor`). A processor
+        that changes the images' size or channels says so once, with the numbers, the split and how to keep them."""
+        cropped = self.train is not None and augmentation is not None and augmentation.outputs_model_size
+        reference = self.test if cropped else self.train if self.train is not None else self.test
+        change = None if reference is None else preprocessing_change(
+            reference, self.image_column, image_processor, which="evaluation images" if cropped else "images"
+        )  # fmt: skip
+        note = (
+            f"The training images are cropped and resized to {augmentation.height}x{augmentation.width} by the "
+            "augmentation's random-resized crop; the image processor's resize and centre crop do not apply to them"
+        ) if cropped else None  # fmt: skip
         if change:
-            (logger.info if self.default_data else logger.warning)(change + ".")
+            (logger.info if self.default_data else logger.warning)(". ".join(filter(None, (change, note))) + ".")
+        elif note:
+            logger.info(note + ".")
         train, test = (
             None if part is None
             else with_pixel_transform(part, self.image_column, self.label_column, image_processor,
