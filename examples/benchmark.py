@@ -39,11 +39,13 @@ import argparse
 import json
 import logging as logging_module
 import math
+import multiprocessing
 import os
 import statistics
 import tempfile
 import time
 import weakref
+from concurrent.futures import ProcessPoolExecutor
 
 import datasets
 import numpy as np
@@ -109,7 +111,23 @@ def parse_args(argv=None):
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--step_cases", nargs="+", choices=sorted(STEP_CASES), default=sorted(STEP_CASES), help="Step cases to run."
+    )
+    parser.add_argument(
+        "--dtype", choices=("auto", "bf16", "fp32"), default="auto",
+        help="bf16 autocast or fp32; auto: bf16 on CUDA, fp32 on a CPU.",
+    )  # fmt: skip
+    parser.add_argument(
+        "--attn_implementation", choices=("sdpa", "eager"), help="Attention of the step cases (default: sdpa)."
+    )
+    parser.add_argument(
+        "--compile", action="store_true",
+        help="torch.compile each step case's model (--end_to_end: torch_compile in the trainer).",
+    )  # fmt: skip
+    parser.add_argument("--compile_backend", default="inductor", help="torch.compile's backend (eager: tracing only).")
     parser.add_argument("--output", help="Write the results as JSON here.")
+    parser.add_argument("--tables", metavar="FILE.md", help="Also write the printed markdown tables here.")
     parser.add_argument(
         "--report_model",
         help="Also measure the robustness report's cost per attack on this saved classifier (e.g. "
@@ -123,11 +141,12 @@ def parse_args(argv=None):
     end_to_end.add_argument("--cases", nargs="+", default=list(END_TO_END_CASES), help="Recipes to run.")
     end_to_end.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2], help="dataloader_num_workers.")
     end_to_end.add_argument("--feed_rate", type=float, nargs="+", default=list(FEED_RATES), help="GPU images/s.")
-    end_to_end.add_argument("--tiny", action="store_true", help="Tiny models at the recipes' input sizes.")
+    end_to_end.add_argument(
+        "--tiny", action="store_true", help="Tiny models at the recipes' (step cases: the shape's) input sizes."
+    )
     end_to_end.add_argument("--threads", type=int, help="torch threads of the main process (default: torch's).")
     end_to_end.add_argument("--source_size", type=int, nargs=2, default=[500, 375], metavar=("W", "H"))
     end_to_end.add_argument("--steps", type=int, default=6, help="Timed steps after --warmup.")
-    end_to_end.add_argument("--compile", action="store_true", help="torch.compile the model (torch_compile).")
     end_to_end.add_argument("--tabulate", metavar="FILE.json", help="Print the tables of an --end_to_end JSON.")
     return parser.parse_args(argv)
 
@@ -193,13 +212,21 @@ class LiveTensorBytes(TorchDispatchMode):
         return out
 
 
-class Case:
-    """One kind of training step: `step()` runs it once, the times and peak memory accumulate."""
+def uses_bf16(args) -> bool:
+    """Whether steps run under bf16 autocast: `--dtype bf16`, or `auto` on CUDA."""
+    return args.dtype == "bf16" or (args.dtype == "auto" and args.device.startswith("cuda"))
 
-    def __init__(self, name, model, loss_fn, device):
+
+class Case:
+    """One kind of training step: `step()` runs it once, the times and peak memory accumulate. `bf16`: under bf16
+    autocast; `compile_backend`: the loss function gets `torch.compile(model)` (the optimizer the model's weights)."""
+
+    def __init__(self, name, model, loss_fn, device, bf16=None, compile_backend=None):
         self.name, self.model, self.loss_fn, self.device = name, model.to(device).train(), loss_fn, device
         self.optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
         self.times, self.peak = [], 0
+        self.bf16 = device.startswith("cuda") if bf16 is None else bf16
+        self.runs = torch.compile(self.model, backend=compile_backend) if compile_backend else self.model
 
     def step(self, images, labels, record=True):
         cuda = self.device.startswith("cuda")
@@ -207,8 +234,8 @@ class Case:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
-        with torch.autocast(device_type="cuda" if cuda else "cpu", dtype=torch.bfloat16, enabled=cuda):
-            loss = self.loss_fn(self.model, images, labels)
+        with torch.autocast(device_type="cuda" if cuda else "cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            loss = self.loss_fn(self.runs, images, labels)
         loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -285,6 +312,202 @@ def evaluation_memory(images=(64, 640), batch_size=64, shape=None, settings=None
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# The step cases: a) MAE, b) MIMIR, c) clean, d) PGD-AT, on tensors in memory
+# ----------------------------------------------------------------------------------------------------------------
+
+STEP_CASES = {"a": "ViTMAE step (transformers)", "b": "MIMIR pre-training step", "c": "clean classifier step",
+              "d": "AT step"}  # fmt: skip
+
+
+def step_shape(args) -> dict:
+    """The model shape of the step cases: `--preset` (default: digits, patch 2), tiny widths with `--tiny`."""
+    shape = dict(PRESETS[args.preset]) if args.preset else dict(DEFAULT_SHAPE)
+    return {**shape, **TINY_VIT} if args.tiny else shape
+
+
+def step_cases(args, config) -> list[Case]:
+    """The `--step_cases` of `config`'s shape, each a `Case` with the run's precision and compilation."""
+    scratch, cpu = tempfile.mkdtemp(), not args.device.startswith("cuda")
+    extra = {"attn_implementation": args.attn_implementation} if args.attn_implementation else {}
+    vit_mae_fields = {k: v for k, v in config.to_dict().items() if k in ViTMAEConfig().to_dict()}
+    settings = dict(device=args.device, bf16=uses_bf16(args), compile_backend=args.compile_backend if args.compile
+                    else None)  # fmt: skip
+    cases = []
+    for letter in args.step_cases:
+        if letter == "a":
+            model, loss = ViTMAEForPreTraining(ViTMAEConfig(**vit_mae_fields, **extra)), _mae_loss
+        elif letter == "b":
+            trainer = MimirPreTrainingTrainer(
+                model=MimirForPreTraining(config),
+                args=MimirPreTrainingArguments(output_dir=scratch, report_to=[], use_cpu=cpu),
+            )
+            model, loss = trainer.model, _trainer_loss(trainer, labelled=False)
+        elif letter == "c":
+            model, loss = MimirForImageClassification(config), _clean_loss
+        else:
+            arguments = MimirAdversarialTrainingArguments(
+                output_dir=scratch, report_to=[], adversarial_steps=args.pgd_steps, use_cpu=cpu
+            )
+            trainer = MimirAdversarialTrainer(model=MimirForImageClassification(config), args=arguments)
+            model, loss = trainer.model, _trainer_loss(trainer, labelled=True)
+        cases.append(Case(step_case_name(letter, args), model, loss, **settings))
+    return cases
+
+
+def step_case_name(letter: str, args) -> str:
+    """E.g. "b) MIMIR pre-training step (k=1)", "d) PGD-3 AT step"."""
+    if letter == "b":
+        return f"b) {STEP_CASES['b']} (k={args.attack_steps})"
+    if letter == "d":
+        return f"d) PGD-{args.pgd_steps} {STEP_CASES['d']}"
+    return f"{letter}) {STEP_CASES[letter]}"
+
+
+def _mae_loss(model, images, labels):
+    return model(pixel_values=images).loss
+
+
+def _clean_loss(model, images, labels):
+    return F.cross_entropy(model(pixel_values=images).logits.float(), labels)
+
+
+def _trainer_loss(trainer, labelled: bool):
+    """The trainer's `compute_loss` on a batch of images (and labels, when `labelled`)."""
+
+    def loss(model, images, labels):
+        inputs = {"pixel_values": images, **({"labels": labels} if labelled else {})}
+        return trainer.compute_loss(model, inputs)
+
+    return loss
+
+
+def mi_seconds(args, config, images) -> float:
+    """Median seconds of the MI term alone: HSIC(Z, X') forward + backward at the MIMIR step's shapes."""
+    kept = 1 + int(config.num_patches * (1 - config.mask_ratio))
+    latent = torch.randn(len(images), kept, config.hidden_size, device=args.device, requires_grad=True)
+    cuda, times = args.device.startswith("cuda"), []
+    for index in range(args.warmup + args.repeats):
+        if cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        hsic(latent, images, sigma=config.mi_sigma).backward()
+        if cuda:
+            torch.cuda.synchronize()
+        if index >= args.warmup:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def run_steps(args, cases, images, labels) -> None:
+    """Warm-up, then `--repeats` rounds, interleaved so that drifts (clocks, other load) hit every case alike; on a
+    CPU one more, untimed step per case for its peak memory."""
+    for _ in range(args.warmup):
+        for case in cases:
+            case.step(images, labels, record=False)
+    for _ in range(args.repeats):
+        for case in cases:
+            case.step(images, labels)
+    if not args.device.startswith("cuda"):
+        for case in cases:
+            case.cpu_peak(images, labels)
+
+
+def step_benchmark(args) -> dict:
+    """The step cases on one random batch: prints their table and writes `args.output`."""
+    torch.manual_seed(0)
+    shape = step_shape(args)
+    extra = {"attn_implementation": args.attn_implementation} if args.attn_implementation else {}
+    config = MimirConfig(**shape, attack_steps=args.attack_steps, num_labels=10, **extra)
+    cases = step_cases(args, config)
+    images = torch.rand(args.batch_size, config.num_channels, *config.image_size_hw, device=args.device)
+    labels = torch.randint(0, 10, (args.batch_size,), device=args.device)
+    run_steps(args, cases, images, labels)
+    result = step_result(args, shape, cases, mi_seconds(args, config, images))
+    tables = step_tables(result)
+    if args.report_model:
+        print(tables)
+        result["report_cost"] = report_cost(args.report_model, args.report_images, args.device)
+    return write_outputs(args, result, tables, printed=bool(args.report_model))
+
+
+def write_outputs(args, result: dict, tables: str, printed: bool = False) -> dict:
+    """Prints `tables` (unless `printed`), writes `result` to `--output` and `tables` to `--tables`."""
+    if not printed:
+        print(tables)
+    if args.output:
+        with open(args.output, "w") as f:
+            json.dump(result, f, indent=2)
+    if args.tables:
+        with open(args.tables, "w") as f:
+            f.write(tables + "\n")
+    return result
+
+
+def step_result(args, shape: dict, cases: list[Case], mi: float) -> dict:
+    """The step cases' numbers; a ratio (b/a, d/c, MI share, memory b/a) where both its cases ran, else None."""
+    cuda = args.device.startswith("cuda")
+    by_letter = {case.name[0]: case for case in cases}
+
+    def ratio(top, bottom, of=lambda case: case.median):
+        both = top in by_letter and bottom in by_letter
+        return round(of(by_letter[top]) / of(by_letter[bottom]), 3) if both else None
+
+    return {
+        "mode": "steps", "device": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__,
+        "precision": "bf16 autocast" if uses_bf16(args) else "fp32", "shape": shape,
+        "shape_name": (args.preset or "digits, patch 2") + (", tiny widths" if args.tiny else ""),
+        "attn_implementation": args.attn_implementation or "sdpa",
+        "compile": args.compile_backend if args.compile else None, "batch_size": args.batch_size,
+        "attack_steps": args.attack_steps, "pgd_steps": args.pgd_steps, "repeats": args.repeats,
+        "median_seconds": {case.name: round(case.median, 5) for case in cases},
+        "images_per_second": {case.name: round(args.batch_size / case.median, 1) for case in cases},
+        "peak_memory_mib": {case.name: round(case.peak / 2**20, 1) for case in cases},
+        "peak_memory_measure": "torch.cuda.max_memory_allocated" if cuda else "live tensor bytes (LiveTensorBytes)",
+        "ratio_b_over_a": ratio("b", "a"), "floor_b": args.attack_steps + 1,
+        "target_b": round(2.10 * (args.attack_steps + 1) / 2, 2),
+        "ratio_d_over_c": ratio("d", "c"), "floor_d": args.pgd_steps + 1,
+        "target_d": round(1.05 * (args.pgd_steps + 1), 2),
+        "mi_seconds": round(mi, 5),
+        "mi_share_of_b": round(mi / by_letter["b"].median, 4) if "b" in by_letter else None,
+        "memory_b_over_a": ratio("b", "a", of=lambda case: case.peak),
+    }  # fmt: skip
+
+
+def step_tables(result: dict) -> str:
+    """The step cases' table of docs/benchmarks.md and the lines under it (the ratios of the cases that ran)."""
+    compiled = f", torch.compile ({result['compile']})" if result.get("compile") else ""
+    lines = [
+        f"device {result['device']} ({result['precision']}, {result.get('attn_implementation', 'sdpa')} attention"
+        f"{compiled}), batch {result['batch_size']}, shape {result.get('shape_name', result['shape'])}",
+        "",
+        "| case | median step (ms) | images/s | peak memory (MiB) |",
+        "| --- | --- | --- | --- |",
+    ]
+    for name, seconds in result["median_seconds"].items():
+        lines.append(
+            f"| {name} | {1000 * seconds:.1f} | {result['images_per_second'][name]:.0f} | "
+            f"{result['peak_memory_mib'][name]:.1f} |"
+        )
+    lines.append("")
+    if result["ratio_b_over_a"] is not None:
+        lines.append(
+            f"b/a = {result['ratio_b_over_a']:.2f} (floor {result['floor_b']}, target <= {result['target_b']})"
+        )
+    if result["ratio_d_over_c"] is not None:
+        lines.append(
+            f"d/c = {result['ratio_d_over_c']:.2f} (floor {result['floor_d']}, target <= {result['target_d']})"
+        )
+    if result["mi_share_of_b"] is not None:
+        lines.append(
+            f"MI term: {1000 * result['mi_seconds']:.2f} ms = {100 * result['mi_share_of_b']:.1f}% of a MIMIR step "
+            "(target <= 5% at batch 256)"
+        )
+    if result["memory_b_over_a"] is not None:
+        lines.append(f"peak memory b/a = {result['memory_b_over_a']:.2f} (target <= 1.3)")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # --end_to_end: from files to gradients
 # ----------------------------------------------------------------------------------------------------------------
 
@@ -315,17 +538,27 @@ _RECIPE_SOURCES = ("dataset_name", "dataset_config_name", "image_column_name", "
 def write_image_folder(root: str, count: int, size: tuple[int, int], suffix: str, seed: int = 0) -> str:
     """`count` images of `size` (width, height) in `CLASSES` class folders under `root`: smooth random colour fields
     with pixel noise, saved at JPEG quality 90: about 95 KB a 500x375 JPEG, near an ImageNet photograph's size and
-    decoding cost (pure noise would cost far more, a flat field far less)."""
-    rng = np.random.RandomState(seed)
-    for index in range(count):
-        folder = os.path.join(root, f"class_{index % CLASSES}")
-        os.makedirs(folder, exist_ok=True)
-        coarse = Image.fromarray(rng.randint(0, 256, (6, 8, 3), dtype=np.uint8)).resize(size, Image.Resampling.BICUBIC)
-        pixels = np.asarray(coarse, dtype=np.int16) + rng.randint(-32, 33, (size[1], size[0], 3))
-        Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(
-            os.path.join(folder, f"{index:05d}{suffix}"), quality=90
-        )
+    decoding cost (pure noise would cost far more, a flat field far less). Each image has its own random seed, so
+    several processes (one per core, for more than 256 images) write the same files as one would."""
+    for index in range(CLASSES):
+        os.makedirs(os.path.join(root, f"class_{index}"), exist_ok=True)
+    jobs = [(root, index, size, suffix, seed) for index in range(count)]
+    if count <= 256:
+        for job in jobs:
+            _write_image(*job)
+        return root
+    context = multiprocessing.get_context("fork")  # the workers need only numpy and PIL, nothing to import anew
+    with ProcessPoolExecutor(os.cpu_count(), mp_context=context) as pool:
+        list(pool.map(_write_image, *zip(*jobs, strict=True), chunksize=64))
     return root
+
+
+def _write_image(root: str, index: int, size: tuple[int, int], suffix: str, seed: int) -> None:
+    rng = np.random.RandomState([seed, index])
+    coarse = Image.fromarray(rng.randint(0, 256, (6, 8, 3), dtype=np.uint8)).resize(size, Image.Resampling.BICUBIC)
+    pixels = np.asarray(coarse, dtype=np.int16) + rng.randint(-32, 33, (size[1], size[0], 3))
+    path = os.path.join(root, f"class_{index % CLASSES}", f"{index:05d}{suffix}")
+    Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(path, quality=90)
 
 
 def write_aux_file(path: str, count: int = AUX_IMAGES, seed: int = 1) -> str:
@@ -366,8 +599,8 @@ def _model_fields(recipe: str, values: dict, tiny: bool) -> dict:
 
 
 def case_arguments(recipe: str, args, workers: int, scratch: str) -> list[str]:
-    """A recipe file for one run: the shipped recipe's settings, with the benchmark's files, model, batch, steps,
-    workers and precision, and nothing saved, logged or evaluated; returned as the argv `parse` reads."""
+    """A recipe file for one run: the shipped recipe's settings, with the benchmark's files, model, batch, steps and
+    precision, and nothing saved, logged or evaluated; returned as the argv `parse` reads, with the workers."""
     values = load_recipe(resolve_recipe(recipe))
     batch = args.batch_size or values["per_device_train_batch_size"]
     files = case_files(recipe, values, args, scratch, batch * (args.warmup + args.steps))
@@ -376,15 +609,17 @@ def case_arguments(recipe: str, args, workers: int, scratch: str) -> list[str]:
     values.update(
         files, **_model_fields(recipe, values, args.tiny), output_dir=os.path.join(scratch, "out"),
         per_device_train_batch_size=batch, reference_effective_batch=0, max_steps=args.warmup + args.steps,
-        dataloader_num_workers=workers, save_strategy="no", logging_strategy="no", report_to="none",
-        disable_tqdm=True, scan_images=False, torch_compile=args.compile, bf16=cuda, use_cpu=not cuda, seed=0,
+        save_strategy="no", logging_strategy="no", report_to="none",
+        disable_tqdm=True, scan_images=False, torch_compile=args.compile,
+        torch_compile_backend=args.compile_backend if args.compile else None, bf16=uses_bf16(args), use_cpu=not cuda,
+        seed=0,
     )  # fmt: skip
     if "adversarial_step_size_ramp_epochs" in values:  # epoch 0 of a ramp attacks with step 0: time the full attack
         values["adversarial_step_size_ramp_epochs"] = 0
     path = os.path.join(scratch, "recipe.yaml")
     with open(path, "w") as f:
         yaml.safe_dump(values, f)
-    return [path]
+    return [path, "--dataloader_num_workers", str(workers)]  # on the command line: never capped to the CPUs
 
 
 def build_case_model(recipe: str, model_args, tiny: bool):
@@ -477,8 +712,9 @@ def model_step_rate(trainer, args) -> float:
     """Images/s of the trainer's step (its `compute_loss`, backward, AdamW) on one batch held in memory."""
     batch = next(iter(_loader(trainer, 0)))
     inputs = {key: value.to(args.device) for key, value in batch.items() if torch.is_tensor(value)}
-    model = torch.compile(trainer.model) if args.compile else trainer.model
-    case = Case("model step", model, lambda m, x, y: trainer.compute_loss(m, inputs), args.device)
+    backend = args.compile_backend if args.compile else None
+    loss = lambda m, x, y: trainer.compute_loss(m, inputs)
+    case = Case("model step", trainer.model, loss, args.device, uses_bf16(args), backend)
     for index in range(args.warmup + args.steps):
         case.step(None, None, record=index >= args.warmup)
     return len(inputs["pixel_values"]) * len(case.times) / sum(case.times)
@@ -523,7 +759,7 @@ def end_to_end(args) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     datasets.disable_progress_bars()
-    # the training data's "resized by the image processor" note: here the random-resized crop does the resize
+    # the notes on how the image processor and the augmentation size the benchmark's synthetic files
     logging_module.getLogger("mimir_hf.commands").setLevel(logging_module.ERROR)
     rows, recipes = [], {}
     with tempfile.TemporaryDirectory() as scratch:
@@ -532,16 +768,12 @@ def end_to_end(args) -> dict:
             rows += recipe_rows
     cuda = args.device.startswith("cuda")
     result = {
-        "mode": "end_to_end", "device": torch.cuda.get_device_name() if cuda else "cpu",
-        "precision": "bf16 mixed" if cuda else "fp32", "tiny": args.tiny, "threads": torch.get_num_threads(),
+        "mode": "end_to_end", "device": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__,
+        "precision": "bf16 mixed" if uses_bf16(args) else "fp32", "tiny": args.tiny, "threads": torch.get_num_threads(),
         "source_size": args.source_size, "warmup": args.warmup, "steps": args.steps, "compile": args.compile,
         "feed_rates": args.feed_rate, "cases": rows, "recipes": recipes,
     }  # fmt: skip
-    print(end_to_end_tables(result))
-    if args.output:
-        with open(args.output, "w") as f:
-            json.dump(result, f, indent=2)
-    return result
+    return write_outputs(args, result, end_to_end_tables(result))
 
 
 def end_to_end_tables(result: dict) -> str:
@@ -578,7 +810,7 @@ def main(argv=None) -> dict:
     if args.tabulate:
         with open(args.tabulate) as f:
             result = json.load(f)
-        print(end_to_end_tables(result))
+        print(end_to_end_tables(result) if result.get("mode") == "end_to_end" else step_tables(result))
         return result
     if args.end_to_end:
         return end_to_end(args)
@@ -598,124 +830,7 @@ def main(argv=None) -> dict:
             with open(args.output, "w") as f:
                 json.dump(result, f, indent=2)
         return result
-    torch.manual_seed(0)
-    shape = dict(PRESETS[args.preset]) if args.preset else dict(DEFAULT_SHAPE)
-    config = MimirConfig(**shape, attack_steps=args.attack_steps, num_labels=10)
-    vit_mae_fields = {k: v for k, v in config.to_dict().items() if k in ViTMAEConfig().to_dict()}
-    device = args.device
-
-    scratch = tempfile.mkdtemp()
-    use_cpu = not device.startswith("cuda")
-    pretraining = MimirPreTrainingArguments(output_dir=scratch, report_to=[], use_cpu=use_cpu)
-    adversarial = MimirAdversarialTrainingArguments(
-        output_dir=scratch, report_to=[], adversarial_steps=args.pgd_steps, use_cpu=use_cpu
-    )
-    pretrainer = MimirPreTrainingTrainer(model=MimirForPreTraining(config), args=pretraining)
-    adversarial_trainer = MimirAdversarialTrainer(model=MimirForImageClassification(config), args=adversarial)
-
-    cases = [
-        Case(
-            "a) ViTMAE step (transformers)",
-            ViTMAEForPreTraining(ViTMAEConfig(**vit_mae_fields)),
-            lambda m, x, y: m(pixel_values=x).loss,
-            device,
-        ),
-        Case(
-            f"b) MIMIR pre-training step (k={args.attack_steps})",
-            pretrainer.model,
-            lambda m, x, y: pretrainer.compute_loss(m, {"pixel_values": x}),
-            device,
-        ),
-        Case(
-            "c) clean classifier step",
-            MimirForImageClassification(config),
-            lambda m, x, y: F.cross_entropy(m(pixel_values=x).logits.float(), y),
-            device,
-        ),
-        Case(
-            f"d) PGD-{args.pgd_steps} AT step",
-            adversarial_trainer.model,
-            lambda m, x, y: adversarial_trainer.compute_loss(m, {"pixel_values": x, "labels": y}),
-            device,
-        ),
-    ]
-    images = torch.rand(args.batch_size, config.num_channels, *config.image_size_hw, device=device)
-    labels = torch.randint(0, 10, (args.batch_size,), device=device)
-    for _ in range(args.warmup):
-        for case in cases:
-            case.step(images, labels, record=False)
-    for _ in range(args.repeats):  # interleaved, so drifts (clocks, other load) hit every case alike
-        for case in cases:
-            case.step(images, labels)
-
-    if not device.startswith("cuda"):
-        for case in cases:
-            case.cpu_peak(images, labels)
-
-    # The MI term alone: HSIC(Z, X') forward + backward at the step's shapes.
-    kept = 1 + int(config.num_patches * (1 - config.mask_ratio))
-    latent = torch.randn(args.batch_size, kept, config.hidden_size, device=device, requires_grad=True)
-    mi_times = []
-    for i in range(args.warmup + args.repeats):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        hsic(latent, images, sigma=config.mi_sigma).backward()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        if i >= args.warmup:
-            mi_times.append(time.perf_counter() - start)
-
-    a, b, c, d = (case.median for case in cases)
-    mi = statistics.median(mi_times)
-    result = {
-        "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
-        "precision": "bf16 autocast" if device.startswith("cuda") else "fp32",
-        "shape": shape,
-        "batch_size": args.batch_size,
-        "attack_steps": args.attack_steps,
-        "pgd_steps": args.pgd_steps,
-        "repeats": args.repeats,
-        "median_seconds": {case.name: round(case.median, 5) for case in cases},
-        "images_per_second": {case.name: round(args.batch_size / case.median, 1) for case in cases},
-        "peak_memory_mib": {case.name: round(case.peak / 2**20, 1) for case in cases},
-        "peak_memory_measure": "torch.cuda.max_memory_allocated"
-        if device.startswith("cuda")
-        else "live tensor bytes (LiveTensorBytes)",
-        "ratio_b_over_a": round(b / a, 3),
-        "floor_b": args.attack_steps + 1,
-        "target_b": round(2.10 * (args.attack_steps + 1) / 2, 2),
-        "ratio_d_over_c": round(d / c, 3),
-        "floor_d": args.pgd_steps + 1,
-        "target_d": round(1.05 * (args.pgd_steps + 1), 2),
-        "mi_seconds": round(mi, 5),
-        "mi_share_of_b": round(mi / b, 4),
-    }
-    lines = [
-        f"device {result['device']} ({result['precision']}), batch {args.batch_size}, "
-        f"shape {args.preset or 'digits, patch 2'}",
-        "| case | median step (ms) | images/s | peak memory (MiB) |",
-        "| --- | --- | --- | --- |",
-    ]
-    for case in cases:
-        throughput = args.batch_size / case.median
-        lines.append(f"| {case.name} | {1000 * case.median:.1f} | {throughput:.0f} | {case.peak / 2**20:.1f} |")
-    lines += [
-        "",
-        f"b/a = {result['ratio_b_over_a']:.2f} (floor {result['floor_b']}, target <= {result['target_b']})",
-        f"d/c = {result['ratio_d_over_c']:.2f} (floor {result['floor_d']}, target <= {result['target_d']})",
-        f"MI term: {1000 * mi:.2f} ms = {100 * result['mi_share_of_b']:.1f}% of a MIMIR step "
-        "(target <= 5% at batch 256)",
-    ]
-    lines.append(f"peak memory b/a = {cases[1].peak / cases[0].peak:.2f} (target <= 1.3)")
-    result["memory_b_over_a"] = round(cases[1].peak / cases[0].peak, 3)
-    print("\n".join(lines))
-    if args.report_model:
-        result["report_cost"] = report_cost(args.report_model, args.report_images, device)
-    if args.output:
-        with open(args.output, "w") as f:
-            json.dump(result, f, indent=2)
-    return result
+    return step_benchmark(args)
 
 
 if __name__ == "__main__":

@@ -151,6 +151,12 @@ class TrainAugmentation:
     def __repr__(self) -> str:
         return f"TrainAugmentation({self.settings.describe()}, {self.height}x{self.width})"
 
+    @property
+    def outputs_model_size(self) -> bool:
+        """Whether `augment_image` gives every image at the model's size (its random-resized crop does), so that the
+        image processor has nothing left to resize or crop."""
+        return self.settings.augmentation == "resized-crop-flip"
+
     def augment_image(self, image) -> Image.Image:
         """Random-resized crop + flip and RandAugment on one PIL image (numpy arrays are converted first)."""
         settings = self.settings

@@ -8,6 +8,7 @@ stacked by `transformers.default_data_collator`.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 
@@ -342,9 +343,12 @@ def drop_unreadable_images(dataset: Dataset, image_column: str, split: str = "tr
 _GREY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 
 
-def preprocessing_change(dataset: Dataset, image_column: str, image_processor, sample: int = 8) -> str | None:
-    """What `image_processor` does to the size or channels of `dataset`'s images, in words with the numbers, or
-    None when it keeps both. Reads only the headers of the first `sample` images and runs the processor on one."""
+def preprocessing_change(
+    dataset: Dataset, image_column: str, image_processor, sample: int = 8, which: str = "images"
+) -> str | None:
+    """What `image_processor` does to the size or channels of `dataset`'s images (called `which` in the sentence), in
+    words with the numbers, or None when it keeps both. Reads only the headers of the first `sample` images and runs
+    the processor on one."""
     import io
 
     if len(dataset) == 0 or not isinstance(dataset.features.get(image_column), Image):
@@ -365,17 +369,18 @@ def preprocessing_change(dataset: Dataset, image_column: str, image_processor, s
     kinds = {1: "grey", 3: "RGB"}
     first_width, first_height, first_channels = shapes[0]
     changes = []
+    resized = "resized and centre-cropped" if getattr(image_processor, "do_center_crop", False) else "resized"
     if all(shape[:2] == shapes[0][:2] for shape in shapes):
         if (first_width, first_height) != (width, height):
-            changes.append(f"resized from {first_width}x{first_height} to {width}x{height}")
+            changes.append(f"{resized} from {first_width}x{first_height} to {width}x{height}")
     else:
-        changes.append(f"of various sizes (e.g. {first_width}x{first_height}); each is resized to {width}x{height}")
+        changes.append(f"of various sizes (e.g. {first_width}x{first_height}); each is {resized} to {width}x{height}")
     if first_channels != channels:
         changes.append(f"converted from {kinds.get(first_channels)} to {kinds.get(channels, channels)}")
     if not changes:
         return None
     return (
-        f"The images are {' and '.join(changes)} by the model's image processor "
+        f"The {which} are {' and '.join(changes)} by the model's image processor "
         f"({type(getattr(image_processor, 'processor', image_processor)).__name__}), "
         f"as the model takes {width}x{height} {kinds.get(channels, f'{channels}-channel')} input. To keep "
         f"{first_width}x{first_height} {kinds.get(first_channels)} images, use a model of that input: a new model "
@@ -393,8 +398,11 @@ def pixel_transform(
 ):
     """The batch transform of `with_pixel_transform`: {image_column, label_column} -> {"pixel_values", "labels"}, with
     the training `augmentation` (if any) around the image processor and the labels through `label_map` (data class ->
-    model class, when given). Also used for auxiliary data, so that real and synthetic images go through the same
-    transform."""
+    model class, when given). After an augmentation whose crop already gives the model's size, the processor only
+    converts the pixels (`training_processor`). Also used for auxiliary data, so that real and synthetic images go
+    through the same transform."""
+
+    image_processor = training_processor(image_processor, augmentation)
 
     def transform(batch):
         images = batch[image_column]
@@ -410,6 +418,21 @@ def pixel_transform(
         return out
 
     return transform
+
+
+def training_processor(image_processor, augmentation: TrainAugmentation | None):
+    """The processor for images out of `augmentation`: `image_processor` itself, or, after a random-resized crop
+    (which gives the model's size, as the authors' RandomResizedCrop -> tensor does), a copy without its resize to
+    another size and its centre crop (a checkpoint's resize 256 / crop 224 would zoom the crop by 256/224 and cut its
+    borders): the same channels, filter and rescaling at the model's size."""
+    if augmentation is None or not augmentation.outputs_model_size:
+        return image_processor
+    if not isinstance(image_processor, MimirImageProcessor) or not image_processor.do_center_crop:
+        return image_processor
+    at_size = copy.deepcopy(image_processor)
+    at_size.do_center_crop = False
+    at_size.size = {"height": augmentation.height, "width": augmentation.width}
+    return at_size
 
 
 def with_pixel_transform(

@@ -1,6 +1,7 @@
 """Train-time augmentation: each operation, the transform around the image processor, mixup / cutmix soft targets and
 the soft-target attack, and the adversarial trainer on mixed batches."""
 
+import logging
 import random
 
 import numpy as np
@@ -316,3 +317,53 @@ def test_augmentation_converts_modes_as_the_processor_does():
     _Randomness._by_process.clear()
     out = augmentation.augment_image(PILImage.fromarray(rgba, mode="RGBA"))
     assert out.mode == "RGB" and np.asarray(out).min() == 255
+
+
+def test_a_checkpoint_s_resize_and_centre_crop_apply_to_evaluation_not_after_the_random_resized_crop(tmp_path):
+    """The authors train on RandomResizedCrop -> tensor: the crop, at the model's size, is the training image. A
+    converted checkpoint's processor (resize the short side to size / 0.875, centre crop) serves evaluation only;
+    after the crop it would zoom the image by 1/0.875 and cut its borders."""
+    from mimir_hf.augmentation import _Randomness
+
+    config = tiny_config(image_size=32, patch_size=8)
+    processor = image_processor_for(config, crop_pct=0.875)  # resize 37, centre crop 32
+    plain = image_processor_for(config)
+    augmentation = AugmentationArguments(augmentation="resized-crop-flip", resized_crop_scale=0.2).build(
+        config.image_size_hw, config.num_channels
+    )
+    data = _jpeg_folder_dataset(tmp_path, 50, 38, ".jpg", count=6)
+    _Randomness._by_process.clear()
+    torch.manual_seed(1234)
+    images = list(data["image"])
+    crops = [augmentation.augment_image(image) for image in images]
+    _Randomness._by_process.clear()
+    torch.manual_seed(1234)
+    training = with_pixel_transform(data, "image", "label", processor, augmentation)[:]["pixel_values"]
+    expected = plain(images=crops, return_tensors="pt")["pixel_values"]
+    assert all(crop.size == (32, 32) for crop in crops)
+    for pixels, crop_pixels in zip(training, expected, strict=True):
+        assert torch.equal(pixels, crop_pixels)  # the crop itself: no second resize, no centre crop
+    evaluation = with_pixel_transform(data, "image", "label", processor)[:]["pixel_values"]
+    resized_and_cropped = processor(images=images, return_tensors="pt")["pixel_values"]
+    assert all(torch.equal(a, b) for a, b in zip(evaluation, resized_and_cropped, strict=True))
+    squeezed = plain(images=images, return_tensors="pt")["pixel_values"]
+    assert not torch.equal(resized_and_cropped, squeezed)  # the evaluation split's centre crop did happen
+
+
+def test_the_preprocessing_note_says_what_happens_to_each_split(tmp_path, caplog):
+    from mimir_hf.commands.common import Data
+
+    config = tiny_config(image_size=32, patch_size=8)
+    processor = image_processor_for(config, crop_pct=0.875)
+    augmentation = AugmentationArguments(augmentation="resized-crop-flip").build(config.image_size_hw, 3)
+    data = _jpeg_folder_dataset(tmp_path, 50, 38, ".jpg", count=4)
+    with caplog.at_level(logging.INFO, logger="mimir_hf.commands"):
+        Data(data, data, "image", "label", ["a", "b"]).transformed(processor, augmentation=augmentation)
+    (message,) = [record.getMessage() for record in caplog.records if "image processor" in record.getMessage()]
+    assert message.startswith("The evaluation images are resized and centre-cropped from 50x38 to 32x32")
+    assert "training images are cropped and resized to 32x32 by the augmentation's random-resized crop" in message
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="mimir_hf.commands"):
+        Data(data, data, "image", "label", ["a", "b"]).transformed(processor)  # no augmentation: one processor
+    (message,) = [record.getMessage() for record in caplog.records if "image processor" in record.getMessage()]
+    assert message.startswith("The images are resized and centre-cropped") and "training" not in message

@@ -102,13 +102,43 @@ def test_end_to_end_runs_a_recipe_s_trainer_from_files_at_each_worker_count(tmp_
 def test_end_to_end_arguments_keep_the_recipe_and_bring_their_own_files_and_model(tmp_path):
     args = benchmark.parse_args(["--end_to_end", "--tiny", "--batch_size", "2", "--warmup", "1", "--steps", "1"])
     recipe = "imagenet/finetune_swin_base"
-    values = benchmark.load_recipe(benchmark.case_arguments(recipe, args, 3, str(tmp_path))[0])
+    argv = benchmark.case_arguments(recipe, args, 3, str(tmp_path))
+    values = benchmark.load_recipe(argv[0])
     shipped = benchmark.load_recipe(benchmark.resolve_recipe(recipe))
     assert values["randaugment_magnitude"] == shipped["randaugment_magnitude"] and values["mixup_alpha"] == 0.8
-    assert values["dataloader_num_workers"] == 3 and values["max_steps"] == 2 and "model_name_or_path" not in values
+    assert argv[1:] == ["--dataloader_num_workers", "3"]  # given, so never capped to this machine's CPUs
+    assert values["max_steps"] == 2 and "model_name_or_path" not in values
     assert values["adversarial_step_size_ramp_epochs"] == 0  # the full attack from the first step
     first = next((tmp_path / f"images_500x375_{2 * 2}" / "train" / "class_0").iterdir())
     with benchmark.Image.open(first) as f:
         assert f.size == (500, 375) and f.format == "JPEG"
     finetune = benchmark.load_recipe(benchmark.case_arguments("cifar10/finetune_vit_small", args, 0, str(tmp_path))[0])
     assert finetune["model_preset"] == "vit-small-patch2-32" and finetune["hidden_size"] == 32
+
+
+GPU_PARTS = ("steps_vit_s2_32", "steps_vit_b16_224", "e2e_cifar10", "e2e_imagenet", "compiled_vit_s2_32",
+             "compiled_vit_b16_224")  # fmt: skip
+
+
+def test_the_gpu_script_runs_every_part_tiny_on_the_cpu_and_writes_the_tables(tmp_path):
+    """`bash examples/gpu_benchmark.sh OUT --tiny`, as docs/benchmarks.md documents the GPU command: every part ends
+    (the script exits non-zero on a failed or skipped one) and leaves its JSON and its markdown tables."""
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    command = "bash examples/gpu_benchmark.sh"
+    assert f"{command} gpu_results" in open(os.path.join(root, "docs", "benchmarks.md")).read()
+    environment = {**os.environ, "PYTHON": sys.executable}
+    run = subprocess.run([*command.split(), str(tmp_path), "--tiny"], cwd=root, env=environment, capture_output=True,
+                         text=True, timeout=900)  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    tables = (tmp_path / "tables.md").read_text()
+    for name in GPU_PARTS:
+        result = json.loads((tmp_path / f"{name}.json").read_text())
+        assert f"## {name}" in tables and (tmp_path / f"{name}.md").read_text().strip() in tables
+        header = "| recipe | data | batch | workers |" if name.startswith("e2e") else "| case | median step (ms) |"
+        assert header in tables.split(f"## {name}")[1]
+        assert result["mode"] == ("end_to_end" if name.startswith("e2e") else "steps")
+    compiled = json.loads((tmp_path / "compiled_vit_s2_32.json").read_text())
+    assert compiled["compile"] == "eager" and len(compiled["median_seconds"]) == 3  # a, b and d
+    assert "## Skipped\n\nnothing" in tables

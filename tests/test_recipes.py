@@ -262,3 +262,32 @@ def test_the_documented_recipe_commands_train_at_the_authors_effective_batch():
         args.reference_effective_batch = common.load_recipe(common.resolve_recipe(recipe))["reference_effective_batch"]
         assert args.reference_effective_batch > 0
         args.check_effective_batch(world_size=processes)  # raises if the command trains at another batch
+
+
+def test_recipes_set_the_data_loader_workers_their_data_path_needs(monkeypatch):
+    """docs/benchmarks.md: one worker turns 4000-9000 CIFAR images/s into batches, 215-265 ImageNet JPEGs/s."""
+    monkeypatch.setattr(common.os, "cpu_count", lambda: 64)
+    for recipe in RECIPES:
+        args = load(recipe)[2]
+        assert args.dataloader_num_workers == (2 if recipe.startswith("cifar10/") else 8), recipe
+
+
+def test_the_command_line_s_workers_win_and_are_never_capped(monkeypatch, caplog):
+    monkeypatch.setattr(common.os, "cpu_count", lambda: 2)
+    classes = (common.ModelArguments, common.DataArguments, MimirPreTrainingArguments, common.RunArguments)
+    for flags in (["--dataloader_num_workers", "12"], ["--dataloader_num_workers=12"]):
+        with caplog.at_level(logging.INFO, logger="mimir_hf.commands"):
+            parsed = common.parse(
+                (*classes, AugmentationArguments),
+                ["imagenet/pretrain_vit_base", "--bf16", "--reference_effective_batch", "0", *flags],
+            )
+        assert parsed[2].dataloader_num_workers == 12 and "dataloader_num_workers" not in caplog.text
+
+
+def test_a_recipe_s_workers_come_down_to_the_cpu_count_with_a_message(monkeypatch, caplog):
+    monkeypatch.setattr(common.os, "cpu_count", lambda: 3)
+    with caplog.at_level(logging.INFO, logger="mimir_hf.commands"):
+        imagenet, cifar = load("imagenet/finetune_swin_base")[2], load("cifar10/pretrain_vit_small")[2]
+    assert imagenet.dataloader_num_workers == 3 and cifar.dataloader_num_workers == 2  # 2 <= 3: kept
+    (line,) = [record.getMessage() for record in caplog.records if "dataloader_num_workers" in record.getMessage()]
+    assert "dataloader_num_workers 8" in line and "3 CPUs" in line and "--dataloader_num_workers N" in line

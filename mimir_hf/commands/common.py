@@ -327,6 +327,7 @@ def parse(argument_classes: tuple, argv: list[str] | None = None, prog: str | No
     check_launch()
     parser = HfArgumentParser(argument_classes, prog=prog)
     argv = sys.argv[1:] if argv is None else list(argv)
+    values = {}
     if argv and not argv[0].startswith("-"):
         path, argv_recipe = resolve_recipe(argv[0]), argv[0]
         values = load_recipe(path)
@@ -347,7 +348,26 @@ def parse(argument_classes: tuple, argv: list[str] | None = None, prog: str | No
         parser.set_defaults(**values)
         for name in values:
             known[name].required = False
-    return parser.parse_args_into_dataclasses(args=argv)
+    parsed = parser.parse_args_into_dataclasses(args=argv)
+    cap_recipe_workers(parsed, values.get("dataloader_num_workers"), argv)
+    return parsed
+
+
+def cap_recipe_workers(parsed, recipe_workers: int | None, argv: list[str]) -> None:
+    """A recipe's `dataloader_num_workers` above this machine's CPU count (`os.cpu_count()`) comes down to that count,
+    said in one line; a `--dataloader_num_workers` given on the command line (`argv`) is never changed."""
+    cores = os.cpu_count() or 1
+    given = any("--dataloader_num_workers".startswith(arg.partition("=")[0]) for arg in argv
+                if arg.startswith("--dataloader_n"))  # fmt: skip
+    if recipe_workers is None or recipe_workers <= cores or given:
+        return
+    for arguments in parsed:
+        if getattr(arguments, "dataloader_num_workers", None) == recipe_workers:
+            arguments.dataloader_num_workers = cores
+    logger.info(
+        f"The recipe's dataloader_num_workers {recipe_workers} is more than this machine's {cores} CPUs: {cores} "
+        "data-loader workers (pass --dataloader_num_workers N to choose)."
+    )
 
 
 def _value_problem(value, action) -> str | None:
@@ -461,12 +481,22 @@ class Data:
 
     def transformed(self, image_processor, label_map: dict[int, int] | None = None, augmentation=None):
         """(train, test): the splits yielding `pixel_values` (through `image_processor`) and `labels` (through
-        `label_map`); the training split also through `augmentation` (a built `TrainAugmentation`), if any. A
-        processor that changes the images' size or channels says so once, with the numbers and how to keep them."""
-        change = preprocessing_change(self.train if self.train is not None else self.test, self.image_column,
-                                      image_processor)  # fmt: skip
+        `label_map`); the training split also through `augmentation` (a built `TrainAugmentation`), if any, whose
+        random-resized crop gives the model's size without the processor's resize (`training_processor`). A processor
+        that changes the images' size or channels says so once, with the numbers, the split and how to keep them."""
+        cropped = self.train is not None and augmentation is not None and augmentation.outputs_model_size
+        reference = self.test if cropped else self.train if self.train is not None else self.test
+        change = None if reference is None else preprocessing_change(
+            reference, self.image_column, image_processor, which="evaluation images" if cropped else "images"
+        )  # fmt: skip
+        note = (
+            f"The training images are cropped and resized to {augmentation.height}x{augmentation.width} by the "
+            "augmentation's random-resized crop; the image processor's resize and centre crop do not apply to them"
+        ) if cropped else None  # fmt: skip
         if change:
-            (logger.info if self.default_data else logger.warning)(change + ".")
+            (logger.info if self.default_data else logger.warning)(". ".join(filter(None, (change, note))) + ".")
+        elif note:
+            logger.info(note + ".")
         train, test = (
             None if part is None
             else with_pixel_transform(part, self.image_column, self.label_column, image_processor,

@@ -8,10 +8,11 @@
 Arguments: `FineTuningModelArguments` (`ModelArguments`, drop path 0.1) and `DataArguments` (`common.py`) and the
 library's `MimirAdversarialTrainingArguments` (PGD-AT at 8/255, 10 steps of 2/255 by default) and
 `AugmentationArguments`. Fine-tunes a MIMIR ViT, CaiT or ConViT, or a MIMIR Swin from a converted checkpoint
-(`--model_name_or_path`, whose image processor's resize is kept, e.g. a converted ImageNet model's 256 / crop 224:
-`checkpoint_image_processor`). Writes the classifier (safetensors + config with id2label), a quick natural / PGD-20
-measurement (of the EMA weights too, saved in `ema/`, with --ema_decay) and a model card `README.md`. For the full
-robustness report run `mimir-hf evaluate` on the output. Runs under `torchrun` and `accelerate launch`.
+(`--model_name_or_path`, whose image processor's resize is kept for evaluation, e.g. a converted ImageNet model's
+256 / crop 224: `checkpoint_image_processor`; a random-resized crop's output is the training image as it is).
+Writes the classifier (safetensors + config with id2label), a quick natural / PGD-20 measurement (of the EMA weights
+too, saved in `ema/`, with --ema_decay) and a model card `README.md`. For the full robustness report run
+`mimir-hf evaluate` on the output. Runs under `torchrun` and `accelerate launch`.
 """
 
 from __future__ import annotations
