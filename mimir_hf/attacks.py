@@ -34,13 +34,25 @@ def eval_mode(model: nn.Module | None) -> Iterator[None]:
     if model is None:
         yield
         return
-    flags = [(module, module.training) for module in model.modules()]
-    model.eval()
+    modules = list(model.modules())
+    flags = [module.training for module in modules]
+    if any(type(module).train is not nn.Module.train for module in modules):
+        model.eval()  # a module with its own train(): let it run
+    else:
+        _set_training(modules, [False] * len(modules))  # what model.eval() does, without its recursion
     try:
         yield
     finally:
-        for module, training in flags:
-            module.training = training
+        _set_training(modules, flags)
+
+
+def _set_training(modules: list[nn.Module], flags: list[bool]) -> None:
+    """`module.training = flag` for each pair, written straight to the instance: `nn.Module.__setattr__` only looks
+    for a parameter, buffer or submodule of that name first (none is called `training`), which costs more than the
+    attack's own bookkeeping at small shapes (~1 ms for a 80-module model)."""
+    for module, flag in zip(modules, flags, strict=True):
+        if module.training != flag:
+            object.__setattr__(module, "training", flag)
 
 
 @contextmanager

@@ -122,6 +122,25 @@ def test_eval_mode_restores_on_error(classifier):
     assert classifier.training
 
 
+def test_eval_mode_restores_each_flag_and_runs_custom_train():
+    calls = []
+
+    class OwnTrain(torch.nn.Linear):
+        def train(self, mode=True):
+            calls.append(mode)
+            return super().train(mode)
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.5))
+    model[1].eval()  # a mixed state must come back exactly
+    with eval_mode(model):
+        assert not any(module.training for module in model.modules())
+    assert [module.training for module in model.modules()] == [True, True, False]
+    model.append(OwnTrain(2, 2))
+    with eval_mode(model):
+        assert not any(module.training for module in model.modules())
+    assert calls == [False] and [module.training for module in model.modules()] == [True, True, False, True]
+
+
 def test_frozen_parameters_gives_input_gradients_only_and_restores_each_flag(classifier, images, labels):
     first = next(classifier.parameters())
     first.requires_grad_(False)  # a mixed state must come back exactly
