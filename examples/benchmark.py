@@ -760,12 +760,18 @@ def end_to_end(args) -> dict:
         torch.set_num_threads(args.threads)
     datasets.disable_progress_bars()
     # the notes on how the image processor and the augmentation size the benchmark's synthetic files
-    logging_module.getLogger("mimir_hf.commands").setLevel(logging_module.ERROR)
+    # (restored afterwards: a caller in the same process, e.g. a test, keeps its logging)
+    commands_logger = logging_module.getLogger("mimir_hf.commands")
+    level = commands_logger.level
+    commands_logger.setLevel(logging_module.ERROR)
     rows, recipes = [], {}
-    with tempfile.TemporaryDirectory() as scratch:
-        for recipe in args.cases:
-            recipe_rows, recipes[recipe] = run_case(recipe, args, scratch)
-            rows += recipe_rows
+    try:
+        with tempfile.TemporaryDirectory() as scratch:
+            for recipe in args.cases:
+                recipe_rows, recipes[recipe] = run_case(recipe, args, scratch)
+                rows += recipe_rows
+    finally:
+        commands_logger.setLevel(level)
     cuda = args.device.startswith("cuda")
     result = {
         "mode": "end_to_end", "device": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__,
