@@ -52,6 +52,7 @@ from .checkpoints import (
 )
 from .ema import EMACallback
 from .hub import hub_problem
+from .optimizer_groups import parameter_groups
 from .threat_model import ADVERSARIAL_TRAINING_ATTACK, AttackBudget, check_budget, check_pixel_range
 
 logger = logging.get_logger(__name__)
@@ -346,44 +347,6 @@ class MimirAdversarialTrainingArguments(_MimirArguments, AdversarialRecipe):
     @property
     def mixes_batches(self) -> bool:
         return self.mixup_alpha > 0 or self.cutmix_alpha > 0
-
-
-def parameter_groups(
-    model: nn.Module, learning_rate: float, weight_decay: float, layer_decay: float = 1.0
-) -> list[dict]:
-    """AdamW groups from what the model declares (`OptimizerGroupsMixin`, as timm's models do).
-
-    Weight decay on every trainable matrix except the names in `model.no_weight_decay()`; none on vectors (biases,
-    norms, LayerScale). The learning rate of a parameter at `model.layer_id(name)` is
-    `learning_rate * layer_decay ** (top - id)`, top being the head's id: MAE's layer-wise decay for a stack of blocks,
-    SimMIM's for Swin's stages. `layer_decay < 1` on a model that declares no layer ids is a `ValueError`: it would
-    silently train with one learning rate."""
-    named = [(name, parameter) for name, parameter in model.named_parameters() if parameter.requires_grad]
-    excluded = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
-    if hasattr(model, "layer_id"):
-        top = model.num_layer_ids() - 1
-        ids = {name: model.layer_id(name) for name, _ in named}
-    elif layer_decay < 1:
-        raise ValueError(
-            f"layer_decay={layer_decay} needs a model that says which layer each parameter is in (layer_id(), as "
-            f"mimir_hf's models have); {type(model).__name__} does not, so every parameter would get one learning "
-            "rate. Pass layer_decay=1.0 (--layer_decay 1.0) to train with one learning rate."
-        )
-    else:
-        top, ids = 0, {name: 0 for name, _ in named}
-    groups: dict[tuple[int, bool], dict] = {}
-    for name, parameter in named:
-        decay = parameter.ndim > 1 and name not in excluded
-        group = groups.setdefault(
-            (ids[name], decay),
-            {
-                "params": [],
-                "weight_decay": weight_decay if decay else 0.0,
-                "lr": learning_rate * layer_decay ** (top - ids[name]),
-            },
-        )
-        group["params"].append(parameter)
-    return list(groups.values())
 
 
 class _MimirTrainerBase(Trainer):

@@ -22,10 +22,10 @@ from mimir_hf.attacks import mae_attack, pgd_attack
 from mimir_hf.convert import convert_checkpoint, main
 from mimir_hf.evaluation import evaluate_robustness
 from mimir_hf.models.cait.convert_cait import convert_cait_checkpoint
+from mimir_hf.optimizer_groups import parameter_groups
 from mimir_hf.trainer import (
     MimirAdversarialTrainer,
     MimirPreTrainingTrainer,
-    parameter_groups,
 )
 
 from .family_checks import outputs_match_without_mimir_hf

@@ -22,7 +22,8 @@ from mimir_hf.convert import convert_checkpoint, main
 from mimir_hf.evaluation import evaluate_robustness
 from mimir_hf.models.convit.convert_convit import convert_convit_checkpoint
 from mimir_hf.models.convit.modeling_mimir_convit import relative_patch_offsets
-from mimir_hf.trainer import MimirAdversarialTrainer, MimirPreTrainingTrainer, parameter_groups
+from mimir_hf.optimizer_groups import parameter_groups
+from mimir_hf.trainer import MimirAdversarialTrainer, MimirPreTrainingTrainer
 
 from .family_checks import outputs_match_without_mimir_hf
 from .reference_convit import GPSA, ConVit, MaeConvit, patch_offsets, randomise

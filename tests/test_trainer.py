@@ -12,12 +12,12 @@ from transformers.testing_utils import CaptureLogger
 from mimir_hf import AttackBudget, MimirForImageClassification, MimirForPreTraining
 from mimir_hf.attacks import pgd_attack
 from mimir_hf.checkpoints import logger as checkpoints_logger
+from mimir_hf.optimizer_groups import parameter_groups
 from mimir_hf.trainer import (
     MimirAdversarialTrainer,
     MimirAdversarialTrainingArguments,
     MimirPreTrainingArguments,
     MimirPreTrainingTrainer,
-    parameter_groups,
 )
 
 from .conftest import tiny_config
