@@ -1,13 +1,19 @@
 """The Hugging Face Hub, asked before it is used: an endpoint that does not answer costs seconds, not the minutes of
-retries `huggingface_hub` would spend, and the message names the offline way."""
+retries `huggingface_hub` would spend, and the message names the offline way. A failure while the trainers use it
+(creating the repository, pushing) is one line too (`hub_errors`), naming the repository and the way to push later."""
 
 from __future__ import annotations
 
 import os
 import re
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import huggingface_hub
 from huggingface_hub.utils import get_session
+
+if TYPE_CHECKING:
+    from transformers import TrainingArguments
 
 HUB_ANSWER_SECONDS = 5.0  # how long the Hub has to answer the first request before a run gives up on it
 
@@ -47,4 +53,38 @@ def check_hub_answers(*names: str | None) -> None:
     )
 
 
-__all__ = ["HUB_ANSWER_SECONDS", "check_hub_answers", "hub_ids", "hub_problem"]
+_NETWORK_MODULES = ("httpx", "httpx2", "httpcore", "huggingface_hub", "requests", "urllib3")
+
+
+def _is_hub_error(error: BaseException) -> bool:
+    """A failure to reach or use the Hub: a network or HTTP error, or one of huggingface_hub's."""
+    modules = {klass.__module__.split(".")[0] for klass in type(error).__mro__}
+    return isinstance(error, (ConnectionError, TimeoutError)) or bool(modules & set(_NETWORK_MODULES))
+
+
+@contextmanager
+def hub_errors(args: TrainingArguments, trained: bool):
+    """Turn a Hub failure inside the block into one `ValueError` line: the Hub, the repository, and the offline way.
+    An endpoint that does not answer within seconds is such a failure, found before `huggingface_hub`'s retries."""
+    try:
+        if (problem := hub_problem()) is not None:  # seconds, where huggingface_hub's retries would take minutes
+            raise problem
+        yield
+    except Exception as error:
+        if not _is_hub_error(error):
+            raise
+        repo = args.hub_model_id or os.path.basename(os.path.abspath(args.output_dir))
+        reason = (str(error).strip().splitlines() or [""])[0][:200]
+        state = (
+            f"The model is saved in {args.output_dir}; push it later, online and logged in (`hf auth login`), with "
+            f"`hf upload {repo} {args.output_dir}`"
+            if trained
+            else "Nothing was trained. Log in (`hf auth login`) and check the network, or train without --push_to_hub"
+        )
+        raise ValueError(
+            f"The Hugging Face Hub could not be reached for the repository {repo} ({type(error).__name__}: {reason}). "
+            f"{state}; to work offline, leave --push_to_hub out (HF_HUB_OFFLINE=1 keeps every step local)."
+        ) from None
+
+
+__all__ = ["HUB_ANSWER_SECONDS", "check_hub_answers", "hub_errors", "hub_ids", "hub_problem"]

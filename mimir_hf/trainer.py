@@ -14,7 +14,6 @@ import math
 import os
 import random
 from collections import defaultdict
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from typing import ClassVar
@@ -51,7 +50,7 @@ from .checkpoints import (
     write_marker,
 )
 from .ema import EMACallback
-from .hub import hub_problem
+from .hub import hub_errors
 from .optimizer_groups import parameter_groups
 from .threat_model import ADVERSARIAL_TRAINING_ATTACK, AttackBudget, check_budget, check_pixel_range
 
@@ -723,40 +722,6 @@ class MimirAdversarialTrainer(_MimirTrainerBase):
             self._store(model, natural_accuracy=_percent_correct(clean_logits, labels))
         self._store(model, adversarial_accuracy=_percent_correct(adversarial_logits, labels))
         return loss, ImageClassifierOutput(loss=loss, logits=adversarial_logits)
-
-
-_NETWORK_MODULES = ("httpx", "httpx2", "httpcore", "huggingface_hub", "requests", "urllib3")
-
-
-def _is_hub_error(error: BaseException) -> bool:
-    """A failure to reach or use the Hub: a network or HTTP error, or one of huggingface_hub's."""
-    modules = {klass.__module__.split(".")[0] for klass in type(error).__mro__}
-    return isinstance(error, (ConnectionError, TimeoutError)) or bool(modules & set(_NETWORK_MODULES))
-
-
-@contextmanager
-def hub_errors(args: TrainingArguments, trained: bool):
-    """Turn a Hub failure inside the block into one `ValueError` line: the Hub, the repository, and the offline way.
-    An endpoint that does not answer within seconds is such a failure, found before `huggingface_hub`'s retries."""
-    try:
-        if (problem := hub_problem()) is not None:  # seconds, where huggingface_hub's retries would take minutes
-            raise problem
-        yield
-    except Exception as error:
-        if not _is_hub_error(error):
-            raise
-        repo = args.hub_model_id or os.path.basename(os.path.abspath(args.output_dir))
-        reason = (str(error).strip().splitlines() or [""])[0][:200]
-        state = (
-            f"The model is saved in {args.output_dir}; push it later, online and logged in (`hf auth login`), with "
-            f"`hf upload {repo} {args.output_dir}`"
-            if trained
-            else "Nothing was trained. Log in (`hf auth login`) and check the network, or train without --push_to_hub"
-        )
-        raise ValueError(
-            f"The Hugging Face Hub could not be reached for the repository {repo} ({type(error).__name__}: {reason}). "
-            f"{state}; to work offline, leave --push_to_hub out (HF_HUB_OFFLINE=1 keeps every step local)."
-        ) from None
 
 
 def _percent_correct(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
