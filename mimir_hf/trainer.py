@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 import os
 import random
-from collections import defaultdict
 from dataclasses import dataclass, field
 from functools import partial
 from typing import ClassVar
@@ -51,7 +50,9 @@ from .checkpoints import (
 )
 from .ema import EMACallback
 from .hub import hub_errors
+from .nonfinite import NonfiniteGuard
 from .optimizer_groups import parameter_groups
+from .step_metrics import StepMetrics
 from .threat_model import ADVERSARIAL_TRAINING_ATTACK, AttackBudget, check_budget, check_pixel_range
 
 logger = logging.get_logger(__name__)
@@ -373,15 +374,15 @@ class _MimirTrainerBase(Trainer):
             self.add_callback(self.ema_callback)
         # compute_loss returns batch means: Trainer must scale them for gradient accumulation itself.
         self.model_accepts_loss_kwargs = False
-        self._metrics: dict[str, dict[str, list[torch.Tensor]]] = {
-            "train": defaultdict(list),
-            "eval": defaultdict(list),
-        }
-        self._nonfinite_in_a_row = 0
-        self._window_has_finite_loss = False  # in the micro-batches of the current optimizer step
-        self.nonfinite_stop: str | None = None  # why training stopped early, if it did
+        self._metrics = StepMetrics()  # the loss parts and accuracies logged beside Trainer's loss
+        self._nonfinite = NonfiniteGuard(args.max_consecutive_nonfinite)
         self._first_batch_checked = False
         self._previous_loss_sum = 0.0  # summed step losses of the run before the checkpoint it resumed from
+
+    @property
+    def nonfinite_stop(self) -> str | None:
+        """Why training stopped early on non-finite losses (`max_consecutive_nonfinite` in a row), or None."""
+        return self._nonfinite.stop_reason
 
     @property
     def ema(self):
@@ -431,7 +432,10 @@ class _MimirTrainerBase(Trainer):
             self._first_batch_checked = True
         loss, outputs = self.mimir_loss(model, inputs)
         if model.training:
-            loss = self._skip_if_nonfinite(loss, model)
+            loss = self._nonfinite.check(
+                loss, model, step=self.state.global_step, world_size=self.args.world_size,
+                scaler=self.accelerator.scaler, control=self.control,
+            )  # fmt: skip
         return (loss, outputs) if return_outputs else loss
 
     def mimir_loss(self, model, inputs) -> tuple[torch.Tensor, object]:
@@ -440,51 +444,8 @@ class _MimirTrainerBase(Trainer):
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
         if self.accelerator.sync_gradients:  # the optimizer steps next
-            if not self._window_has_finite_loss and self.accelerator.scaler is None:
-                for parameter in model.parameters():  # every micro-batch was skipped: no update at all
-                    parameter.grad = None
-            self._window_has_finite_loss = False
+            self._nonfinite.before_optimizer_step(model, self.accelerator.scaler)
         return loss
-
-    def _skip_if_nonfinite(self, loss: torch.Tensor, model: nn.Module) -> torch.Tensor:
-        """A finite loss passes. A non-finite one must not update any parameter; after `max_consecutive_nonfinite` in
-        a row, training stops with a message in `self.nonfinite_stop`.
-
-        Under data parallelism the processes first agree (one all-reduce of a flag): if any has a non-finite loss,
-        all skip the batch and count it, so they stop together and none waits for the others' gradients forever.
-        A skipped batch contributes no gradient: its loss is replaced by a zero tied to every trainable parameter
-        (zero gradients, which DDP's reducer needs to see on each process), and when every micro-batch of an optimizer
-        step was skipped the gradients are dropped so that AdamW leaves the weights as they are. With fp16's grad
-        scaler the loss goes through unchanged instead: its non-finite gradients (shared by DDP's all-reduce) make the
-        scaler skip the step and lower its scale, fp16's own remedy."""
-        finite = torch.isfinite(loss.detach())
-        if self.args.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
-            flag = (~finite).to(torch.int32).reshape(1)
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-            finite = flag.item() == 0
-        if bool(finite):
-            self._nonfinite_in_a_row = 0
-            self._window_has_finite_loss = True
-            return loss
-        self._nonfinite_in_a_row += 1
-        limit = self.args.max_consecutive_nonfinite
-        scaler = self.accelerator.scaler
-        where = f" on at least one of the {self.args.world_size} processes" if self.args.world_size > 1 else ""
-        logger.warning(
-            f"Non-finite loss{where} at step {self.state.global_step} (here: {loss.item()}): this batch is skipped, no "
-            f"parameter is updated from it{' (the fp16 grad scaler skips the step)' if scaler is not None else ''} "
-            f"({self._nonfinite_in_a_row} in a row; training stops at {limit})."
-        )
-        if self._nonfinite_in_a_row >= limit:
-            self.nonfinite_stop = (
-                f"Training stopped at step {self.state.global_step} after {self._nonfinite_in_a_row} non-finite "
-                "losses in a row (try a lower learning rate, fp32/bf16 instead of fp16, or check the data)."
-            )
-            logger.error(self.nonfinite_stop)
-            self.control.should_training_stop = True
-        if scaler is not None:
-            return loss
-        return sum((parameter * 0).sum() for parameter in model.parameters() if parameter.requires_grad)
 
     def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, **kwargs):
         """`Trainer.train`, resuming only from complete checkpoints and reporting the loss of the whole run.
@@ -576,21 +537,11 @@ class _MimirTrainerBase(Trainer):
             self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
         return self.optimizer
 
-    def _store(self, model: nn.Module, **values: torch.Tensor | None) -> None:
-        metrics = self._metrics["train" if model.training else "eval"]
-        for name, value in values.items():
-            if value is not None:
-                metrics[name].append(value.detach().float())
-
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         mode = "eval" if any(key.startswith("eval_") for key in logs) else "train"
         prefix = "eval_" if mode == "eval" else ""
-        for name, values in self._metrics[mode].items():
-            mean = torch.stack(values).mean()
-            if self.accelerator.num_processes > 1:
-                mean = self.accelerator.reduce(mean.to(self.accelerator.device), reduction="mean")
-            logs[prefix + name] = round(mean.item(), 6)
-        self._metrics[mode].clear()
+        for name, mean in self._metrics.pop_means(mode, self.accelerator).items():
+            logs[prefix + name] = mean
         super().log(logs, *args, **kwargs)
 
 
@@ -631,7 +582,7 @@ class MimirPreTrainingTrainer(_MimirTrainerBase):
         # The MI term compares the images of a batch: an evaluation batch of one has none (training drops such).
         compute_mi = None if images.shape[0] > 1 else False
         outputs = model(pixel_values=images, adversarial_pixel_values=adversarial, compute_mi_loss=compute_mi)
-        self._store(model, reconstruction_loss=outputs.reconstruction_loss, mi_loss=outputs.mi_loss)
+        self._metrics.store(model.training, reconstruction_loss=outputs.reconstruction_loss, mi_loss=outputs.mi_loss)
         return outputs.loss, outputs
 
 
@@ -705,7 +656,7 @@ class MimirAdversarialTrainer(_MimirTrainerBase):
         if method == "none":
             logits = logits_of(model, images)
             loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
-            self._store(model, natural_accuracy=_percent_correct(logits, labels))
+            self._metrics.store(model.training, natural_accuracy=_percent_correct(logits, labels))
             return loss, ImageClassifierOutput(loss=loss, logits=logits)
 
         adversarial = self._attack(self.accelerator.unwrap_model(model), images, labels, training=model.training)
@@ -719,8 +670,8 @@ class MimirAdversarialTrainer(_MimirTrainerBase):
                 loss = trades_loss(clean_logits, adversarial_logits, labels, args.trades_beta, self.label_smoothing)
             else:
                 loss = mart_loss(clean_logits, adversarial_logits, labels, args.mart_beta)
-            self._store(model, natural_accuracy=_percent_correct(clean_logits, labels))
-        self._store(model, adversarial_accuracy=_percent_correct(adversarial_logits, labels))
+            self._metrics.store(model.training, natural_accuracy=_percent_correct(clean_logits, labels))
+        self._metrics.store(model.training, adversarial_accuracy=_percent_correct(adversarial_logits, labels))
         return loss, ImageClassifierOutput(loss=loss, logits=adversarial_logits)
 
 
