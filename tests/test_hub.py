@@ -5,11 +5,13 @@ import os
 import subprocess
 import sys
 import textwrap
+from types import SimpleNamespace
 
 import pytest
 import torch
 from transformers import pipeline
 
+import mimir_hf.hub as hub_module
 from mimir_hf import MimirForImageClassification
 from mimir_hf.data import image_processor_for, load_digits_dataset
 
@@ -354,3 +356,23 @@ def test_a_hub_that_never_answers_costs_seconds_and_names_the_offline_way(tmp_pa
     error = one_error_line(capsys, ["finetune", "--output_dir", str(tmp_path / "out")] + TINY_FINETUNE)
     assert "The Hugging Face Hub could not be reached for the repository me/mimir-test" in error
     assert time.time() - start < 30  # three refusals, each after the 1 s the Hub is given here (5 s by default)
+
+
+def test_hub_errors_turns_a_network_failure_into_one_line_and_lets_other_errors_through(monkeypatch):
+    """`hub_errors` alone, without a Trainer or network: the Hub answers (`hub_problem` is None), the block fails."""
+    monkeypatch.setattr(hub_module, "hub_problem", lambda: None)
+    args = SimpleNamespace(hub_model_id="me/mimir-test", output_dir="/runs/out")
+    with pytest.raises(ValueError, match=r"repository me/mimir-test \(ConnectionError: refused\)") as raised:
+        with hub_module.hub_errors(args, trained=True):
+            raise ConnectionError("refused\nsecond line")
+    assert "hf upload me/mimir-test /runs/out" in str(raised.value) and raised.value.__suppress_context__
+    with pytest.raises(ValueError, match="Nothing was trained"):
+        with hub_module.hub_errors(SimpleNamespace(hub_model_id=None, output_dir="/runs/out"), trained=False):
+            raise TimeoutError("slow")
+    with pytest.raises(KeyError):  # not the Hub's: unchanged
+        with hub_module.hub_errors(args, trained=True):
+            raise KeyError("labels")
+    monkeypatch.setattr(hub_module, "hub_problem", lambda: ConnectionError("no answer"))  # found before the block runs
+    with pytest.raises(ValueError, match=r"repository out \(ConnectionError: no answer\)"):
+        with hub_module.hub_errors(SimpleNamespace(hub_model_id=None, output_dir="/runs/out"), trained=True):
+            pytest.fail("the block runs although the Hub does not answer")
