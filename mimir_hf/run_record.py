@@ -37,7 +37,7 @@ logger = logging.getLogger("mimir_hf.commands")
 
 RUN_FILE = "mimir_run.json"  # the marker: a folder without it was not made by these scripts and is never emptied
 LOCK_FILE = ".mimir_run.lock"
-_held_locks: dict[str, object] = {}  # output dir -> open lock file, held for the life of the process
+_held_locks: dict[str, object] = {}  # output dir -> open lock file, held until the run ends or the process does
 
 # Metadata of a field that is left out of the JSON while it is None (records of earlier versions lack it too).
 _OMITTED_WHEN_NONE = {"omitted_when_none": True}
@@ -149,7 +149,8 @@ class RunRecord:
 
     @classmethod
     def from_json(cls, data: dict) -> RunRecord:
-        """A record from `mimir_run.json` as any version wrote it: keys that are not fields are results."""
+        """A record from `mimir_run.json` as any version wrote it: keys that are not fields are results. One without
+        `script` or `arguments` (not a mimir_hf run's) reads as the record of another run."""
         if not isinstance(data, dict):
             raise ValueError(f"A run record is a JSON object, not {type(data).__name__}.")
         names = {f.name for f in fields(cls)} - {"results"}
