@@ -232,23 +232,23 @@ def test_accelerate_launch_that_starts_one_process_for_several_is_refused_at_onc
 
 
 def test_the_output_lock_never_blames_a_sibling_process_of_the_same_launch(tmp_path, monkeypatch):
-    from mimir_hf.commands import common
+    from mimir_hf import run_record
 
     folder = tmp_path / "busy"
     folder.mkdir()
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from mimir_hf.commands import common; "
-         "common.lock_output_dir(sys.argv[1]); print('locked', flush=True); time.sleep(60)", str(folder)],
+        [sys.executable, "-c", "import sys, time; from mimir_hf import run_record; "
+         "run_record.lock_output_dir(sys.argv[1]); print('locked', flush=True); time.sleep(60)", str(folder)],
         stdout=subprocess.PIPE, text=True, env={**os.environ, "TORCHELASTIC_RUN_ID": "launch-7", "RANK": "1"},
     )  # fmt: skip
     try:
         assert holder.stdout.readline().strip() == "locked"
         monkeypatch.setenv("TORCHELASTIC_RUN_ID", "launch-7")
         with pytest.raises(ValueError, match="held by another process of this same launch .*rank 1.*did not form one"):
-            common.lock_output_dir(str(folder))
+            run_record.lock_output_dir(str(folder))
         monkeypatch.setenv("TORCHELASTIC_RUN_ID", "launch-8")  # another launch: another run
         with pytest.raises(ValueError, match="is in use by another run"):
-            common.lock_output_dir(str(folder))
+            run_record.lock_output_dir(str(folder))
     finally:
         holder.kill()
         holder.wait()

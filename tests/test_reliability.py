@@ -245,6 +245,7 @@ def test_a_batch_size_of_zero_is_refused(tmp_path, field):
 
 from PIL import Image  # noqa: E402
 
+from mimir_hf import run_record  # noqa: E402
 from mimir_hf.commands import common  # noqa: E402
 from mimir_hf.commands import evaluate as run_evaluation  # noqa: E402
 from mimir_hf.commands import finetune as run_finetuning  # noqa: E402
@@ -293,8 +294,8 @@ def test_the_input_model_folder_is_never_the_output(tmp_path):
     with pytest.raises(ValueError, match="is the input"):
         run_finetuning.main(TINY_TRAIN + ["--model_name_or_path", str(tmp_path / "pre"), "--output_dir",
                                           str(tmp_path / "pre"), "--overwrite_output_dir", "true"])  # fmt: skip
-    assert {k: v for k, v in snapshot(tmp_path / "pre").items() if k != common.LOCK_FILE} == {
-        k: v for k, v in before.items() if k != common.LOCK_FILE
+    assert {k: v for k, v in snapshot(tmp_path / "pre").items() if k != run_record.LOCK_FILE} == {
+        k: v for k, v in before.items() if k != run_record.LOCK_FILE
     }
 
 
@@ -310,7 +311,7 @@ def test_overwrite_deletes_only_what_a_previous_run_wrote(tmp_path):
     run_pretraining.main(TINY_TRAIN + ["--output_dir", str(folder), "--overwrite_output_dir", "true", "--seed", "3"])
     assert (folder / "thesis.tex").read_text() == "do not delete" and (folder / "model.safetensors").is_file()
     assert (folder / "notes.txt").read_text() == "added later, by hand"
-    record = json.loads((folder / common.RUN_FILE).read_text())
+    record = json.loads((folder / run_record.RUN_FILE).read_text())
     assert record["status"] == "complete" and record["preexisting"] == ["notes.txt", "thesis.tex"]
     environment = record["environment"]  # what else produced the numbers: another CPU can train other weights
     assert environment["torch"] == torch.__version__ and environment["threads"] == torch.get_num_threads()
@@ -327,8 +328,8 @@ def test_a_second_run_on_a_folder_in_use_stops_with_a_clear_message(tmp_path):
     folder = tmp_path / "busy"
     folder.mkdir()
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from mimir_hf.commands import common; "
-         "common.lock_output_dir(sys.argv[1]); print('locked', flush=True); time.sleep(60)",
+        [sys.executable, "-c", "import sys, time; from mimir_hf import run_record; "
+         "run_record.lock_output_dir(sys.argv[1]); print('locked', flush=True); time.sleep(60)",
          str(folder)],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
@@ -385,7 +386,7 @@ def test_unreadable_images_are_skipped_before_training_and_named(tmp_path, monke
     import re
 
     assert sum(int(n) for n in re.findall(r"Skipped (\d+) unreadable image", text)) == 4  # over the train/test split
-    assert json.loads((tmp_path / "out" / common.RUN_FILE).read_text())["status"] == "complete"
+    assert json.loads((tmp_path / "out" / run_record.RUN_FILE).read_text())["status"] == "complete"
 
 
 def test_evaluation_labels_outside_the_training_classes_are_refused_before_training(tmp_path):

@@ -1,16 +1,13 @@
 """What the example scripts share: model and data arguments, argument parsing (with recipe files), data loading, and
-the output-dir guard. The training and evaluation settings themselves are the library's dataclasses."""
+starting a training run (its output folder and record are `mimir_hf.run_record`'s). The training and evaluation
+settings themselves are the library's dataclasses."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-import shutil
-import socket
 import sys
-import time
 from dataclasses import MISSING, asdict, dataclass, field, fields
 
 import datasets
@@ -19,13 +16,12 @@ import yaml
 from datasets import ClassLabel, DatasetDict
 from transformers import HfArgumentParser, PretrainedConfig
 
-import mimir_hf
 from mimir_hf import (
     MimirCaitConfig,
     MimirConfig,
     MimirConvitConfig,
 )
-from mimir_hf.checkpoints import last_complete_checkpoint, resume_needs
+from mimir_hf.checkpoints import resume_needs
 from mimir_hf.data import (
     check_labels_fit,
     drop_unreadable_images,
@@ -40,6 +36,7 @@ from mimir_hf.data import (
 from mimir_hf.hub import check_hub_answers
 from mimir_hf.models import FAMILIES
 from mimir_hf.robustbench import select_subset
+from mimir_hf.run_record import add_results, prepare_output_dir, read_record, run_identity
 
 logger = logging.getLogger("mimir_hf.commands")
 
@@ -600,17 +597,8 @@ def default_num_channels(data_args: DataArguments) -> int:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# The output directory: nothing a user owns is ever deleted, no two runs write one folder at once, a half-written run
-# is never presented as complete, and an unfinished run resumes from its last complete checkpoint.
+# Starting and ending a run (its output folder and record: `mimir_hf.run_record`)
 # ----------------------------------------------------------------------------------------------------------------
-
-RUN_FILE = "mimir_run.json"  # the marker: a folder without it was not made by these scripts and is never emptied
-LOCK_FILE = ".mimir_run.lock"
-_held_locks: dict[str, object] = {}  # output dir -> open lock file, held for the life of the process
-
-
-def _jsonable(value):
-    return json.loads(json.dumps(value, default=str))
 
 
 def on_main_process(training_args, function):
@@ -632,72 +620,6 @@ def on_main_process(training_args, function):
     return outcome[1]
 
 
-def _relation(output_dir: str, path: str) -> str | None:
-    """How `output_dir` overlaps the input `path`: "is", "contains", "is inside", or None."""
-    output, other = os.path.realpath(output_dir), os.path.realpath(path)
-    if output == other:
-        return "is"
-    if other.startswith(output + os.sep):
-        return "contains"
-    if output.startswith(other + os.sep):
-        return "is inside"
-    return None
-
-
-def check_outside_inputs(output_dir: str, inputs: list[str]) -> None:
-    """Refuse an output folder that is, contains or sits inside an input (data, model, cache): writing or cleaning
-    it would touch the user's data."""
-    for path in inputs:
-        if path and os.path.exists(path) and (relation := _relation(output_dir, path)):
-            raise ValueError(
-                f"--output_dir {output_dir} {relation} the input {path}; a run's outputs must go to a folder of their "
-                "own, outside your data, models and caches. Choose another --output_dir."
-            )
-
-
-def lock_output_dir(output_dir: str) -> None:
-    """Hold an exclusive lock on `output_dir` until this process ends: a second run on the same folder stops with a
-    clear message instead of resuming from the first one's checkpoints and writing the same files."""
-    import fcntl
-
-    key = os.path.realpath(output_dir)
-    if key in _held_locks:
-        return
-    handle = open(os.path.join(output_dir, LOCK_FILE), "a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip() or "another process"
-        handle.close()
-        launch = _launch()
-        if launch and f"launch {launch}," in holder:
-            raise ValueError(
-                f"--output_dir {output_dir} is held by another process of this same launch ({holder}): the processes "
-                "did not form one process group, so each one took itself for the only one. Launch with `torchrun "
-                "--nproc_per_node N` or `accelerate launch --multi_gpu --num_processes N`, which set up the group."
-            ) from None
-        raise ValueError(
-            f"--output_dir {output_dir} is in use by another run ({holder}); wait for it to finish or choose another "
-            "directory."
-        ) from None
-    handle.seek(0)
-    handle.truncate()
-    launch = f", launch {_launch()}, rank {os.environ.get('RANK', 0)}" if _launch() else ""
-    handle.write(f"pid {os.getpid()} on {socket.gethostname()}{launch}, since {time.strftime('%Y-%m-%d %H:%M:%S')}")
-    handle.flush()
-    _held_locks[key] = handle
-
-
-def _launch() -> str | None:
-    """The identity of this process's launch (torchrun's run id, or the rendezvous address), if launched."""
-    if os.environ.get("TORCHELASTIC_RUN_ID") not in (None, "", "none"):
-        return os.environ["TORCHELASTIC_RUN_ID"]
-    if "MASTER_ADDR" in os.environ:
-        return f"{os.environ['MASTER_ADDR']}:{os.environ.get('MASTER_PORT', '')}"
-    return None
-
-
 _MPI_SIZES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE", "PMIX_RANK")
 
 
@@ -716,216 +638,16 @@ def check_launch() -> None:
         )
 
 
-def _release_lock(output_dir: str) -> None:
-    """Release the folder (a finished run leaves no lock file behind; a crashed one leaves a stale file that the next
-    run simply locks again)."""
-    handle = _held_locks.pop(os.path.realpath(output_dir), None)
-    if handle is not None:
-        with contextlib.suppress(OSError):
-            os.remove(handle.name)
-        handle.close()
-
-
-# What these scripts write into an output folder (a folder that is not a mimir_hf run keeps everything else).
-_OUTPUT_NAMES = (
-    "README.md", "config.json", "model.safetensors", "preprocessor_config.json", "generation_config.json",
-    "training_args.bin", "trainer_state.json", "all_results.json", "train_results.json", "eval_results.json",
-    "finetune_results.json", "reconstructions.png", "robustness.json", "robustness.md", "robust_accuracy_vs_eps.png",
-    "comparison.md", "comparison.json", RUN_FILE,
-)  # fmt: skip
-_OUTPUT_PATTERNS = ("checkpoint-", "runs", "pretrain", "finetune", "report")
-
-
-def _collisions(output_dir: str) -> list[str]:
-    return sorted(
-        name for name in os.listdir(output_dir)
-        if name in _OUTPUT_NAMES or name.startswith(_OUTPUT_PATTERNS) or name.endswith(".py")
-    )  # fmt: skip
-
-
-def prepare_output_dir(
-    output_dir: str,
-    script: str,
-    arguments: dict,
-    overwrite: bool,
-    inputs: tuple[str, ...] = (),
-    resume_needs: tuple[str, ...] = (),
-) -> str | None:
-    """Check, lock and prepare `output_dir`; returns a checkpoint to resume from when it holds this same, unfinished
-    run (the last *complete* one: see `mimir_hf.checkpoints`).
-
-    - It must not be, contain or sit inside any of `inputs` (refused whatever the flags).
-    - A folder holding another mimir_hf run (it has `mimir_run.json`): refused unless `overwrite`, which deletes only
-      what that run wrote there (what was in the folder before it is kept).
-    - A folder of something else (no `mimir_run.json`) is never emptied: refused, or with `overwrite` reused for the
-      new run's files as long as none of them would replace one of its files.
-    - A second run on a folder in use stops at once (see `lock_output_dir`).
-    """
-    identity = {"script": script, "arguments": _jsonable(arguments)}
-    check_outside_inputs(output_dir, [path for path in inputs if path])
-    run_file = os.path.join(output_dir, RUN_FILE)
-    os.makedirs(output_dir, exist_ok=True)
-    lock_output_dir(output_dir)
-    entries = [name for name in os.listdir(output_dir) if name != LOCK_FILE]
-    previous = None
-    if os.path.isfile(run_file):
-        with open(run_file) as f:
-            previous = json.load(f)
-    preexisting = list(entries)
-    if entries and previous is None:
-        collisions = _collisions(output_dir)
-        if not overwrite:
-            raise ValueError(
-                f"--output_dir {output_dir} already holds files of something else ({', '.join(sorted(entries)[:5])}"
-                f"{', ...' if len(entries) > 5 else ''}); choose an empty or new directory. (Nothing in it was "
-                "changed. --overwrite_output_dir would write this run's files beside them, never deleting any.)"
-            )
-        if collisions:
-            raise ValueError(
-                f"--output_dir {output_dir} holds files this run would replace ({', '.join(collisions[:8])}) and that "
-                "no mimir_hf run wrote; choose another directory (nothing in it was changed)."
-            )
-    elif previous is not None:
-        same = {k: previous.get(k) for k in identity} == identity
-        earlier = set(previous.get("preexisting", []))
-        if same and previous.get("status") != "complete":
-            checkpoint = last_complete_checkpoint(output_dir, resume_needs)
-            logger.info(f"{output_dir} holds this run, unfinished: resuming from {checkpoint or 'the start'}.")
-            return checkpoint
-        if same:
-            logger.info(f"{output_dir} holds this run, complete: running it again.")
-        elif not overwrite:
-            raise ValueError(
-                f"--output_dir {output_dir} already holds a {previous['script']} run with other arguments. Pass "
-                "--overwrite_output_dir to replace that run's files (files that were in the folder before it are "
-                "kept), or choose another directory."
-            )
-        written = previous.get("written")
-        if written is None:  # a run stopped before it could list its files: only names these scripts write
-            ours = set(_collisions(output_dir)) - earlier
-        else:
-            ours = set(written) - earlier
-        ours.add(RUN_FILE)
-        for name in sorted(ours & set(entries)):  # the previous run's files only (inputs are never inside them)
-            path = os.path.join(output_dir, name)
-            shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
-        preexisting = sorted(set(entries) - ours)
-        if added := sorted(set(preexisting) - earlier):
-            logger.info(f"Kept in {output_dir} what the earlier run did not write: {', '.join(added[:8])}.")
-    with open(run_file, "w") as f:
-        json.dump({**identity, "status": "running", "preexisting": preexisting}, f, indent=2)
-    return None
-
-
-def software_environment() -> dict:
-    """What produced a run's numbers besides its arguments: library versions, the CPU (torch picks its kernels by
-    the CPU's instruction set, so the same run can train to other weights on another CPU), threads and GPU."""
-    import importlib.metadata
-    import platform
-
-    import numpy
-    import torch
-
-    cpu = {}
-    with contextlib.suppress(OSError):
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() in ("model name", "cpu family", "model") and key.strip() not in cpu:  # the first CPU's
-                    cpu[key.strip()] = value.strip()
-    name = cpu.get("model name") or platform.processor() or "unknown"
-    if "cpu family" in cpu:
-        name += f" (family {cpu['cpu family']}, model {cpu.get('model', '?')})"
-    environment = {
-        "mimir_hf": mimir_hf.__version__, "python": platform.python_version(), "torch": torch.__version__,
-        "transformers": transformers.__version__, "datasets": datasets.__version__, "numpy": numpy.__version__,
-        "machine": platform.machine(), "cpu": name, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "threads": torch.get_num_threads(), "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }  # fmt: skip
-    with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-        environment["torchattacks"] = importlib.metadata.version("torchattacks")
-    return environment
-
-
-def _written(output_dir: str, record: dict) -> list[str]:
-    """What this run wrote into `output_dir` (its top-level entries that were not there before it): what a rerun or
-    --overwrite_output_dir may remove, and nothing else."""
-    before = set(record.get("preexisting", [])) | {LOCK_FILE, RUN_FILE}
-    return sorted(set(os.listdir(output_dir)) - before)
-
-
-def mark_complete(output_dir: str, **extra) -> None:
-    """Flag the run as complete: written last, after every output file (atomically), with `software_environment()`;
-    then release the folder."""
-    run_file = os.path.join(output_dir, RUN_FILE)
-    with open(run_file) as f:
-        record = json.load(f)
-    record.update(
-        status="complete", written=_written(output_dir, record), environment=software_environment(), **_jsonable(extra)
-    )
-    with open(run_file + ".tmp", "w") as f:
-        json.dump(record, f, indent=2)
-    os.replace(run_file + ".tmp", run_file)
-    _release_lock(output_dir)
-
-
-def mark_failed(output_dir: str, reason: str) -> None:
-    """Close a run this process holds, unfinished, as failed (with `reason`, one line), and release its folder; a
-    rerun of the same run resumes it as it would an interrupted one."""
-    run_file = os.path.join(output_dir, RUN_FILE)
-    with contextlib.suppress(OSError, ValueError):
-        with open(run_file) as f:
-            record = json.load(f)
-        if record.get("status") != "complete":
-            record.update(status="failed", error=reason, written=_written(output_dir, record))
-            with open(run_file + ".tmp", "w") as f:
-                json.dump(record, f, indent=2)
-            os.replace(run_file + ".tmp", run_file)
-    _release_lock(output_dir)
-
-
 def push_to_hub(trainer, message: str) -> None:
     """`trainer.push_to_hub` after a complete run; a Hub failure (one line, from the trainer) is also written into
     the run record, whose training stays complete: a rerun is not needed, only the upload."""
     try:
         trainer.push_to_hub(commit_message=message)
     except ValueError as error:
-        run_file = os.path.join(trainer.args.output_dir, RUN_FILE)
-        if trainer.is_world_process_zero() and os.path.isfile(run_file):
-            with open(run_file) as f:
-                record = json.load(f)
-            record["push_to_hub"] = f"failed: {error}"
-            with open(run_file + ".tmp", "w") as f:
-                json.dump(record, f, indent=2)
-            os.replace(run_file + ".tmp", run_file)
+        output_dir = trainer.args.output_dir
+        if trainer.is_world_process_zero() and read_record(output_dir) is not None:
+            add_results(output_dir, push_to_hub=f"failed: {error}")
         raise
-
-
-@contextlib.contextmanager
-def failures_recorded():
-    """Around a command: if it stops with an error, every run folder it holds is marked failed (never left
-    "running"), naming the error."""
-    try:
-        yield
-    except BaseException as error:
-        reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-        for folder in list(_held_locks):
-            mark_failed(folder, reason)
-        raise
-
-
-_WHERE_OR_HOW = {
-    "output_dir", "overwrite_output_dir", "logging_dir", "resume_from_checkpoint", "push_to_hub", "hub_token",
-    "disable_tqdm", "report_to", "logging_steps", "dataloader_num_workers",
-}  # fmt: skip
-
-
-def run_identity(*argument_objects) -> dict:
-    """The arguments that define a run (for the output-dir guard), without the ones that only say where or how."""
-    merged = {}
-    for obj in argument_objects:
-        merged.update({k: v for k, v in asdict(obj).items() if k not in _WHERE_OR_HOW})
-    return merged
 
 
 def start_training_run(script: str, model_args, data_args, training_args, run_args, *more_args) -> str | None:

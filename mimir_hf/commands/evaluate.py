@@ -40,19 +40,22 @@ from mimir_hf.evaluation import RobustnessSettings, evaluate_robustness, report_
 from mimir_hf.image_processing_mimir import saved_image_processor
 from mimir_hf.model_card import robustness_eval_results, write_model_card
 from mimir_hf.pixel_space import pixel_space_classifier
+from mimir_hf.run_record import (
+    failures_recorded,
+    mark_complete,
+    prepare_output_dir,
+    read_record,
+    software_environment,
+)
 
 from .common import (
     DataArguments,
     RunArguments,
     checkpoint_config,
-    failures_recorded,
     logger,
-    mark_complete,
     parse,
-    prepare_output_dir,
     read_data,
     setup_logging,
-    software_environment,
 )
 
 
@@ -257,16 +260,15 @@ def evaluate(eval_args, data_args, settings, device, rank: int, world: int):
         device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         processes=world,
         seconds=round(time.time() - start, 1),
-        environment=software_environment(),
+        environment=software_environment().to_json(),
     )
     write_report(report, eval_args.output_dir)
     logger.info("\n" + report_markdown(report))
 
     card = os.path.join(eval_args.model_name_or_path, "README.md")
-    run_file = os.path.join(eval_args.model_name_or_path, "mimir_run.json")
-    if update_card and os.path.isfile(card) and os.path.isfile(run_file):
-        with open(run_file) as f:
-            training = json.load(f).get("card_training", {})
+    training_run = read_record(eval_args.model_name_or_path) if update_card and os.path.isfile(card) else None
+    if training_run is not None:
+        training = training_run.results.get("card_training", {})
         results = report_markdown(report).split("\n", 2)[2].replace("## ", "### ")
         try:
             write_model_card(

@@ -28,6 +28,7 @@ from mimir_hf.data import checkpoint_image_processor
 from mimir_hf.evaluation import Attack, RobustnessSettings, evaluate_batch
 from mimir_hf.model_card import accuracy_results, write_model_card
 from mimir_hf.progress import Heartbeat, advancing, attack_bar
+from mimir_hf.run_record import failures_recorded, mark_complete
 from mimir_hf.threat_model import EVALUATION_ATTACK
 from mimir_hf.trainer import MimirAdversarialTrainer, MimirAdversarialTrainingArguments
 
@@ -41,12 +42,10 @@ from .common import (
     default_num_channels,
     effective_settings,
     encoder_description,
-    failures_recorded,
     load_aux_data,
     load_data,
     log_effective_settings,
     logger,
-    mark_complete,
     new_config,
     parse,
     push_to_hub,

@@ -24,6 +24,7 @@ from mimir_hf.attacks import eval_mode, mae_attack
 from mimir_hf.augmentation import AugmentationArguments
 from mimir_hf.data import checkpoint_image_processor, tensors
 from mimir_hf.model_card import write_model_card
+from mimir_hf.run_record import failures_recorded, mark_complete
 from mimir_hf.trainer import MimirPreTrainingArguments, MimirPreTrainingTrainer
 
 from .common import (
@@ -36,12 +37,10 @@ from .common import (
     default_num_channels,
     effective_settings,
     encoder_description,
-    failures_recorded,
     load_aux_data,
     load_data,
     log_effective_settings,
     logger,
-    mark_complete,
     new_config,
     parse,
     push_to_hub,

@@ -26,6 +26,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from mimir_hf.evaluation import RobustnessSettings
+from mimir_hf.run_record import failures_recorded, mark_complete, prepare_output_dir
 from mimir_hf.trainer import (
     AdversarialRecipe,
     MimirAdversarialTrainingArguments,
@@ -39,13 +40,10 @@ from .common import (
     DataArguments,
     ModelArguments,
     RunArguments,
-    failures_recorded,
     fine_tuning_model_arguments,
     given_names,
     logger,
-    mark_complete,
     parse,
-    prepare_output_dir,
     setup_logging,
 )
 
