@@ -328,7 +328,20 @@ def prepare_output_dir(
     arguments = _jsonable(arguments)
     check_outside_inputs(output_dir, [path for path in inputs if path])
     os.makedirs(output_dir, exist_ok=True)
+    held_before = os.path.realpath(output_dir) in _held_locks
     lock_output_dir(output_dir)
+    try:
+        return _prepare_locked(output_dir, script, arguments, overwrite, resume_needs)
+    except BaseException:
+        if not held_before:  # refused: the folder is not this run's, so no failure of it is recorded there
+            _release_lock(output_dir)
+        raise
+
+
+def _prepare_locked(
+    output_dir: str, script: str, arguments: dict, overwrite: bool, resume_needs: tuple[str, ...]
+) -> str | None:
+    """`prepare_output_dir` once the folder is locked: resume, refuse, or clear the previous run and record this one."""
     entries = [name for name in os.listdir(output_dir) if name != LOCK_FILE]
     previous = read_record(output_dir)
     same = previous is not None and previous.is_run(script, arguments)

@@ -38,7 +38,7 @@ def no_lock_left_held():
 
 
 def snapshot(folder):
-    """Every file under `folder` and its bytes, but the lock (a refused run holds it until its command ends)."""
+    """Every file under `folder` and its bytes, but the lock file."""
     return {
         str(p.relative_to(folder)): p.read_bytes()
         for p in sorted(folder.rglob("*"))
@@ -105,13 +105,26 @@ def test_another_run_is_refused_and_overwrite_removes_only_that_run_s_files(tmp_
     with pytest.raises(ValueError, match="already holds a run_pretraining run with other arguments"):
         prepare_output_dir(str(tmp_path), "run_pretraining", {**ARGUMENTS, "seed": 1}, overwrite=False)
     assert snapshot(tmp_path) == before
-    run_record._release_lock(str(tmp_path))
 
     assert prepare_output_dir(str(tmp_path), "run_finetuning", ARGUMENTS, overwrite=True) is None
     assert sorted(os.listdir(tmp_path)) == [LOCK_FILE, RUN_FILE, "notes.txt", "thesis.tex"]
     assert (tmp_path / "thesis.tex").read_text() == "mine, there before the run"
     assert (tmp_path / "notes.txt").read_text() == "mine, added after the run"
     assert read_record(str(tmp_path)) == RunRecord("run_finetuning", ARGUMENTS, preexisting=["notes.txt", "thesis.tex"])
+
+
+def test_a_refused_run_leaves_the_unfinished_run_it_found_as_it_was(tmp_path):
+    """The refusal ends the command with an error: the folder must not be marked failed in the name of the run that
+    owns it (which resumes later), and it is released at once."""
+    prepare_output_dir(str(tmp_path), "run_pretraining", ARGUMENTS, overwrite=False)
+    (tmp_path / "trainer_state.json").write_text("{}")
+    run_record._release_lock(str(tmp_path))  # that run was interrupted: its record says "running"
+    before = snapshot(tmp_path)
+    with pytest.raises(ValueError, match="other arguments"), failures_recorded():
+        prepare_output_dir(str(tmp_path), "run_pretraining", {**ARGUMENTS, "seed": 1}, overwrite=False)
+    assert snapshot(tmp_path) == before and read_record(str(tmp_path)).status == "running"
+    assert not run_record._held_locks and not (tmp_path / LOCK_FILE).exists()
+    assert prepare_output_dir(str(tmp_path), "run_pretraining", ARGUMENTS, overwrite=False) is None  # it resumes
 
 
 def test_a_folder_without_the_marker_is_never_emptied(tmp_path):
