@@ -4,6 +4,7 @@ Each rank writes a checksum of its final weights to $CHECKSUM_DIR. Each rank get
 (`<dir>/rank<N>`), so the test can see that rank 1 writes nothing there.
 """
 
+import faulthandler
 import json
 import os
 import sys
@@ -15,8 +16,11 @@ from transformers import TrainerCallback
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mimir_hf import MimirForPreTraining
+from mimir_hf.commands.common import end_processes
 from mimir_hf.trainer import MimirPreTrainingArguments, MimirPreTrainingTrainer
 from tests.conftest import tiny_config
+
+faulthandler.enable()  # a fatal signal (SIGABRT, SIGSEGV) prints every thread's Python stack to stderr
 
 output_dir = os.path.join(sys.argv[1], f"rank{os.environ['RANK']}")
 checksum_dir = os.environ["CHECKSUM_DIR"]
@@ -76,7 +80,5 @@ record = {
 }
 with open(os.path.join(checksum_dir, f"rank{args.process_index}.json"), "w") as f:
     json.dump(record, f)
-# Tear the process group down before interpreter shutdown does (gloo can abort an exiting process otherwise:
-# pytorch/pytorch#179291), as the example scripts do.
-if torch.distributed.is_initialized():
-    torch.distributed.destroy_process_group()
+# Meet at a barrier, then tear the process group down before interpreter shutdown does, as `mimir-hf` does.
+end_processes(completed=True)

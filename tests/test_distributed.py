@@ -17,12 +17,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+FATAL = ("terminate called", "what():", "Fatal Python error", "Aborted", "Segmentation fault", "Error:")
+
+
 def why(result) -> str:
-    """What a failed torchrun printed first: the first traceback (the rank that died first), then the tail."""
+    """What a failed torchrun printed: each rank's fatal lines (a C++ abort's reason, faulthandler's stacks), the
+    first traceback (the rank that died first), then the tail."""
     text = result.stdout + result.stderr
+    fatal = [line for line in text.splitlines() if any(marker in line for marker in FATAL)][:40]
     start = text.find("Traceback")
     head = text[max(start - 200, 0) : start + 3000] if start >= 0 else ""
-    return f"{head}\n...\n{text[-2000:]}"
+    return "\n".join(fatal) + f"\n...\n{head}\n...\n{text[-2000:]}"
 
 
 def torchrun(args, env=None, timeout=300):

@@ -55,8 +55,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     prog = f"mimir-hf {command}"
     module = importlib.import_module(COMMANDS[command][0])
+    completed = False
     try:
         module.main(argv[1:], prog=prog)
+        completed = True
     except (ValueError, OSError) as error:  # refused input, a full disk: our one-line messages
         if isinstance(error, OSError) and error.errno != errno.ENOSPC or os.environ.get("MIMIR_HF_TRACEBACK"):
             raise
@@ -67,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         from mimir_hf.commands.common import end_processes
 
-        end_processes()
+        end_processes(completed)
     return 0
 
 

@@ -438,13 +438,17 @@ def load_recipe(path: str) -> dict:
     return values
 
 
-def end_processes() -> None:
+def end_processes(completed: bool = True) -> None:
     """Tear down the process group (torchrun / accelerate launch) before the interpreter does: left to interpreter
     shutdown, gloo's worker threads can abort a finished process with SIGABRT (pytorch/pytorch#179291), failing a
-    run that completed. A no-op in a single process."""
+    run that completed. After a `completed` command the processes first meet at a barrier, so that none tears its
+    connections down while another still uses them (rank 0 may still be writing files); after an error they do not
+    wait for each other. A no-op in a single process."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        if completed and dist.get_world_size() > 1:
+            dist.barrier()
         dist.destroy_process_group()
 
 
