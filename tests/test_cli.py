@@ -3,6 +3,8 @@
 import subprocess
 import sys
 
+import pytest
+
 import mimir_hf
 from mimir_hf.commands.cli import COMMANDS, main
 from mimir_hf.commands.common import recipe_names, resolve_recipe
@@ -93,3 +95,36 @@ def _evaluate_classes():
     from mimir_hf.commands import common, evaluate
 
     return (evaluate.EvaluationArguments, common.DataArguments, evaluate.RobustnessSettings)
+
+
+def shown_flags(capsys, command: str) -> list[str]:
+    """The options `mimir-hf <command> --help` lists (their first spelling)."""
+    try:
+        main([command, "--help"])
+    except SystemExit:
+        pass
+    text = capsys.readouterr().out
+    return [line.split()[0].rstrip(",") for line in text.splitlines() if line.startswith("  --")]
+
+
+def test_each_command_s_help_shows_its_attack_budget_once(capsys):
+    """One eps per command's --help: pre-training's attack, fine-tuning's, the report's, and `run`'s one --epsilon
+    for its three stages (AdamW's adam_epsilon is another setting)."""
+    expected = {"pretrain": "--attack_epsilon", "finetune": "--adversarial_epsilon", "evaluate": "--epsilon",
+                "run": "--epsilon"}  # fmt: skip
+    for command, flag in expected.items():
+        flags = shown_flags(capsys, command)
+        assert len(flags) == len(set(flags)), command
+        assert [name for name in flags if name.endswith("epsilon") and name != "--adam_epsilon"] == [flag], command
+    finetune = shown_flags(capsys, "finetune")
+    assert not {"--mi_weight", "--mask_ratio", "--decoder_hidden_size", "--attack_steps"} & set(finetune)
+
+
+def test_finetune_refuses_pretraining_settings_by_name(monkeypatch):
+    """Fine-tuning does not read the decoder, masking, pre-training attack or MI fields: giving one is refused, naming
+    the flags that set fine-tuning's attack, before any work."""
+    from mimir_hf.commands import finetune
+
+    monkeypatch.setattr(finetune, "run", lambda *arguments: pytest.fail("fine-tuning started"))
+    with pytest.raises(ValueError, match="--attack_epsilon, --mi_weight: pre-training settings.*--adversarial_epsilon"):
+        finetune.main(["--output_dir", "unused", "--attack-epsilon", "0.01", "--mi_weight", "0"])

@@ -4,6 +4,7 @@ settings themselves are the library's dataclasses."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -51,6 +52,13 @@ CONFIG_OVERRIDES = (
     "attack_epsilon", "attack_step_size", "attack_steps", "attack_random_start",
     "mi_estimator", "mi_weight", "mi_sigma",
     "num_class_attention_layers", "layer_scale_init", "local_up_to_layer", "locality_strength",
+)  # fmt: skip
+# The overrides that only pre-training reads (the decoder, the masking, the MAE-loss attack, the MI term): fine-tuning
+# hides them from its --help and refuses them (its attack is `--adversarial_*`).
+PRETRAINING_ONLY_OVERRIDES = (
+    "decoder_hidden_size", "decoder_num_hidden_layers", "decoder_num_attention_heads", "decoder_intermediate_size",
+    "mask_ratio", "norm_pix_loss", "attack_epsilon", "attack_step_size", "attack_steps", "attack_random_start",
+    "mi_estimator", "mi_weight", "mi_sigma",
 )  # fmt: skip
 # The families the scripts build new models of (those with MIMIR pre-training): ViT, CaiT, ConViT.
 _NEW_MODEL_FAMILIES = [family for family in FAMILIES.values() if family.pretraining_class is not None]
@@ -317,12 +325,18 @@ def resolve_recipe(name: str) -> str:
     )
 
 
-def parse(argument_classes: tuple, argv: list[str] | None = None, prog: str | None = None):
+def parse(
+    argument_classes: tuple, argv: list[str] | None = None, prog: str | None = None, hidden: tuple[str, ...] = ()
+):
     """Dataclasses from the command line. A first argument that is not a flag is a recipe (a .yaml/.json file, or
     the name of a recipe shipped with mimir_hf, e.g. `demo`): its values become the defaults, and the flags after it
-    override them (`mimir-hf run demo --output_dir out`)."""
+    override them (`mimir-hf run demo --output_dir out`). The arguments named in `hidden` are left out of `--help`
+    (the command shows that setting under another name, and checks or refuses these itself)."""
     check_launch()
     parser = HfArgumentParser(argument_classes, prog=prog)
+    for action in parser._actions:
+        if action.dest in hidden:
+            action.help = argparse.SUPPRESS
     argv = sys.argv[1:] if argv is None else list(argv)
     values = {}
     if argv and not argv[0].startswith("-"):
@@ -409,7 +423,7 @@ def given_names(argv: list[str] | None = None) -> set[str]:
     """The argument names set explicitly by `argv` (as `parse` reads it): its flags, and the recipe's names when the
     first argument is a recipe."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    names = {arg[2:].partition("=")[0] for arg in argv if arg.startswith("--")}
+    names = {arg[2:].partition("=")[0].replace("-", "_") for arg in argv if arg.startswith("--")}
     if argv and not argv[0].startswith("-"):
         names |= set(load_recipe(resolve_recipe(argv[0])))
     return names

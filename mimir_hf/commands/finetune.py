@@ -5,7 +5,8 @@
         --adversarial_method trades --output_dir out/finetune
     mimir-hf finetune cifar10/finetune_vit_small --gradient_accumulation_steps 4   # a paper row on one GPU
 
-Arguments: `FineTuningModelArguments` (`ModelArguments`, drop path 0.1) and `DataArguments` (`common.py`) and the
+Arguments: `FineTuningModelArguments` (`ModelArguments`, drop path 0.1, without the pre-training-only fields, which
+are refused by name) and `DataArguments` (`common.py`) and the
 library's `MimirAdversarialTrainingArguments` (PGD-AT at 8/255, 10 steps of 2/255 by default) and
 `AugmentationArguments`. Fine-tunes a MIMIR ViT, CaiT or ConViT, or a MIMIR Swin from a converted checkpoint
 (`--model_name_or_path`, whose image processor's resize is kept for evaluation, e.g. a converted ImageNet model's
@@ -34,6 +35,7 @@ from mimir_hf.trainer import MimirAdversarialTrainer, MimirAdversarialTrainingAr
 
 from .common import (
     CLASSIFIER_CLASSES,
+    PRETRAINING_ONLY_OVERRIDES,
     DataArguments,
     FineTuningModelArguments,
     RunArguments,
@@ -217,7 +219,22 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
             FineTuningModelArguments, DataArguments, MimirAdversarialTrainingArguments, RunArguments,
             AugmentationArguments,
         )  # fmt: skip
-        return run(*parse(argument_classes, argv, prog))
+        parsed = parse(argument_classes, argv, prog, hidden=PRETRAINING_ONLY_OVERRIDES)
+        refuse_pretraining_settings(parsed[0])
+        return run(*parsed)
+
+
+def refuse_pretraining_settings(model_args) -> None:
+    """Refuse, by name, the model overrides only pre-training reads: given to fine-tuning they would change nothing
+    but the saved config (its attack is `--adversarial_epsilon` / `--adversarial_step_size` / `--adversarial_steps`)."""
+    given = [name for name in PRETRAINING_ONLY_OVERRIDES if getattr(model_args, name) is not None]
+    if given:
+        raise ValueError(
+            f"{', '.join('--' + name for name in given)}: pre-training settings (the decoder, the masking, the "
+            "MAE-loss attack, the MI term), which fine-tuning does not use. Fine-tuning's attack is set by "
+            "--adversarial_epsilon, --adversarial_step_size and --adversarial_steps; pass the others to `mimir-hf "
+            "pretrain`."
+        )
 
 
 if __name__ == "__main__":

@@ -256,7 +256,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     """The command: its arguments parsed (a recipe first, if any), then `run`; a failure marks its runs failed."""
     with failures_recorded():
         classes = (MimirRunArguments, ModelArguments, DataArguments, AdversarialRecipe, RobustnessSettings)
-        run_args, model_args, data_args, recipe, settings = parse(classes, argv, prog)
+        # One eps for the three stages: --epsilon; the stages' own names are accepted only when they agree with it.
+        hidden = ("attack_epsilon", "adversarial_epsilon")
+        run_args, model_args, data_args, recipe, settings = parse(classes, argv, prog, hidden=hidden)
         one_epsilon(model_args, recipe, settings, given_names(argv))
         return run(run_args, model_args, data_args, recipe, settings)
 
