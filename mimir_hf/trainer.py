@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
-from transformers import Trainer, TrainingArguments
+from transformers import PreTrainedModel, Trainer, TrainingArguments
 from transformers.modeling_outputs import ImageClassifierOutput
 from transformers.trainer_utils import TrainOutput, rotate_checkpoints, seed_worker
 from transformers.utils import logging
@@ -441,6 +441,11 @@ class _MimirTrainerBase(Trainer):
     def mimir_loss(self, model, inputs) -> tuple[torch.Tensor, object]:
         raise NotImplementedError
 
+    def bare_model(self, model: nn.Module) -> nn.Module:
+        """The model without DDP / compile wrappers, for the attacks (which must not trigger DDP's gradient sync). A
+        `PreTrainedModel` is never a wrapper: it is returned as it is, sparing Accelerate's unwrapping each step."""
+        return model if isinstance(model, PreTrainedModel) else self.accelerator.unwrap_model(model)
+
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
         if self.accelerator.sync_gradients:  # the optimizer steps next
@@ -578,7 +583,7 @@ class MimirPreTrainingTrainer(_MimirTrainerBase):
 
     def mimir_loss(self, model, inputs):
         images = inputs["pixel_values"]
-        adversarial = mae_attack(self.accelerator.unwrap_model(model), images)
+        adversarial = mae_attack(self.bare_model(model), images)
         # The MI term compares the images of a batch: an evaluation batch of one has none (training drops such).
         compute_mi = None if images.shape[0] > 1 else False
         outputs = model(pixel_values=images, adversarial_pixel_values=adversarial, compute_mi_loss=compute_mi)
@@ -650,7 +655,7 @@ class MimirAdversarialTrainer(_MimirTrainerBase):
         method = args.adversarial_method
         if model.training and args.mixes_batches:
             # Mixup / cutmix: soft targets [B, classes]; the attack and the loss both use the soft-target CE.
-            classes = self.accelerator.unwrap_model(model).config.num_labels
+            classes = self.bare_model(model).config.num_labels
             images, labels = mix_batch(images, labels, classes, args.mixup_alpha, args.cutmix_alpha, self._mixing_rng())
 
         if method == "none":
@@ -659,7 +664,7 @@ class MimirAdversarialTrainer(_MimirTrainerBase):
             self._metrics.store(model.training, natural_accuracy=_percent_correct(logits, labels))
             return loss, ImageClassifierOutput(loss=loss, logits=logits)
 
-        adversarial = self._attack(self.accelerator.unwrap_model(model), images, labels, training=model.training)
+        adversarial = self._attack(self.bare_model(model), images, labels, training=model.training)
         if method == "pgd":
             clean_logits, adversarial_logits = None, logits_of(model, adversarial)
             loss = F.cross_entropy(adversarial_logits, labels, label_smoothing=self.label_smoothing)
