@@ -12,7 +12,7 @@ logger = logging.get_logger(__name__)
 
 class NonfiniteGuard:
     """A finite loss passes. A non-finite one must not update any parameter; after `limit` (the trainer's
-    `max_consecutive_nonfinite`) in a row, training stops with a message in `stop_reason`.
+    `max_consecutive_nonfinite`, read at each check) in a row, training stops with a message in `stop_reason`.
 
     Under data parallelism the processes first agree (one all-reduce of a flag): if any has a non-finite loss,
     all skip the batch and count it, so they stop together and none waits for the others' gradients forever.
@@ -25,8 +25,7 @@ class NonfiniteGuard:
     The trainer calls `check` on every training micro-batch's loss and `before_optimizer_step` after the last
     micro-batch of each optimizer step, before the optimizer steps."""
 
-    def __init__(self, limit: int):
-        self.limit = limit
+    def __init__(self):
         self.in_a_row = 0  # non-finite losses in a row
         self.window_has_finite_loss = False  # in the micro-batches of the current optimizer step
         self.stop_reason: str | None = None  # why training stopped early, if it did
@@ -36,12 +35,14 @@ class NonfiniteGuard:
         loss: torch.Tensor,
         model: nn.Module,
         *,
+        limit: int,
         step: int,
         world_size: int = 1,
         scaler: torch.amp.GradScaler | None = None,
         control=None,
     ) -> torch.Tensor:
-        """The loss to back-propagate for this micro-batch's `loss` at global step `step`: `loss` itself when it is
+        """The loss to back-propagate for this micro-batch's `loss` at global step `step`, with at most `limit`
+        non-finite losses in a row: `loss` itself when it is
         finite on every one of the `world_size` processes (or under an fp16 grad `scaler`), else a zero tied to every
         trainable parameter of `model`. At the limit, `stop_reason` is set and so is `control.should_training_stop`
         (`control`: Trainer's `TrainerControl`)."""
@@ -59,9 +60,9 @@ class NonfiniteGuard:
         logger.warning(
             f"Non-finite loss{where} at step {step} (here: {loss.item()}): this batch is skipped, no "
             f"parameter is updated from it{' (the fp16 grad scaler skips the step)' if scaler is not None else ''} "
-            f"({self.in_a_row} in a row; training stops at {self.limit})."
+            f"({self.in_a_row} in a row; training stops at {limit})."
         )
-        if self.in_a_row >= self.limit:
+        if self.in_a_row >= limit:
             self.stop_reason = (
                 f"Training stopped at step {step} after {self.in_a_row} non-finite "
                 "losses in a row (try a lower learning rate, fp32/bf16 instead of fp16, or check the data)."

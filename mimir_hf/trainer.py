@@ -375,7 +375,7 @@ class _MimirTrainerBase(Trainer):
         # compute_loss returns batch means: Trainer must scale them for gradient accumulation itself.
         self.model_accepts_loss_kwargs = False
         self._metrics = StepMetrics()  # the loss parts and accuracies logged beside Trainer's loss
-        self._nonfinite = NonfiniteGuard(args.max_consecutive_nonfinite)
+        self._nonfinite = NonfiniteGuard()
         self._first_batch_checked = False
         self._previous_loss_sum = 0.0  # summed step losses of the run before the checkpoint it resumed from
 
@@ -432,9 +432,10 @@ class _MimirTrainerBase(Trainer):
             self._first_batch_checked = True
         loss, outputs = self.mimir_loss(model, inputs)
         if model.training:
+            args = self.args  # read each step: a changed max_consecutive_nonfinite takes effect
             loss = self._nonfinite.check(
-                loss, model, step=self.state.global_step, world_size=self.args.world_size,
-                scaler=self.accelerator.scaler, control=self.control,
+                loss, model, limit=args.max_consecutive_nonfinite, step=self.state.global_step,
+                world_size=args.world_size, scaler=self.accelerator.scaler, control=self.control,
             )  # fmt: skip
         return (loss, outputs) if return_outputs else loss
 
