@@ -110,7 +110,8 @@ def test_save_load_round_trip_gives_equal_outputs(tmp_path, config, images, labe
     model.save_pretrained(tmp_path / "pt")
     assert sorted(os.listdir(tmp_path / "pt")) == [
         "config.json", "configuration_common.py", "configuration_mimir.py", "image_processing_mimir.py",
-        "model.safetensors", "modeling_common.py", "modeling_mimir.py", "mutual_information.py", "threat_model.py",
+        "model.safetensors", "modeling_common.py", "modeling_heads.py", "modeling_mimir.py", "mutual_information.py",
+        "threat_model.py",
     ]  # fmt: skip
     reloaded = MimirForPreTraining.from_pretrained(tmp_path / "pt").eval()
     for name in ("loss", "logits", "latent"):

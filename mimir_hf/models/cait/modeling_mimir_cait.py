@@ -25,15 +25,12 @@ from transformers.models.vit.modeling_vit import ViTAttention, ViTMLP, eager_att
 
 from ...modeling_common import (
     DropPath,
-    MimirEncoderMixin,
-    MimirImageClassifierMixin,
+    MimirExplicitAttention,
     MimirMaeDecoderBase,
     MimirMaeFamilyMixin,
     MimirPatchTokenEmbeddings,
-    MimirPreTrainingMixin,
-    auto_classes,
-    decoder_config,
 )
+from ...modeling_heads import MimirEncoderMixin, MimirImageClassifierMixin, MimirPreTrainingMixin, auto_classes
 from .configuration_mimir_cait import MimirCaitConfig
 
 
@@ -42,7 +39,7 @@ def mix_heads(mixer: nn.Linear, scores: torch.Tensor) -> torch.Tensor:
     return mixer(scores.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
-class MimirCaitTalkingHeadsAttention(nn.Module):
+class MimirCaitTalkingHeadsAttention(MimirExplicitAttention):
     """Multi-head self-attention with talking heads (Shazeer et al. 2020).
 
     The attention logits are mixed across heads by `logits_mix` before the softmax, and the probabilities by
@@ -51,32 +48,15 @@ class MimirCaitTalkingHeadsAttention(nn.Module):
     """
 
     def __init__(self, config: MimirCaitConfig):
-        super().__init__()
-        self.config = config
-        self.num_heads = config.num_attention_heads
-        self.head_dim = config.hidden_size // config.num_attention_heads
-        self.scaling = self.head_dim**-0.5
-        self.q_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=config.qkv_bias)
-        self.k_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=config.qkv_bias)
-        self.v_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=config.qkv_bias)
+        super().__init__(config)
         self.logits_mix = nn.Linear(self.num_heads, self.num_heads)  # timm: attn.proj_l
         self.weights_mix = nn.Linear(self.num_heads, self.num_heads)  # timm: attn.proj_w
-        self.o_proj = nn.Linear(config.hidden_size, config.hidden_size)
 
     def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        batch_size, length, _ = hidden_states.shape
-        head_shape = (batch_size, length, self.num_heads, self.head_dim)
-        query = self.q_proj(hidden_states).view(head_shape).transpose(1, 2)  # [B, heads, N, head_dim]
-        key = self.k_proj(hidden_states).view(head_shape).transpose(1, 2)
-        value = self.v_proj(hidden_states).view(head_shape).transpose(1, 2)
-
+        query, key, value = self.heads(hidden_states)  # [B, heads, N, head_dim]
         logits = mix_heads(self.logits_mix, (query * self.scaling) @ key.transpose(-2, -1))  # [B, heads, N, N]
         weights = logits.softmax(dim=-1, dtype=torch.float32).to(query.dtype)
-        weights = mix_heads(self.weights_mix, weights)
-        weights = nn.functional.dropout(weights, p=self.config.attention_probs_dropout_prob, training=self.training)
-
-        attention_output = (weights @ value).transpose(1, 2).reshape(batch_size, length, -1)
-        return self.o_proj(attention_output), weights
+        return self.attend(mix_heads(self.weights_mix, weights), value)
 
 
 class MimirCaitClassAttention(ViTAttention):
@@ -175,7 +155,7 @@ class MimirCaitDecoder(MimirMaeDecoderBase):
     """
 
     def __init__(self, config: MimirCaitConfig):
-        layer_config = decoder_config(config)
+        layer_config = self.layer_config(config)
         layers = [MimirCaitLayer(layer_config, config.drop_path_rate) for _ in range(config.decoder_num_hidden_layers)]
         super().__init__(config, layers)
 

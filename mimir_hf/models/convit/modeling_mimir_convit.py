@@ -27,15 +27,12 @@ from transformers.models.vit.modeling_vit import ViTAttention, ViTMLP
 
 from ...modeling_common import (
     DropPath,
-    MimirEncoderMixin,
-    MimirImageClassifierMixin,
+    MimirExplicitAttention,
     MimirMaeDecoderBase,
     MimirMaeFamilyMixin,
     MimirPatchTokenEmbeddings,
-    MimirPreTrainingMixin,
-    auto_classes,
-    decoder_config,
 )
+from ...modeling_heads import MimirEncoderMixin, MimirImageClassifierMixin, MimirPreTrainingMixin, auto_classes
 from .configuration_mimir_convit import MimirConvitConfig
 
 
@@ -69,7 +66,7 @@ def visible_patch_grid(num_visible: int) -> tuple[int, int]:
     return (side, side)
 
 
-class MimirConvitGatedPositionalAttention(nn.Module):
+class MimirConvitGatedPositionalAttention(MimirExplicitAttention):
     """Gated positional self-attention (GPSA), ConViT's attention of the first `local_up_to_layer` layers.
 
     Per head h: `A = (1 - sigmoid(g_h)) * softmax(q k^T / sqrt(d)) + sigmoid(g_h) * softmax(r W_h + b_h)`, with `r` the
@@ -79,15 +76,7 @@ class MimirConvitGatedPositionalAttention(nn.Module):
     """
 
     def __init__(self, config: MimirConvitConfig):
-        super().__init__()
-        self.config = config
-        self.num_heads = config.num_attention_heads
-        self.head_dim = config.hidden_size // config.num_attention_heads
-        self.scaling = self.head_dim**-0.5
-        self.q_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=config.qkv_bias)  # timm: attn.qk, 1st half
-        self.k_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=config.qkv_bias)  # timm: attn.qk, 2nd half
-        self.v_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=config.qkv_bias)
-        self.o_proj = nn.Linear(config.hidden_size, config.hidden_size)
+        super().__init__(config)  # q_proj and k_proj: the halves of timm's attn.qk
         self.position_proj = nn.Linear(3, self.num_heads)  # timm: attn.pos_proj
         self.gating_param = nn.Parameter(torch.ones(self.num_heads))
 
@@ -119,21 +108,12 @@ class MimirConvitGatedPositionalAttention(nn.Module):
         hidden_states (`torch.FloatTensor` of shape `(batch_size, num_tokens, hidden_size)`): patch tokens only.
         relative_offsets (`torch.FloatTensor` of shape `(num_tokens, num_tokens, 3)`): see `relative_patch_offsets`.
         """
-        batch_size, length, _ = hidden_states.shape
-        head_shape = (batch_size, length, self.num_heads, self.head_dim)
-        query = self.q_proj(hidden_states).view(head_shape).transpose(1, 2)  # [B, heads, N, head_dim]
-        key = self.k_proj(hidden_states).view(head_shape).transpose(1, 2)
-        value = self.v_proj(hidden_states).view(head_shape).transpose(1, 2)
-
+        query, key, value = self.heads(hidden_states)  # [B, heads, N, head_dim]
         content = ((query @ key.transpose(-2, -1)) * self.scaling).softmax(dim=-1, dtype=torch.float32)
         positional = self.position_proj(relative_offsets).permute(2, 0, 1).softmax(dim=-1, dtype=torch.float32)
         gate = torch.sigmoid(self.gating_param.float()).view(1, -1, 1, 1)
         weights = (1.0 - gate) * content + gate * positional  # [B, heads, N, N]
-        weights = (weights / weights.sum(dim=-1, keepdim=True)).to(value.dtype)
-        weights = nn.functional.dropout(weights, p=self.config.attention_probs_dropout_prob, training=self.training)
-
-        attention_output = (weights @ value).transpose(1, 2).reshape(batch_size, length, -1)
-        return self.o_proj(attention_output), weights
+        return self.attend((weights / weights.sum(dim=-1, keepdim=True)).to(value.dtype), value)
 
 
 class MimirConvitLayer(GradientCheckpointingLayer):
@@ -171,7 +151,7 @@ class MimirConvitDecoder(MimirMaeDecoderBase):
     """
 
     def __init__(self, config: MimirConvitConfig):
-        layer_config = decoder_config(config, qkv_bias=True)
+        layer_config = self.layer_config(config, qkv_bias=True)
         layers = [MimirConvitLayer(layer_config, use_gpsa=True) for _ in range(config.decoder_num_hidden_layers)]
         super().__init__(config, layers)
 

@@ -36,15 +36,8 @@ from transformers.models.swin.modeling_swin import (
     SwinRelativePositionBias,
 )
 
-from ...modeling_common import (
-    MimirImageClassifierMixin,
-    MimirPreTrainedMixin,
-    PixelNormalisation,
-    auto_classes,
-    check_pixel_values,
-    finish_output,
-    output_flags,
-)
+from ...modeling_common import MimirPreTrainedMixin, PixelNormalisation, check_pixel_values
+from ...modeling_heads import MimirImageClassifierMixin, auto_classes, finish_output, output_flags
 from .configuration_mimir_swin import MimirSwinConfig
 
 

@@ -25,17 +25,19 @@ from transformers.utils import logging
 
 from ...modeling_common import (
     DropPath,
-    MimirEncoderMixin,
-    MimirEncoderOutput,
-    MimirImageClassifierMixin,
     MimirMaeFamilyMixin,
-    MimirPreTrainingMixin,
     PixelNormalisation,
-    auto_classes,
     check_num_labels,
     checkpoint_weight_names,
     patch_tokens,
     sincos_position_embedding,
+)
+from ...modeling_heads import (
+    MimirEncoderMixin,
+    MimirEncoderOutput,
+    MimirImageClassifierMixin,
+    MimirPreTrainingMixin,
+    auto_classes,
 )
 from .configuration_mimir import MimirConfig
 
