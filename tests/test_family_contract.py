@@ -153,6 +153,14 @@ def test_one_registry_drives_auto_classes_conversion_and_the_scripts():
             assert common.PRETRAINING_CLASSES[family.model_type] is family.pretraining_class
             assert set(family.presets) <= set(common.NEW_MODEL_PRESETS)
     assert convert.FAMILIES is FAMILIES
+    # Each class is named once, by the base's `_auto_classes`: the family's own classes, in its modelling module.
+    for family in FAMILIES.values():
+        base = family.base_class
+        for cls in (family.model_class, family.classifier_class, family.pretraining_class):
+            assert cls is None or (issubclass(cls, base) and cls.__module__ == base.__module__)
+    assert FAMILIES["swin"].pretraining_class is None
+    assert FAMILIES["convit"].classifier_class.__name__ == "MimirConvitForImageClassification"
+    assert FAMILIES["vit"].pretraining_class.__name__ == "MimirForPreTraining"
 
 
 def test_swin_refuses_interpolation_by_name(pixels):

@@ -15,6 +15,8 @@ from functools import cached_property
 import torch
 from transformers import PretrainedConfig
 
+from .family import family_class
+
 
 @dataclass
 class Conversion:
@@ -196,7 +198,9 @@ def patch_embedding_fields(state: dict[str, torch.Tensor]) -> dict:
 @dataclass(frozen=True)
 class TimmMaeLayout:
     """How a family MIMIR pre-trains as an MAE lays out its timm-style files (CaiT, ConViT), and the conversion that is
-    the same for every such family. A family gives its tables and its own readings:
+    the same for every such family. A family gives its `title` (for messages), its `PreTrainedModel` `base_class` (the
+    config and the models a file converts to; its `base_model_prefix` is the trunk's name), its tables and its own
+    readings:
 
     - `stacks`: timm's block stacks (`blocks`, `decoder_blocks`, ...) -> our layer lists; `block`: the modules inside
       a block, timm -> ours; `block_tensor(stack, prefix, name, value)`: the family's own tensors inside a block
@@ -208,11 +212,8 @@ class TimmMaeLayout:
       `unreadable_size`: the refusal when the image size cannot be read (`{patches}`: the position table's length).
     """
 
-    family: str
     title: str
-    config_class: type
-    pretraining_class: type
-    classifier_class: type
+    base_class: type
     stacks: dict[str, str]
     block: dict[str, str]
     block_tensor: Callable[[str, str, str, torch.Tensor], dict | None]
@@ -228,7 +229,7 @@ class TimmMaeLayout:
     @cached_property
     def outside_blocks(self) -> tuple[dict[str, str], dict[str, str]]:
         """The modules and bare parameters outside the blocks, timm -> ours (`mae_layout_names`)."""
-        return mae_layout_names(self.family)
+        return mae_layout_names(self.base_class.base_model_prefix)
 
     def rename_key(self, key: str, value: torch.Tensor) -> dict[str, torch.Tensor] | None:
         """One timm key -> ours (several for a fused projection), or None for a key of no such layout."""
@@ -271,7 +272,7 @@ class TimmMaeLayout:
         fields = task_and_input_fields(
             state, args, notes, fields, overrides, self.decoder_heads_key, self.default_num_labels, unreadable_size
         )
-        return self.config_class(**fields), notes
+        return self.base_class.config_class(**fields), notes
 
     def convert(self, state: dict[str, torch.Tensor], args: dict | None = None, **overrides) -> Conversion:
         """The family's pre-training model when the file has a decoder (`decoder_embed`), else its classifier, with a
@@ -280,7 +281,8 @@ class TimmMaeLayout:
         refused with a `ValueError`."""
         state = {key.removeprefix("module."): value for key, value in state.items()}
         config, notes = self.infer_config(state, args, **overrides)
-        model_class = self.pretraining_class if "decoder_embed.weight" in state else self.classifier_class
+        task = "AutoModelForPreTraining" if "decoder_embed.weight" in state else "AutoModelForImageClassification"
+        model_class = family_class(self.base_class, task)
         ignored: dict[str, str] = {}
         renamed, origin = self.rename_state_dict(state, ignored)
         new_keys = fit_to_model(model_class, config, renamed, origin, ignored, new_allowed=("classifier.",))

@@ -13,10 +13,7 @@ from .modeling_mimir_cait import (
 
 FAMILY = ModelFamily(
     name="cait",
-    config_class=MimirCaitConfig,
-    model_class=MimirCaitModel,
-    classifier_class=MimirCaitForImageClassification,
-    pretraining_class=MimirCaitForPreTraining,
+    base_class=MimirCaitPreTrainedModel,
     convert=convert_cait_checkpoint,
     presets=PRESETS,
 )

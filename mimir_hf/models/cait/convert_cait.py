@@ -18,14 +18,9 @@ import re
 import torch
 
 from .. import conversion
-from .configuration_mimir_cait import PRESETS, MimirCaitConfig
-from .modeling_mimir_cait import MimirCaitForImageClassification, MimirCaitForPreTraining
+from .configuration_mimir_cait import PRESETS
+from .modeling_mimir_cait import MimirCaitPreTrainedModel
 
-_STACKS = {  # timm stack -> ours
-    "blocks": "cait.layers",
-    "blocks_token_only": "cait.class_attention_layers",
-    "decoder_blocks": "decoder.decoder_layers",
-}
 _LAYER = {  # inside a block, timm -> ours (talking-heads and class-attention layers alike)
     **conversion.TIMM_BLOCK,
     "attn.q": "attention.q_proj",  # class attention
@@ -99,12 +94,13 @@ def _read_fields(state: dict[str, torch.Tensor], args: dict | None, overrides: d
 
 
 LAYOUT = conversion.TimmMaeLayout(
-    family="cait",
     title="CaiT",
-    config_class=MimirCaitConfig,
-    pretraining_class=MimirCaitForPreTraining,
-    classifier_class=MimirCaitForImageClassification,
-    stacks=_STACKS,
+    base_class=MimirCaitPreTrainedModel,
+    stacks={  # timm stack -> ours
+        "blocks": "cait.layers",
+        "blocks_token_only": "cait.class_attention_layers",
+        "decoder_blocks": "decoder.decoder_layers",
+    },
     block=_LAYER,
     block_tensor=_block_tensor,
     required=("patch_embed.proj.weight", "pos_embed", "cls_token", "blocks.0.attn.proj_l.weight"),

@@ -8,7 +8,8 @@ inside the embeddings, so attacks act on pixels.
 
 The building blocks CaiT shares with ViT are transformers' own (`ViTMLP`, and `ViTAttention` under the class
 attention); those it shares with the other MIMIR families are `modeling_common`'s (the embeddings with a late class
-token, the MAE decoder's frame, the classification head, the pre-training model); what CaiT adds is written here.
+token, the attention's projections, the MAE decoder's frame) and `modeling_heads`' (the encoder's forward, the
+classification head, the pre-training model); what CaiT adds is written here.
 Module names follow transformers' ViT (`q_proj`, `o_proj`, `layernorm_before`, ...); `convert_cait.py` maps the
 authors' timm-layout checkpoints onto them.
 """

@@ -13,10 +13,7 @@ from .modeling_mimir_convit import (
 
 FAMILY = ModelFamily(
     name="convit",
-    config_class=MimirConvitConfig,
-    model_class=MimirConvitModel,
-    classifier_class=MimirConvitForImageClassification,
-    pretraining_class=MimirConvitForPreTraining,
+    base_class=MimirConvitPreTrainedModel,
     convert=convert_convit_checkpoint,
     presets=PRESETS,
 )

@@ -18,10 +18,8 @@ import re
 import torch
 
 from .. import conversion
-from .configuration_mimir_convit import MimirConvitConfig
-from .modeling_mimir_convit import MimirConvitForImageClassification, MimirConvitForPreTraining
+from .modeling_mimir_convit import MimirConvitPreTrainedModel
 
-_STACKS = {"blocks": "convit.layers", "decoder_blocks": "decoder.decoder_layers"}
 # inside a block, timm -> ours: GPSA's value and positional projections besides the common modules
 _LAYER = {**conversion.TIMM_BLOCK, "attn.v": "attention.v_proj", "attn.pos_proj": "attention.position_proj"}
 _FUSED = {"attn.qk": ("q_proj", "k_proj"), "attn.qkv": ("q_proj", "k_proj", "v_proj")}  # split along output rows
@@ -105,12 +103,9 @@ def _read_fields(state: dict[str, torch.Tensor], args: dict | None, overrides: d
 
 
 LAYOUT = conversion.TimmMaeLayout(
-    family="convit",
     title="ConViT",
-    config_class=MimirConvitConfig,
-    pretraining_class=MimirConvitForPreTraining,
-    classifier_class=MimirConvitForImageClassification,
-    stacks=_STACKS,
+    base_class=MimirConvitPreTrainedModel,
+    stacks={"blocks": "convit.layers", "decoder_blocks": "decoder.decoder_layers"},  # timm stack -> ours
     block=_LAYER,
     block_tensor=_block_tensor,
     required=("patch_embed.proj.weight", "cls_token", "blocks.0.mlp.fc1.weight"),

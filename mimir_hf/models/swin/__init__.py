@@ -8,10 +8,7 @@ from .modeling_mimir_swin import MimirSwinForImageClassification, MimirSwinModel
 
 FAMILY = ModelFamily(
     name="swin",
-    config_class=MimirSwinConfig,
-    model_class=MimirSwinModel,
-    classifier_class=MimirSwinForImageClassification,
-    pretraining_class=None,
+    base_class=MimirSwinPreTrainedModel,
     convert=convert_swin_checkpoint,
     presets={},
 )

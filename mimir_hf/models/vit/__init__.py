@@ -7,10 +7,7 @@ from .modeling_mimir import MimirForImageClassification, MimirForPreTraining, Mi
 
 FAMILY = ModelFamily(
     name="vit",
-    config_class=MimirConfig,
-    model_class=MimirModel,
-    classifier_class=MimirForImageClassification,
-    pretraining_class=MimirForPreTraining,
+    base_class=MimirPreTrainedModel,
     convert=convert_vit_state_dict,
     presets=PRESETS,
 )
