@@ -28,11 +28,13 @@ import os
 import struct
 import zipfile
 from collections.abc import Callable, Iterator
+from functools import partial
 
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
+from transformers.trainer_utils import seed_worker
 
 AUX_FRACTION = 0.7  # the authors' unsup_fraction
 
@@ -247,4 +249,33 @@ class MixedBatchSampler(Sampler[list[int]]):
             yield [batch[i] for i in order]
 
 
-__all__ = ["AUX_FRACTION", "AuxiliaryImages", "MixedBatchSampler", "RealAndAuxiliary", "load_npz"]
+def mixed_batches_loader(train_dataset: Dataset, aux_dataset: Dataset, batch_size: int, args, collate_fn, accelerator):
+    """The trainers' training loader with auxiliary data: batches of `batch_size` real + auxiliary examples from a
+    `MixedBatchSampler`, loaded as `args` (a `TrainingArguments`) says (workers, pinning, prefetching, per-worker
+    seeds). The sampler already gives each process its own share, so `accelerator.prepare`'s own split of the
+    batches is turned off."""
+    sampler = MixedBatchSampler(
+        len(train_dataset), len(aux_dataset), batch_size, args.aux_fraction,
+        seed=args.seed, rank=args.process_index, world_size=args.world_size,
+    )  # fmt: skip
+    workers = args.dataloader_num_workers
+    loader = DataLoader(
+        RealAndAuxiliary(train_dataset, aux_dataset),
+        batch_sampler=sampler,
+        collate_fn=collate_fn,
+        num_workers=workers,
+        pin_memory=args.dataloader_pin_memory,
+        persistent_workers=args.dataloader_persistent_workers and workers > 0,
+        prefetch_factor=args.dataloader_prefetch_factor if workers > 0 else None,
+        worker_init_fn=partial(seed_worker, num_workers=workers, rank=args.process_index),
+    )
+    loader = accelerator.prepare(loader)
+    shard = getattr(loader, "batch_sampler", None)
+    if shard is not None and getattr(shard, "batch_sampler", None) is sampler:  # Accelerate's per-process split
+        shard.num_processes, shard.process_index = 1, 0
+    return loader
+
+
+__all__ = [
+    "AUX_FRACTION", "AuxiliaryImages", "MixedBatchSampler", "RealAndAuxiliary", "load_npz", "mixed_batches_loader",
+]  # fmt: skip

@@ -14,7 +14,6 @@ import math
 import os
 import random
 from dataclasses import dataclass, field
-from functools import partial
 from typing import ClassVar
 
 import huggingface_hub
@@ -24,7 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from transformers import PreTrainedModel, Trainer, TrainingArguments
 from transformers.modeling_outputs import ImageClassifierOutput
-from transformers.trainer_utils import TrainOutput, rotate_checkpoints, seed_worker
+from transformers.trainer_utils import TrainOutput, rotate_checkpoints
 from transformers.utils import logging
 
 from .attacks import (
@@ -38,7 +37,7 @@ from .attacks import (
     trades_loss,
 )
 from .augmentation import mix_batch
-from .auxiliary_data import AUX_FRACTION, MixedBatchSampler, RealAndAuxiliary
+from .auxiliary_data import AUX_FRACTION, mixed_batches_loader
 from .checkpoints import (
     COMPLETE_MARKER,
     check_resume_checkpoint,
@@ -399,32 +398,19 @@ class _MimirTrainerBase(Trainer):
         return output_dir
 
     def get_train_dataloader(self) -> DataLoader:
-        """Trainer's loader, or with `aux_dataset`: batches of real + auxiliary examples from a `MixedBatchSampler`,
-        which already gives each process its own share (Accelerate's sharding of it is turned off)."""
+        """Trainer's loader, or with `aux_dataset`: batches of real + auxiliary examples (`mixed_batches_loader`)."""
         if self.aux_dataset is None:
             return super().get_train_dataloader()
         if self.train_dataset is None:
             raise ValueError("Trainer: training requires a train_dataset.")
-        args = self.args
-        sampler = MixedBatchSampler(
-            len(self.train_dataset), len(self.aux_dataset), self._train_batch_size, args.aux_fraction,
-            seed=args.seed, rank=args.process_index, world_size=args.world_size,
-        )  # fmt: skip
-        loader = DataLoader(
-            RealAndAuxiliary(self.train_dataset, self.aux_dataset),
-            batch_sampler=sampler,
-            collate_fn=self.data_collator,
-            num_workers=args.dataloader_num_workers,
-            pin_memory=args.dataloader_pin_memory,
-            persistent_workers=args.dataloader_persistent_workers and args.dataloader_num_workers > 0,
-            prefetch_factor=args.dataloader_prefetch_factor if args.dataloader_num_workers > 0 else None,
-            worker_init_fn=partial(seed_worker, num_workers=args.dataloader_num_workers, rank=args.process_index),
+        return mixed_batches_loader(
+            self.train_dataset,
+            self.aux_dataset,
+            self._train_batch_size,
+            self.args,
+            self.data_collator,
+            self.accelerator,
         )
-        loader = self.accelerator.prepare(loader)
-        shard = getattr(loader, "batch_sampler", None)
-        if shard is not None and getattr(shard, "batch_sampler", None) is sampler:  # Accelerate's per-process split
-            shard.num_processes, shard.process_index = 1, 0
-        return loader
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if not self._first_batch_checked:  # the data boundary: [0, 1] pixels (the attacks check every batch)
