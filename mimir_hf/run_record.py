@@ -348,6 +348,7 @@ def _prepare_locked(
     if same and previous.status != "complete":
         checkpoint = last_complete_checkpoint(output_dir, resume_needs)
         logger.info(f"{output_dir} holds this run, unfinished: resuming from {checkpoint or 'the start'}.")
+        write_record(output_dir, replace(previous, status="running", error=None))  # the failure is past
         return checkpoint
     if previous is None:
         _check_foreign_folder(output_dir, entries, overwrite)
@@ -419,7 +420,7 @@ def mark_complete(output_dir: str, **results) -> None:
     output file (atomically); then release the folder."""
     record = _load(output_dir)
     write_record(output_dir, replace(
-        record, status="complete", written=_written(output_dir, record),
+        record, status="complete", error=None, written=_written(output_dir, record),
         environment=software_environment().to_json(), results={**record.results, **_jsonable(results)},
     ))  # fmt: skip
     _release_lock(output_dir)

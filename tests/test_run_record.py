@@ -205,10 +205,13 @@ def test_mark_failed_records_the_reason_releases_the_folder_and_the_run_resumes(
     assert (record.status, record.error, record.written) == ("failed", "KeyError: 'image'", ["trainer_state.json"])
     assert list(json.loads((tmp_path / RUN_FILE).read_text()))[-2:] == ["error", "written"]
     assert not (tmp_path / LOCK_FILE).exists() and not run_record._held_locks
-    # The same run again: resumed (from the start: no checkpoint), not refused nor its files removed.
+    # The same run again: resumed (from the start: no checkpoint), not refused nor its files removed; it runs again,
+    # and once complete its record no longer names the earlier failure.
     assert prepare_output_dir(str(tmp_path), "run_pretraining", ARGUMENTS, overwrite=False) is None
-    assert (tmp_path / "trainer_state.json").is_file() and read_record(str(tmp_path)).status == "failed"
+    resumed = read_record(str(tmp_path))
+    assert (tmp_path / "trainer_state.json").is_file() and (resumed.status, resumed.error) == ("running", None)
     mark_complete(str(tmp_path))
+    assert "error" not in json.loads((tmp_path / RUN_FILE).read_text())
     mark_failed(str(tmp_path), "RuntimeError: later")  # a complete run stays complete
     assert read_record(str(tmp_path)).status == "complete"
 
