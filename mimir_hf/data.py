@@ -9,6 +9,8 @@ stacked by `transformers.default_data_collator`.
 from __future__ import annotations
 
 import copy
+import csv
+import json
 import logging
 import os
 
@@ -66,12 +68,73 @@ def folder_images(path: str, argument: str) -> list[str]:
             (images if kept else others).append(os.path.join(folder, name))
     if not images:
         raise ValueError(f"{argument}={path!r} holds no image files ({', '.join(_IMAGE_SUFFIXES)}).")
+    check_metadata_files(images, argument)
     if others:
         shown = ", ".join(os.path.relpath(other, path) for other in others[:5]) + (", ..." if len(others) > 5 else "")
         logging.getLogger("mimir_hf.data").info(
             f"{argument}: skipped {len(others)} file(s) that are not images ({shown})."
         )
     return images
+
+
+def _metadata_rows(path: str) -> list[dict]:
+    """The rows of an imagefolder metadata file (`.csv`, `.jsonl` or `.parquet`), as dicts."""
+    if path.endswith(".csv"):
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            return list(reader) if reader.fieldnames else []
+    if path.endswith(".jsonl"):
+        with open(path, encoding="utf-8") as f:
+            return [json.loads(line) for line in f if line.strip()]
+    import pyarrow.parquet
+
+    return pyarrow.parquet.read_table(path).to_pylist()
+
+
+def check_metadata_files(files: list[str], argument: str) -> None:
+    """Refuse an imagefolder metadata file that would silently change the dataset: one that cannot be read, has no
+    `file_name` column or no row, names an image that is not there, or leaves out images of its folder (imagefolder
+    keeps only the images its metadata lists). Each `ValueError` names the file and what to do."""
+    metadata = [path for path in files if os.path.basename(path) in _METADATA_FILES]
+    folders = {os.path.dirname(path) for path in metadata}
+    for path in metadata:
+        folder = os.path.dirname(path)
+        fix = f"list every image of {folder} in it (column file_name, paths relative to it), or remove it"
+        try:
+            rows = _metadata_rows(path)
+        except (OSError, ValueError, UnicodeDecodeError) as error:
+            raise ValueError(f"{argument}: the metadata file {path} cannot be read ({error}); {fix}.") from None
+        columns = set(rows[0]) if rows and isinstance(rows[0], dict) else set()
+        if "file_name" not in columns and any(c.endswith(("_file_name", "file_names")) for c in columns):
+            continue  # several images per row (imagefolder's *_file_name / file_names columns): imagefolder's to read
+        if "file_name" not in columns:
+            found = "no row" if not rows else "no file_name column"
+            raise ValueError(
+                f"{argument}: the metadata file {path} has {found}; imagefolder takes the images and their labels "
+                f"from it (file_name, then e.g. label): {fix}, to take the labels from the class folders."
+            )
+        listed = {os.path.normpath(os.path.join(folder, str(row["file_name"]))) for row in rows}
+        images = {
+            os.path.normpath(image) for image in files
+            if image not in metadata and _nearest(os.path.dirname(image), folders) == folder
+        }  # fmt: skip
+        for names, problem in ((listed - images, "names files that are not images there"),
+                               (images - listed, "leaves out images, which the dataset would lose")):  # fmt: skip
+            if names:
+                shown = ", ".join(os.path.relpath(name, folder) for name in sorted(names)[:5])
+                more = f" and {len(names) - 5} more" if len(names) > 5 else ""
+                raise ValueError(f"{argument}: the metadata file {path} {problem} ({shown}{more}); {fix}.")
+
+
+def _nearest(folder: str, candidates: set[str]) -> str | None:
+    """The deepest of `candidates` that is `folder` or one of its parents (whose metadata file covers it), or None."""
+    while True:
+        if folder in candidates:
+            return folder
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            return None
+        folder = parent
 
 
 def folder_layout(path: str, argument: str) -> str | None:
@@ -163,6 +226,13 @@ def _hold_out(train: Dataset, fraction: float, seed: int, require_train: bool) -
     if fraction == 0:
         logger.info(f"The dataset has no evaluation split; all {len(train)} images are training images.")
         return DatasetDict(train=train)
+    held_out = int(np.ceil(fraction * len(train)))  # what train_test_split holds out
+    if not 0 < held_out < len(train):
+        raise ValueError(
+            f"The dataset has no evaluation split and {len(train)} image(s): holding out {fraction:.0%} of them for "
+            "evaluation leaves no image to train on. Give more images, an evaluation split (--validation_dir), or "
+            "--train_val_split 0 (pre-training only)."
+        )
     split = train.train_test_split(test_size=fraction, seed=seed)
     logger.warning(
         f"The dataset has no evaluation split: {len(split['test'])} of its {len(train)} images ({fraction:.0%}, seed "

@@ -161,3 +161,45 @@ def test_folders_at_other_depths_keep_their_labels(tmp_path):
                 Image.fromarray(np.full((8, 8, 3), 60 * index + i, dtype=np.uint8)).save(folder / name / f"{i}.png")
     data = read_data(DataArguments(train_dir=str(tmp_path / "train"), validation_dir=str(tmp_path / "other" / "val")))
     assert data.names == ["cat", "dog"] and sorted(data.test["label"]) == [0, 0, 1, 1]
+
+
+def class_folders(root, classes=("cat", "dog"), per_class=3):
+    for index, name in enumerate(classes):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(np.full((8, 8, 3), 60 * index + i, dtype=np.uint8)).save(root / name / f"{i}.png")
+
+
+@pytest.mark.parametrize(
+    "metadata, refusal",
+    [
+        ("", "has no row"),
+        ("file_name,label\n", "has no row"),
+        ("name,label\ncat/0.png,0\n", "has no file_name column"),
+        ("file_name,label\ncat/0.png,0\n", r"leaves out images, which the dataset would lose \(cat/1.png, cat/2.png, "),
+        ("file_name,label\n" + "".join(f"{c}/{i}.png,{c}\n" for c in ("cat", "dog") for i in range(3)) + "x.png,cat\n",
+         r"names files that are not images there \(x.png\)"),
+    ],
+)  # fmt: skip
+def test_a_metadata_file_that_would_change_the_dataset_is_refused_by_name(tmp_path, metadata, refusal):
+    """imagefolder keeps only the images a metadata file lists, and failed on an empty one deep inside pandas or with
+    an IndexError: each case is refused at once, naming the file and the fix."""
+    class_folders(tmp_path)
+    (tmp_path / "metadata.csv").write_text(metadata)
+    with pytest.raises(ValueError, match=rf"--train_dir: the metadata file .*metadata.csv {refusal}.*or remove it"):
+        load_image_dataset(train_dir=str(tmp_path))
+
+
+def test_a_complete_metadata_file_gives_its_labels(tmp_path):
+    class_folders(tmp_path)
+    rows = "".join(f"{c}/{i}.png,{'pet' if c == 'cat' else 'wild'}\n" for c in ("cat", "dog") for i in range(3))
+    (tmp_path / "metadata.csv").write_text("file_name,kind\n" + rows)
+    dataset = load_image_dataset(train_dir=str(tmp_path), test_fraction=0.5)
+    assert sorted([*dataset["train"]["kind"], *dataset["test"]["kind"]]) == ["pet"] * 3 + ["wild"] * 3
+
+
+def test_too_few_images_to_hold_out_an_evaluation_split_is_said_in_words(tmp_path):
+    class_folders(tmp_path, per_class=1)
+    assert len(load_image_dataset(train_dir=str(tmp_path), test_fraction=0.5)["train"]) == 1
+    with pytest.raises(ValueError, match=r"2 image\(s\): holding out 60% .* leaves no image to train on"):
+        load_image_dataset(train_dir=str(tmp_path), test_fraction=0.6)
