@@ -264,16 +264,25 @@ def test_the_documented_recipe_commands_train_at_the_authors_effective_batch():
         args.check_effective_batch(world_size=processes)  # raises if the command trains at another batch
 
 
+def test_the_cpus_a_process_may_use_are_its_affinity_set_not_the_machine_s(monkeypatch):
+    """In a container or a Slurm / taskset allocation the machine has more CPUs than the process may use."""
+    monkeypatch.setattr(common.os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(common.os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    assert common.usable_cpus() == 3
+    monkeypatch.delattr(common.os, "sched_getaffinity")  # macOS, Windows: the machine's count
+    assert common.usable_cpus() == 64
+
+
 def test_recipes_set_the_data_loader_workers_their_data_path_needs(monkeypatch):
     """docs/benchmarks.md: one worker turns 4000-9000 CIFAR images/s into batches, 215-265 ImageNet JPEGs/s."""
-    monkeypatch.setattr(common.os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(common, "usable_cpus", lambda: 64)
     for recipe in RECIPES:
         args = load(recipe)[2]
         assert args.dataloader_num_workers == (2 if recipe.startswith("cifar10/") else 8), recipe
 
 
 def test_the_command_line_s_workers_win_and_are_never_capped(monkeypatch, caplog):
-    monkeypatch.setattr(common.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(common, "usable_cpus", lambda: 2)
     classes = (common.ModelArguments, common.DataArguments, MimirPreTrainingArguments, common.RunArguments)
     for flags in (["--dataloader_num_workers", "12"], ["--dataloader_num_workers=12"]):
         with caplog.at_level(logging.INFO, logger="mimir_hf.commands"):
@@ -285,7 +294,7 @@ def test_the_command_line_s_workers_win_and_are_never_capped(monkeypatch, caplog
 
 
 def test_a_recipe_s_workers_come_down_to_the_cpu_count_with_a_message(monkeypatch, caplog):
-    monkeypatch.setattr(common.os, "cpu_count", lambda: 3)
+    monkeypatch.setattr(common, "usable_cpus", lambda: 3)
     with caplog.at_level(logging.INFO, logger="mimir_hf.commands"):
         imagenet, cifar = load("imagenet/finetune_swin_base")[2], load("cifar10/pretrain_vit_small")[2]
     assert imagenet.dataloader_num_workers == 3 and cifar.dataloader_num_workers == 2  # 2 <= 3: kept

@@ -364,10 +364,18 @@ def parse(
     return parsed
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity set where the system has one (a container, a Slurm or
+    `taskset` allocation: fewer than the machine's), else the machine's count."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
+
+
 def cap_recipe_workers(parsed, recipe_workers: int | None, argv: list[str]) -> None:
-    """A recipe's `dataloader_num_workers` above this machine's CPU count (`os.cpu_count()`) comes down to that count,
-    said in one line; a `--dataloader_num_workers` given on the command line (`argv`) is never changed."""
-    cores = os.cpu_count() or 1
+    """A recipe's `dataloader_num_workers` above the CPUs this process may use (`usable_cpus`) comes down to that
+    count, said in one line; a `--dataloader_num_workers` given on the command line (`argv`) is never changed."""
+    cores = usable_cpus()
     given = any("--dataloader_num_workers".startswith(arg.partition("=")[0]) for arg in argv
                 if arg.startswith("--dataloader_n"))  # fmt: skip
     if recipe_workers is None or recipe_workers <= cores or given:
@@ -376,8 +384,8 @@ def cap_recipe_workers(parsed, recipe_workers: int | None, argv: list[str]) -> N
         if getattr(arguments, "dataloader_num_workers", None) == recipe_workers:
             arguments.dataloader_num_workers = cores
     logger.info(
-        f"The recipe's dataloader_num_workers {recipe_workers} is more than this machine's {cores} CPUs: {cores} "
-        "data-loader workers (pass --dataloader_num_workers N to choose)."
+        f"The recipe's dataloader_num_workers {recipe_workers} is more than the {cores} CPUs this process may use: "
+        f"{cores} data-loader workers (pass --dataloader_num_workers N to choose)."
     )
 
 
