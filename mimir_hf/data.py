@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import glob
 import json
 import logging
 import os
@@ -195,6 +196,8 @@ def load_image_dataset(
             data_files["train"] = folder_images(train_dir, "--train_dir")
         if validation_dir is not None:
             data_files["test"] = folder_images(validation_dir, "--validation_dir")
+        # datasets reads data_files as glob patterns: a name with * ? [ ] (run[1]/, img*.png) must match itself only
+        data_files = {split: [glob.escape(path) for path in paths] for split, paths in data_files.items()}
         # imagefolder infers labels only when every image of every split lies at one path depth: a --validation_dir
         # elsewhere (/data/train, /data/other/val) would lose both splits' labels. Folders laid out by class keep them.
         folders = [path for path in (train_dir, validation_dir) if path is not None]

@@ -203,3 +203,14 @@ def test_too_few_images_to_hold_out_an_evaluation_split_is_said_in_words(tmp_pat
     assert len(load_image_dataset(train_dir=str(tmp_path), test_fraction=0.5)["train"]) == 1
     with pytest.raises(ValueError, match=r"2 image\(s\): holding out 60% .* leaves no image to train on"):
         load_image_dataset(train_dir=str(tmp_path), test_fraction=0.6)
+
+
+def test_folders_and_files_with_glob_characters_in_their_names_load(tmp_path):
+    """datasets reads data files as glob patterns: `run[1]` or `img*0.png` matched nothing ("no data")."""
+    root = tmp_path / "run[1]"
+    for index, name in enumerate(("cat", "dog?")):
+        (root / name).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(np.full((8, 8, 3), 60 * index + i, dtype=np.uint8)).save(root / name / f"img*{i}.png")
+    dataset = load_image_dataset(train_dir=str(root), validation_dir=str(root))
+    assert len(dataset["train"]) == 4 and label_names(dataset["train"], "label") == ["cat", "dog?"]
