@@ -9,9 +9,9 @@ inside the embeddings, so attacks act on pixels.
 The building blocks CaiT shares with ViT are transformers' own (`ViTMLP`, and `ViTAttention` under the class
 attention); those it shares with the other MIMIR families are `modeling_common`'s (the embeddings with a late class
 token, the attention's projections, the MAE decoder's frame) and `modeling_heads`' (the encoder's forward, the
-classification head, the pre-training model); what CaiT adds is written here.
-Module names follow transformers' ViT (`q_proj`, `o_proj`, `layernorm_before`, ...); `convert_cait.py` maps the
-authors' timm-layout checkpoints onto them.
+classification head, the pre-training model); what CaiT adds is written here. Module names follow transformers' ViT
+(`q_proj`, `o_proj`, `layernorm_before`, ...), with the talking-heads mixers `logits_mix` and `weights_mix` and the
+LayerScale vectors `layer_scale1` / `layer_scale2`; `convert_cait.py` maps the authors' timm-layout files onto them.
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ The building blocks ConViT shares with ViT are transformers' own (`ViTMLP`, and 
 from `local_up_to_layer` on, which therefore run on SDPA); those it shares with the other MIMIR families are
 `modeling_common`'s (the embeddings with a late class token, the attention's projections, the MAE decoder's frame)
 and `modeling_heads`' (the encoder's forward, the classification head, the pre-training model); GPSA is written here.
-Module names follow transformers' ViT (`q_proj`, `o_proj`, `layernorm_before`, ...); `convert_convit.py` maps the
-authors' timm-layout checkpoints onto them.
+Module names follow transformers' ViT (`q_proj`, `o_proj`, `layernorm_before`, ...), GPSA's own being
+`position_proj` and `gating_param`: `convert_convit.py` maps the authors' timm-layout files onto them.
 """
 
 from __future__ import annotations
