@@ -81,7 +81,7 @@ def folder_images(path: str, argument: str) -> list[str]:
 def _metadata_rows(path: str) -> list[dict]:
     """The rows of an imagefolder metadata file (`.csv`, `.jsonl` or `.parquet`), as dicts."""
     if path.endswith(".csv"):
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # a spreadsheet's byte-order mark, as pandas reads
             reader = csv.DictReader(f)
             return list(reader) if reader.fieldnames else []
     if path.endswith(".jsonl"):
@@ -114,7 +114,12 @@ def check_metadata_files(files: list[str], argument: str) -> None:
                 f"{argument}: the metadata file {path} has {found}; imagefolder takes the images and their labels "
                 f"from it (file_name, then e.g. label): {fix}, to take the labels from the class folders."
             )
-        listed = {os.path.normpath(os.path.join(folder, str(row["file_name"]))) for row in rows}
+        if not all(isinstance(row, dict) and row.get("file_name") for row in rows):
+            raise ValueError(f"{argument}: the metadata file {path} has a row without a file_name; {fix}.")
+        names = [os.path.normpath(os.path.join(folder, str(row["file_name"]).replace("\\", "/"))) for row in rows]
+        listed = set(names)
+        if len(listed) < len(names):  # imagefolder makes one example per row: a repeated image, in train and test
+            raise ValueError(f"{argument}: the metadata file {path} lists an image twice; {fix}.")
         images = {
             os.path.normpath(image) for image in files
             if image not in metadata and _nearest(os.path.dirname(image), folders) == folder
@@ -125,6 +130,15 @@ def check_metadata_files(files: list[str], argument: str) -> None:
                 shown = ", ".join(os.path.relpath(name, folder) for name in sorted(names)[:5])
                 more = f" and {len(names) - 5} more" if len(names) > 5 else ""
                 raise ValueError(f"{argument}: the metadata file {path} {problem} ({shown}{more}); {fix}.")
+
+    uncovered = [image for image in files if metadata and _nearest(os.path.dirname(image), folders) is None]
+    if uncovered:  # imagefolder keeps only listed images once any metadata file exists
+        shown = ", ".join(sorted(uncovered)[:3])
+        raise ValueError(
+            f"{argument}: {metadata[0]} is a metadata file, and no metadata file covers {len(uncovered)} image(s) "
+            f"({shown}), which the dataset would lose; put one metadata file at the top listing every image, or "
+            "remove the metadata files."
+        )
 
 
 def _nearest(folder: str, candidates: set[str]) -> str | None:
@@ -197,7 +211,9 @@ def load_image_dataset(
         if validation_dir is not None:
             data_files["test"] = folder_images(validation_dir, "--validation_dir")
         # datasets reads data_files as glob patterns: a name with * ? [ ] (run[1]/, img*.png) must match itself only
-        data_files = {split: [glob.escape(path) for path in paths] for split, paths in data_files.items()}
+        # (only where a name has such a character: an escaped path is still resolved as a pattern, slowly)
+        data_files = {split: [glob.escape(path) if glob.has_magic(path) else path for path in paths]
+                      for split, paths in data_files.items()}  # fmt: skip
         # imagefolder infers labels only when every image of every split lies at one path depth: a --validation_dir
         # elsewhere (/data/train, /data/other/val) would lose both splits' labels. Folders laid out by class keep them.
         folders = [path for path in (train_dir, validation_dir) if path is not None]

@@ -179,6 +179,8 @@ def class_folders(root, classes=("cat", "dog"), per_class=3):
         ("file_name,label\ncat/0.png,0\n", r"leaves out images, which the dataset would lose \(cat/1.png, cat/2.png, "),
         ("file_name,label\n" + "".join(f"{c}/{i}.png,{c}\n" for c in ("cat", "dog") for i in range(3)) + "x.png,cat\n",
          r"names files that are not images there \(x.png\)"),
+        ("file_name,label\n"+"".join(f"{c}/{i}.png,{c}\n" for c in ("cat", "dog") for i in range(3)) + "cat/0.png,a\n",
+         "lists an image twice"),
     ],
 )  # fmt: skip
 def test_a_metadata_file_that_would_change_the_dataset_is_refused_by_name(tmp_path, metadata, refusal):
@@ -193,7 +195,7 @@ def test_a_metadata_file_that_would_change_the_dataset_is_refused_by_name(tmp_pa
 def test_a_complete_metadata_file_gives_its_labels(tmp_path):
     class_folders(tmp_path)
     rows = "".join(f"{c}/{i}.png,{'pet' if c == 'cat' else 'wild'}\n" for c in ("cat", "dog") for i in range(3))
-    (tmp_path / "metadata.csv").write_text("file_name,kind\n" + rows)
+    (tmp_path / "metadata.csv").write_text("\ufefffile_name,kind\n" + rows)  # a spreadsheet's byte-order mark
     dataset = load_image_dataset(train_dir=str(tmp_path), test_fraction=0.5)
     assert sorted([*dataset["train"]["kind"], *dataset["test"]["kind"]]) == ["pet"] * 3 + ["wild"] * 3
 

@@ -52,6 +52,9 @@ class MimirCaitTalkingHeadsAttention(MimirExplicitAttention):
         super().__init__(config)
         self.logits_mix = nn.Linear(self.num_heads, self.num_heads)  # timm: attn.proj_l
         self.weights_mix = nn.Linear(self.num_heads, self.num_heads)  # timm: attn.proj_w
+        # o_proj registered last, as before the shared base: parameter order decides the seeded initialisation and
+        # the order of saved optimizer states, which a resumed run must find unchanged.
+        self.o_proj = self._modules.pop("o_proj")
 
     def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         query, key, value = self.heads(hidden_states)  # [B, heads, N, head_dim]
