@@ -392,3 +392,13 @@ def test_training_args_file_of_another_shape_is_refused(tmp_path):
     torch.save({"model": state, "args": argparse.Namespace(model="cait_xxs24")}, tmp_path / "odd.pth")
     with pytest.raises(ValueError, match="blocks.1.mlp.fc1.weight"):
         convert_checkpoint(str(tmp_path / "odd.pth"))
+
+
+def test_talking_heads_attention_keeps_its_parameter_order():
+    """The order decides the seeded initialisation and the layout of saved optimizer states (a resumed run's AdamW
+    moments are matched by position): the shared attention base must not move o_proj before the mixers."""
+    from mimir_hf.models.cait.modeling_mimir_cait import MimirCaitTalkingHeadsAttention
+
+    attention = MimirCaitTalkingHeadsAttention(MimirCaitConfig(hidden_size=32, num_attention_heads=4))
+    modules = [name for name, _ in attention.named_children()]
+    assert modules == ["q_proj", "k_proj", "v_proj", "logits_mix", "weights_mix", "o_proj"]
