@@ -538,6 +538,62 @@ def with_pixel_transform(
     return dataset.with_transform(pixel_transform(image_column, label_column, image_processor, augmentation, label_map))
 
 
+# A training split without augmentation gives the same tensors every epoch; up to this many bytes of them are computed
+# once and held in memory (`prepared_in_memory`) instead of decoding and resizing every image again each epoch.
+PREPARED_MEMORY_LIMIT = 512 * 2**20
+
+
+class PreparedImages(torch.utils.data.Dataset):
+    """A transformed split computed once and held as tensors (`pixel_values` [N, C, H, W], `labels` [N] when the
+    split has labels): the examples the lazy transform gives, equal bit for bit, fetched without decoding again.
+    Has what the training code uses of a `datasets.Dataset`: `len`, examples by index (one or a batch) and
+    `select`."""
+
+    def __init__(self, columns: dict[str, torch.Tensor]):
+        self.columns = columns
+
+    def __len__(self) -> int:
+        return len(next(iter(self.columns.values())))
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {name: values[index] for name, values in self.columns.items()}
+
+    def __getitems__(self, indices: list[int]) -> list[dict[str, torch.Tensor]]:
+        return [self[index] for index in indices]
+
+    def select(self, indices) -> PreparedImages:
+        indices = torch.as_tensor(list(indices), dtype=torch.long)
+        return PreparedImages({name: values[indices] for name, values in self.columns.items()})
+
+    def __repr__(self) -> str:
+        shapes = ", ".join(f"{name}: {tuple(values.shape)}" for name, values in self.columns.items())
+        return f"PreparedImages({shapes})"
+
+
+def prepared_in_memory(
+    dataset: Dataset, limit_bytes: int = PREPARED_MEMORY_LIMIT, chunk_size: int = 256
+) -> PreparedImages | None:
+    """`dataset` (with its pixel transform, no augmentation) computed once into a `PreparedImages`, when its
+    `pixel_values` take at most `limit_bytes`; else None (the split stays lazy). The size is known from the first
+    example before anything else is decoded."""
+    if len(dataset) == 0:
+        return None
+    first = dataset[:1]
+    per_image = first["pixel_values"][0]
+    if len(dataset) * per_image.numel() * per_image.element_size() > limit_bytes:
+        return None
+    columns = {"pixel_values": torch.empty((len(dataset), *per_image.shape), dtype=per_image.dtype)}
+    if "labels" in first:  # the dtype the collator gives the lazy split's labels (int64 for class indices)
+        columns["labels"] = torch.empty(len(dataset), dtype=torch.as_tensor(first["labels"]).dtype)
+    for start in range(0, len(dataset), chunk_size):
+        batch = dataset[start : start + chunk_size]
+        stop = start + len(batch["pixel_values"])
+        columns["pixel_values"][start:stop] = torch.stack(batch["pixel_values"])
+        if "labels" in columns:
+            columns["labels"][start:stop] = torch.as_tensor(batch["labels"])
+    return PreparedImages(columns)
+
+
 def image_processor_for(config, crop_pct: float | None = None) -> MimirImageProcessor:
     """The image processor of a MIMIR model (any family): its size and channels, bicubic resize, [0, 1], no
     normalisation. With `crop_pct` (e.g. 0.875 for ImageNet models): resize the short side to size / crop_pct, then
@@ -633,6 +689,8 @@ __all__ = [
     "load_digits_dataset",
     "load_image_dataset",
     "pixel_transform",
+    "prepared_in_memory",
+    "PreparedImages",
     "resolve_columns",
     "tensors",
     "with_pixel_transform",

@@ -216,3 +216,37 @@ def test_folders_and_files_with_glob_characters_in_their_names_load(tmp_path):
             Image.fromarray(np.full((8, 8, 3), 60 * index + i, dtype=np.uint8)).save(root / name / f"img*{i}.png")
     dataset = load_image_dataset(train_dir=str(root), validation_dir=str(root))
     assert len(dataset["train"]) == 4 and label_names(dataset["train"], "label") == ["cat", "dog?"]
+
+
+def test_a_training_split_without_augmentation_is_prepared_once_and_gives_the_lazy_batches(caplog):
+    from torch.utils.data import DataLoader
+    from transformers import default_data_collator
+
+    from mimir_hf.augmentation import AugmentationArguments
+    from mimir_hf.commands.common import DataArguments, load_data, read_data
+    from mimir_hf.data import PreparedImages, prepared_in_memory
+
+    config = tiny_config(num_channels=1)
+    with caplog.at_level("INFO", logger="mimir_hf.commands"):
+        train, test, _ = load_data(DataArguments(), config)
+    assert isinstance(train, PreparedImages) and len(train) == 1437
+    assert "1437 training images are decoded and processed once" in caplog.text
+    assert isinstance(test, Dataset)  # the evaluation split streams (the report's memory stays flat)
+    lazy = with_pixel_transform(read_data(DataArguments(), 0).train, "image", "label", image_processor_for(config))
+
+    def epoch(dataset):
+        generator = torch.Generator().manual_seed(3)
+        return list(DataLoader(dataset, batch_size=64, shuffle=True, generator=generator,
+                               collate_fn=default_data_collator))  # fmt: skip
+
+    for prepared_batch, lazy_batch in zip(epoch(train), epoch(lazy), strict=True):
+        for name in ("pixel_values", "labels"):
+            assert prepared_batch[name].dtype == lazy_batch[name].dtype
+            assert torch.equal(prepared_batch[name], lazy_batch[name])
+    pixel_values, labels = tensors(train, limit=5)
+    lazy_pixel_values, lazy_labels = tensors(lazy, limit=5)
+    assert torch.equal(pixel_values, lazy_pixel_values) and torch.equal(labels, lazy_labels)
+
+    assert prepared_in_memory(lazy, limit_bytes=1437 * 16 * 16 * 4 - 1) is None  # over the limit: stays lazy
+    augmented, _, _ = load_data(DataArguments(), config, augmentation=AugmentationArguments(augmentation="crop-flip"))
+    assert isinstance(augmented, Dataset)  # augmentation draws anew every epoch: never prepared

@@ -30,6 +30,7 @@ from mimir_hf.data import (
     image_processor_for,
     label_names,
     load_image_dataset,
+    prepared_in_memory,
     preprocessing_change,
     resolve_columns,
     with_pixel_transform,
@@ -526,6 +527,15 @@ class Data:
                                       augmentation if part is self.train else None, label_map)
             for part in (self.train, self.test)
         )  # fmt: skip
+        if train is not None and augmentation is None:
+            prepared = prepared_in_memory(train)
+            if prepared is not None:
+                logger.info(
+                    f"The {len(prepared)} training images are decoded and processed once and held in memory "
+                    f"({prepared.columns['pixel_values'].nbytes / 2**20:.1f} MiB): without augmentation every epoch "
+                    "reads the same tensors."
+                )
+                train = prepared
         return train, test
 
 
