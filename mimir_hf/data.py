@@ -2,15 +2,16 @@
 
 Every path ends the same way: a `DatasetDict` with a `"train"` and a `"test"` split, an image column and a
 `ClassLabel` label column, and a lazy transform (`with_transform`) that feeds the images through the model's image
-processor (`MimirImageProcessor`): the one preprocessing path of training, evaluation and `pipeline()`. Batches are
-stacked by `transformers.default_data_collator`.
+processor (`MimirImageProcessor`): the one preprocessing path of training, evaluation and `pipeline()`. A training
+split without augmentation gives the same tensors every epoch, so up to `PREPARED_MEMORY_LIMIT` bytes of them are
+computed once through that transform and held in memory (`prepared_in_memory`). Batches are stacked by
+`transformers.default_data_collator`.
 """
 
 from __future__ import annotations
 
 import copy
 import csv
-import glob
 import json
 import logging
 import os
@@ -18,6 +19,7 @@ import os
 import numpy as np
 import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, load_dataset, load_dataset_builder
+from datasets.data_files import DataFilesList
 from PIL import Image as PILImage
 from transformers import default_data_collator
 
@@ -90,6 +92,16 @@ def _metadata_rows(path: str) -> list[dict]:
     import pyarrow.parquet
 
     return pyarrow.parquet.read_table(path).to_pylist()
+
+
+def files_as_they_are(paths: list[str]) -> DataFilesList:
+    """`paths` for `load_dataset(data_files=...)` as files, not patterns. `datasets` resolves every entry of a plain
+    list as a glob pattern: a name with * ? [ ] (run[1]/, img*0.png) would match other files or none, and each entry
+    costs a search (an escaped name under a big tree: seconds per hundred files). A `DataFilesList` is taken as it
+    is; it carries what `datasets` itself records of a local file (its modification time), so its cache is keyed
+    as before."""
+    paths = [os.path.abspath(path) for path in paths]
+    return DataFilesList(paths, [(str(os.stat(path).st_mtime),) for path in paths])
 
 
 def check_metadata_files(files: list[str], argument: str) -> None:
@@ -210,10 +222,7 @@ def load_image_dataset(
             data_files["train"] = folder_images(train_dir, "--train_dir")
         if validation_dir is not None:
             data_files["test"] = folder_images(validation_dir, "--validation_dir")
-        # datasets reads data_files as glob patterns: a name with * ? [ ] (run[1]/, img*.png) must match itself only
-        # (only where a name has such a character: an escaped path is still resolved as a pattern, slowly)
-        data_files = {split: [glob.escape(path) if glob.has_magic(path) else path for path in paths]
-                      for split, paths in data_files.items()}  # fmt: skip
+        data_files = {split: files_as_they_are(paths) for split, paths in data_files.items()}
         # imagefolder infers labels only when every image of every split lies at one path depth: a --validation_dir
         # elsewhere (/data/train, /data/other/val) would lose both splits' labels. Folders laid out by class keep them.
         folders = [path for path in (train_dir, validation_dir) if path is not None]

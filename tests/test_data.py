@@ -1,5 +1,7 @@
 """The offline default dataset, image folders, column checks and the pixel transform."""
 
+import glob
+
 import numpy as np
 import pytest
 import torch
@@ -216,6 +218,28 @@ def test_folders_and_files_with_glob_characters_in_their_names_load(tmp_path):
             Image.fromarray(np.full((8, 8, 3), 60 * index + i, dtype=np.uint8)).save(root / name / f"img*{i}.png")
     dataset = load_image_dataset(train_dir=str(root), validation_dir=str(root))
     assert len(dataset["train"]) == 4 and label_names(dataset["train"], "label") == ["cat", "dog?"]
+
+
+def test_image_folder_files_go_to_datasets_as_files_not_patterns(tmp_path, monkeypatch):
+    """Every path given as a pattern cost a search (quadratic for an escaped name under a big tree): the files go in
+    resolved, with the same paths and modification times as datasets' own resolution (so its cache key is kept)."""
+    import datasets.data_files
+    from datasets.data_files import DataFilesList
+
+    from mimir_hf.data import files_as_they_are, folder_images
+
+    class_folders(tmp_path / "run[1]")
+    paths = folder_images(str(tmp_path / "run[1]"), "--train_dir")
+    files = files_as_they_are(paths)
+    resolved = DataFilesList.from_patterns([glob.escape(path) for path in paths])
+    assert list(files) == list(resolved) and files.origin_metadata == resolved.origin_metadata
+
+    def no_search(pattern, *args, **kwargs):
+        raise AssertionError(f"datasets searched for {pattern}")
+
+    monkeypatch.setattr(datasets.data_files, "resolve_pattern", no_search)
+    dataset = load_image_dataset(train_dir=str(tmp_path / "run[1]"), test_fraction=0.5)
+    assert len(dataset["train"]) + len(dataset["test"]) == len(paths)
 
 
 def test_a_training_split_without_augmentation_is_prepared_once_and_gives_the_lazy_batches(caplog):
