@@ -251,6 +251,34 @@ def test_a_resume_file_of_another_share_of_the_batches_is_refused(model, images,
         evaluate_robustness(model, (images, labels), QUICK, resume_file=str(path))
 
 
+def test_a_data_loader_not_split_among_several_processes_is_refused(model, images, labels, monkeypatch):
+    """Under 2 processes a plain DataLoader would be evaluated whole by each and every image counted twice: refused,
+    naming the fix. A loader over a DistributedSampler or prepared by Accelerate gives each process its part."""
+    from accelerate.data_loader import prepare_data_loader
+    from torch.utils.data import DataLoader
+    from torch.utils.data.distributed import DistributedSampler
+    from transformers import default_data_collator
+
+    from mimir_hf.evaluation import processes, runner
+
+    def two_processes(count, split=True):
+        return processes.Share(0, count, count, process=0, processes=2, grouped=True)
+
+    monkeypatch.setattr(runner, "batch_share", two_processes)
+    dataset = [{"pixel_values": image, "labels": label} for image, label in zip(images, labels, strict=True)]
+    whole = DataLoader(dataset, batch_size=4, collate_fn=default_data_collator)
+    with pytest.raises(ValueError, match="not split among the 2 processes .* count each image 2 times. Pass the "
+                       r"dataset itself .* or the loader from accelerator.prepare\(loader\)"):  # fmt: skip
+        evaluate_robustness(model, whole, QUICK)
+    half = len(dataset) // 2
+    distributed = DistributedSampler(dataset, num_replicas=2, rank=0, shuffle=False)
+    loader = DataLoader(dataset, batch_size=4, sampler=distributed, collate_fn=default_data_collator)
+    assert evaluate_robustness(model, loader, QUICK).num_samples == half
+    prepared = prepare_data_loader(whole, num_processes=2, process_index=0, put_on_device=False)
+    part = sum(len(batch["labels"]) for batch in prepared)
+    assert part < len(dataset) and evaluate_robustness(model, prepared, QUICK).num_samples == part
+
+
 def test_tally_merges_processes_and_counts_each_attack_and_the_worst_case():
     """Two processes' tallies merge into the tally of one process that saw both batches: each row's accuracy over
     the images it covered (AutoAttack: a prefix), the per-image worst case, AutoAttack's PGD reference."""

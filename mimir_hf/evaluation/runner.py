@@ -151,9 +151,17 @@ def _resume_identity(model, settings, loader, share: Share, first: dict | None, 
 
 def _batches(data, settings: RobustnessSettings, num_workers: int) -> tuple[Iterable, Share]:
     """(this process's batches of {"pixel_values", "labels"}, its share of the batches) from tensors, a Dataset or a
-    DataLoader (a DataLoader is taken as it is: not shared among the processes)."""
+    DataLoader (a DataLoader is taken as it is; under several processes it must already give each its own part)."""
     if isinstance(data, DataLoader):
-        return data, batch_share(len(data) if hasattr(data, "__len__") else 0, split=False)
+        share = batch_share(len(data) if hasattr(data, "__len__") else 0, split=False)
+        if share.processes > 1 and not _split_among_processes(data):
+            raise ValueError(
+                f"evaluate_robustness got a DataLoader that is not split among the {share.processes} processes (no "
+                "DistributedSampler, not prepared by Accelerate): every process would evaluate every batch and the "
+                f"report would count each image {share.processes} times. Pass the dataset itself (the report splits "
+                "its batches among the processes) or the loader from accelerator.prepare(loader)."
+            )
+        return data, share
     if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], torch.Tensor):
         images, labels = data
         data = [{"pixel_values": image, "labels": label} for image, label in zip(images, labels, strict=True)]
@@ -165,6 +173,21 @@ def _batches(data, settings: RobustnessSettings, num_workers: int) -> tuple[Iter
         num_workers=num_workers, generator=torch.Generator(),  # its own: iterating must not draw from the global RNG
     )  # fmt: skip
     return loader, share
+
+
+def _split_among_processes(loader: DataLoader) -> bool:
+    """Whether `loader` gives each process its own part of the data: prepared by Accelerate (a sharded batch sampler
+    or dataset, or batches dispatched from the main process) or drawing through a `DistributedSampler`."""
+    from accelerate.data_loader import BatchSamplerShard, DataLoaderDispatcher, IterableDatasetShard
+    from torch.utils.data.distributed import DistributedSampler
+
+    batch_sampler = getattr(loader, "batch_sampler", None)
+    samplers = (loader.sampler, batch_sampler, getattr(batch_sampler, "sampler", None))
+    return (
+        isinstance(loader, DataLoaderDispatcher)
+        or isinstance(loader.dataset, IterableDatasetShard)
+        or any(isinstance(sampler, (BatchSamplerShard, DistributedSampler)) for sampler in samplers)
+    )
 
 
 def _image_range(share: Share, batch_size: int, data) -> range:
