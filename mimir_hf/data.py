@@ -153,6 +153,28 @@ def check_metadata_files(files: list[str], argument: str) -> None:
         )
 
 
+def check_metadata_in_every_split(data_files: dict[str, list[str]], train_dir: str | None, validation_dir: str | None):
+    """Refuse a metadata file in one split's folder and none in the other's: imagefolder then takes every split's
+    images from metadata files, so the split without one would hold no image (datasets: 'Instruction "test"
+    corresponds to no data!')."""
+    if len(data_files) < 2:
+        return
+    metadata = {
+        split: [p for p in paths if os.path.basename(p) in _METADATA_FILES] for split, paths in data_files.items()
+    }
+    if all(metadata.values()) or not any(metadata.values()):
+        return
+    with_it, without = ("train", "test") if metadata["train"] else ("test", "train")
+    names = {"train": ("--train_dir", train_dir), "test": ("--validation_dir", validation_dir)}
+    (has, _), (lacks, folder) = names[with_it], names[without]
+    raise ValueError(
+        f"{has} has a metadata file ({metadata[with_it][0]}) and {lacks}={folder!r} has none: imagefolder would read "
+        f"both splits' images and labels from metadata files and find none for {lacks}. Give {folder} a "
+        f"{os.path.basename(metadata[with_it][0])} too (column file_name, then the label), or remove the metadata "
+        "file to take both splits' labels from their class folders."
+    )
+
+
 def _nearest(folder: str, candidates: set[str]) -> str | None:
     """The deepest of `candidates` that is `folder` or one of its parents (whose metadata file covers it), or None."""
     while True:
@@ -222,6 +244,7 @@ def load_image_dataset(
             data_files["train"] = folder_images(train_dir, "--train_dir")
         if validation_dir is not None:
             data_files["test"] = folder_images(validation_dir, "--validation_dir")
+        check_metadata_in_every_split(data_files, train_dir, validation_dir)
         data_files = {split: files_as_they_are(paths) for split, paths in data_files.items()}
         # imagefolder infers labels only when every image of every split lies at one path depth: a --validation_dir
         # elsewhere (/data/train, /data/other/val) would lose both splits' labels. Folders laid out by class keep them.

@@ -202,6 +202,23 @@ def test_a_complete_metadata_file_gives_its_labels(tmp_path):
     assert sorted([*dataset["train"]["kind"], *dataset["test"]["kind"]]) == ["pet"] * 3 + ["wild"] * 3
 
 
+def test_a_metadata_file_in_one_split_only_is_refused_and_in_both_splits_gives_their_labels(tmp_path):
+    """With metadata in --train_dir only, imagefolder found no image for the validation split (datasets:
+    'Instruction "test" corresponds to no data!')."""
+    for split in ("train", "val"):
+        class_folders(tmp_path / split)
+    rows = "".join(f"{c}/{i}.png,{k}\n" for k, c in enumerate(("cat", "dog")) for i in range(3))
+    (tmp_path / "train" / "metadata.csv").write_text("file_name,kind\n" + rows)
+    with pytest.raises(ValueError, match=r"--train_dir has a metadata file \(.*metadata.csv\) and --validation_dir="
+                       r".* has none: .* Give .*val a metadata.csv too"):  # fmt: skip
+        load_image_dataset(train_dir=str(tmp_path / "train"), validation_dir=str(tmp_path / "val"))
+    with pytest.raises(ValueError, match="--validation_dir has a metadata file .* and --train_dir="):
+        load_image_dataset(train_dir=str(tmp_path / "val"), validation_dir=str(tmp_path / "train"))
+    (tmp_path / "val" / "metadata.csv").write_text("file_name,kind\n" + rows)
+    dataset = load_image_dataset(train_dir=str(tmp_path / "train"), validation_dir=str(tmp_path / "val"))
+    assert sorted(dataset["test"]["kind"]) == [0, 0, 0, 1, 1, 1] and len(dataset["train"]) == 6
+
+
 def test_too_few_images_to_hold_out_an_evaluation_split_is_said_in_words(tmp_path):
     class_folders(tmp_path, per_class=1)
     assert len(load_image_dataset(train_dir=str(tmp_path), test_fraction=0.5)["train"]) == 1
