@@ -219,6 +219,27 @@ def test_a_metadata_file_in_one_split_only_is_refused_and_in_both_splits_gives_t
     assert sorted(dataset["test"]["kind"]) == [0, 0, 0, 1, 1, 1] and len(dataset["train"]) == 6
 
 
+def test_class_names_as_labels_become_classes_shared_by_every_split(tmp_path, caplog):
+    """A metadata file's labels written as names ("cat", "dog") were refused ("must hold class indices")."""
+    from mimir_hf.commands.common import DataArguments, read_data
+
+    for split, classes in (("train", ("cat", "dog", "emu")), ("val", ("dog", "emu"))):
+        class_folders(tmp_path / split, classes=classes)
+        rows = "".join(f"{c}/{i}.png,{c}\n" for c in classes for i in range(3))
+        (tmp_path / split / "metadata.csv").write_text("file_name,label\n" + rows)
+    arguments = DataArguments(train_dir=str(tmp_path / "train"), validation_dir=str(tmp_path / "val"))
+    with caplog.at_level("INFO", logger="mimir_hf.commands"):
+        data = read_data(arguments)
+    assert data.names == ["cat", "dog", "emu"] and "read as 3 classes in sorted order (cat, dog, emu)" in caplog.text
+    assert sorted(data.test["label"]) == [1, 1, 1, 2, 2, 2]  # the validation split encoded with the training names
+    assert sorted(data.train["label"]) == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+
+    (tmp_path / "val" / "metadata.csv").write_text("file_name,label\n" + "".join(
+        f"{c}/{i}.png,{'owl' if c == 'emu' else c}\n" for c in ("dog", "emu") for i in range(3)))  # fmt: skip
+    with pytest.raises(ValueError, match=r"The test split's labels \['owl'\] are not among the train split's classes"):
+        read_data(arguments)
+
+
 def test_too_few_images_to_hold_out_an_evaluation_split_is_said_in_words(tmp_path):
     class_folders(tmp_path, per_class=1)
     assert len(load_image_dataset(train_dir=str(tmp_path), test_fraction=0.5)["train"]) == 1

@@ -539,9 +539,11 @@ class Data:
         return train, test
 
 
-def integral_labels(dataset: DatasetDict, label_column: str) -> DatasetDict:
-    """Labels stored as floats that are whole numbers (0.0, 1.0, 2.0: a CSV or pandas round trip) read as the class
-    indices they are, said in one line; a `ValueError` naming a fractional one."""
+def class_index_labels(dataset: DatasetDict, label_column: str) -> DatasetDict:
+    """Labels as class indices, each conversion said in one line: floats that are whole numbers (0.0, 1.0, 2.0: a CSV
+    or pandas round trip) read as the indices they are (a `ValueError` names a fractional one); names ("cat", "dog":
+    a metadata file's labels) become a `ClassLabel` of the training split's names in sorted order, every split
+    encoded with the same names (a `ValueError` names the classes a split has that the training split lacks)."""
     for split, part in dataset.items():
         feature = part.features[label_column]
         if getattr(feature, "dtype", "").startswith("float"):
@@ -554,6 +556,32 @@ def integral_labels(dataset: DatasetDict, label_column: str) -> DatasetDict:
                 )
             logger.info(f"The {split} split's labels are floats ({values[:3]}...): read as class indices.")
             dataset[split] = part.cast_column(label_column, datasets.Value("int64"))
+    named = [split for split, part in dataset.items() if getattr(part.features[label_column], "dtype", "") in
+             ("string", "large_string")]  # fmt: skip
+    if named:
+        for split in named:
+            missing = dataset[split][label_column].count(None)
+            if missing:
+                raise ValueError(
+                    f"The {split} split has {missing} image(s) without a label in {label_column!r}; give every image "
+                    "its class."
+                )
+        reference = "train" if "train" in named else named[0]
+        # "2" before "10" when every name is a number
+        names = sorted(set(dataset[reference][label_column]), key=lambda name: (0, int(name)) if name.isdigit()
+                       else (1, name))  # fmt: skip
+        for split in named:
+            unknown = sorted(set(dataset[split][label_column]) - set(names))
+            if unknown:
+                raise ValueError(
+                    f"The {split} split's labels {unknown[:5]} are not among the {reference} split's classes "
+                    f"{names[:10]}; every split must use the {reference} split's class names in {label_column!r}."
+                )
+            dataset[split] = dataset[split].cast_column(label_column, ClassLabel(names=names))
+        logger.info(
+            f"The labels in {label_column!r} are class names: read as {len(names)} classes in sorted order "
+            f"({', '.join(names[:10])}{', ...' if len(names) > 10 else ''})."
+        )
     return dataset
 
 
@@ -576,7 +604,7 @@ def read_data(data_args: DataArguments, seed: int = 0, need_labels: bool = True,
         reference, data_args.image_column_name, data_args.label_column_name, require_labels=need_labels
     )
     if label_column:
-        dataset = integral_labels(DatasetDict(dataset), label_column)
+        dataset = class_index_labels(DatasetDict(dataset), label_column)
         reference = dataset["train"] if "train" in dataset else dataset["test"]
     names = label_names(reference, label_column) if label_column else None
     if label_column:
