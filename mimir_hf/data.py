@@ -3,8 +3,9 @@
 Every path ends the same way: a `DatasetDict` with a `"train"` and a `"test"` split, an image column and a
 `ClassLabel` label column, and a lazy transform (`with_transform`) that feeds the images through the model's image
 processor (`MimirImageProcessor`): the one preprocessing path of training, evaluation and `pipeline()`. A training
-split without augmentation gives the same tensors every epoch, so up to `PREPARED_MEMORY_LIMIT` bytes of them are
-computed once through that transform and held in memory (`prepared_in_memory`). Batches are stacked by
+split without augmentation gives the same tensors every epoch, so a run in one process without DataLoader workers
+computes up to `PREPARED_MEMORY_LIMIT` bytes of them once through that transform and holds them in memory
+(`prepared_in_memory`). Batches are stacked by
 `transformers.default_data_collator`.
 """
 
@@ -603,17 +604,20 @@ class PreparedImages(torch.utils.data.Dataset):
 
 
 def prepared_in_memory(
-    dataset: Dataset, limit_bytes: int = PREPARED_MEMORY_LIMIT, chunk_size: int = 256
+    dataset: Dataset, limit_bytes: int = PREPARED_MEMORY_LIMIT, chunk_size: int = 256, announce=None
 ) -> PreparedImages | None:
     """`dataset` (with its pixel transform, no augmentation) computed once into a `PreparedImages`, when its
     `pixel_values` take at most `limit_bytes`; else None (the split stays lazy). The size is known from the first
-    example before anything else is decoded."""
+    example before anything else is decoded; `announce(images, bytes)` is called then."""
     if len(dataset) == 0:
         return None
     first = dataset[:1]
     per_image = first["pixel_values"][0]
-    if len(dataset) * per_image.numel() * per_image.element_size() > limit_bytes:
+    size = len(dataset) * per_image.numel() * per_image.element_size()
+    if size > limit_bytes:
         return None
+    if announce is not None:
+        announce(len(dataset), size)
     columns = {"pixel_values": torch.empty((len(dataset), *per_image.shape), dtype=per_image.dtype)}
     if "labels" in first:  # the dtype the collator gives the lazy split's labels (int64 for class indices)
         columns["labels"] = torch.empty(len(dataset), dtype=torch.as_tensor(first["labels"]).dtype)

@@ -290,7 +290,7 @@ def test_a_training_split_without_augmentation_is_prepared_once_and_gives_the_la
 
     config = tiny_config(num_channels=1)
     with caplog.at_level("INFO", logger="mimir_hf.commands"):
-        train, test, _ = load_data(DataArguments(), config)
+        train, test, _ = load_data(DataArguments(), config, prepare_train=True)
     assert isinstance(train, PreparedImages) and len(train) == 1437
     assert "1437 training images are decoded and processed once" in caplog.text
     assert isinstance(test, Dataset)  # the evaluation split streams (the report's memory stays flat)
@@ -310,5 +310,17 @@ def test_a_training_split_without_augmentation_is_prepared_once_and_gives_the_la
     assert torch.equal(pixel_values, lazy_pixel_values) and torch.equal(labels, lazy_labels)
 
     assert prepared_in_memory(lazy, limit_bytes=1437 * 16 * 16 * 4 - 1) is None  # over the limit: stays lazy
-    augmented, _, _ = load_data(DataArguments(), config, augmentation=AugmentationArguments(augmentation="crop-flip"))
+    augmentation = AugmentationArguments(augmentation="crop-flip")
+    augmented, _, _ = load_data(DataArguments(), config, augmentation=augmentation, prepare_train=True)
     assert isinstance(augmented, Dataset)  # augmentation draws anew every epoch: never prepared
+    assert isinstance(load_data(DataArguments(), config)[0], Dataset)  # not asked: lazy
+
+    # A run prepares in one process without DataLoader workers only (workers decode beside the step and would get the
+    # tensors through shared memory; every process of a group would decode the whole split and hold a copy).
+    from types import SimpleNamespace
+
+    from mimir_hf.commands.common import prepares_in_memory
+
+    assert prepares_in_memory(SimpleNamespace(dataloader_num_workers=0, world_size=1))
+    assert not prepares_in_memory(SimpleNamespace(dataloader_num_workers=2, world_size=1))
+    assert not prepares_in_memory(SimpleNamespace(dataloader_num_workers=0, world_size=2))

@@ -254,7 +254,7 @@ def test_a_resume_file_of_another_share_of_the_batches_is_refused(model, images,
 def test_a_data_loader_not_split_among_several_processes_is_refused(model, images, labels, monkeypatch):
     """Under 2 processes a plain DataLoader would be evaluated whole by each and every image counted twice: refused,
     naming the fix. A loader over a DistributedSampler or prepared by Accelerate gives each process its part."""
-    from accelerate.data_loader import prepare_data_loader
+    from accelerate.data_loader import prepare_data_loader, skip_first_batches
     from torch.utils.data import DataLoader
     from torch.utils.data.distributed import DistributedSampler
     from transformers import default_data_collator
@@ -277,6 +277,16 @@ def test_a_data_loader_not_split_among_several_processes_is_refused(model, image
     prepared = prepare_data_loader(whole, num_processes=2, process_index=0, put_on_device=False)
     part = sum(len(batch["labels"]) for batch in prepared)
     assert part < len(dataset) and evaluate_robustness(model, prepared, QUICK).num_samples == part
+    # resumed past its first batch (accelerate wraps the sharded batch sampler in a SkipBatchSampler): still split
+    twice = dataset + dataset
+    sampler = DistributedSampler(twice, num_replicas=2, rank=0, shuffle=False)
+    resumed = skip_first_batches(DataLoader(twice, batch_size=2, sampler=sampler, collate_fn=default_data_collator), 1)
+    assert evaluate_robustness(model, resumed, QUICK).num_samples == len(dataset) - 2
+    # a dataset the caller sharded by rank: undetectable, so vouched for
+    shard = DataLoader(dataset[:half], batch_size=4, collate_fn=default_data_collator)
+    with pytest.raises(ValueError, match="pass split_loader=True"):
+        evaluate_robustness(model, shard, QUICK)
+    assert evaluate_robustness(model, shard, QUICK, split_loader=True).num_samples == half
 
 
 def test_tally_merges_processes_and_counts_each_attack_and_the_worst_case():

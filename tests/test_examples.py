@@ -297,6 +297,8 @@ def test_the_held_out_share_is_logged_and_train_val_split_0_trains_on_every_imag
     held = [r.getMessage() for r in caplog.records if "held out for evaluation" in r.getMessage()]
     assert len(held) == 1 and "3 of its 20 images (15%" in held[0] and "17 are trained on" in held[0]
     assert "17 images at 8x8" in open(tmp_path / "a" / "README.md").read()
+    # one process, no DataLoader workers, no augmentation: the training images are decoded once, not every epoch
+    assert any("The 17 training images are decoded and processed once" in r.getMessage() for r in caplog.records)
     caplog.clear()
     run_pretraining.main(common_args + ["--train_val_split", "0", "--output_dir", str(tmp_path / "b")])
     assert not any("held out" in r.getMessage() for r in caplog.records)

@@ -503,11 +503,15 @@ class Data:
     names: list[str] | None
     default_data: bool = False  # the built-in digits, whose resize to the model's size is documented
 
-    def transformed(self, image_processor, label_map: dict[int, int] | None = None, augmentation=None):
+    def transformed(
+        self, image_processor, label_map: dict[int, int] | None = None, augmentation=None, prepare_train: bool = False
+    ):
         """(train, test): the splits yielding `pixel_values` (through `image_processor`) and `labels` (through
         `label_map`); the training split also through `augmentation` (a built `TrainAugmentation`), if any, whose
         random-resized crop gives the model's size without the processor's resize (`training_processor`). A processor
-        that changes the images' size or channels says so once, with the numbers, the split and how to keep them."""
+        that changes the images' size or channels says so once, with the numbers, the split and how to keep them.
+        With `prepare_train` a training split without augmentation is decoded once and held in memory
+        (`prepared_in_memory`; `prepares_in_memory` says when a run should)."""
         cropped = self.train is not None and augmentation is not None and augmentation.outputs_model_size
         reference = self.test if cropped else self.train if self.train is not None else self.test
         change = None if reference is None else preprocessing_change(
@@ -527,15 +531,15 @@ class Data:
                                       augmentation if part is self.train else None, label_map)
             for part in (self.train, self.test)
         )  # fmt: skip
-        if train is not None and augmentation is None:
-            prepared = prepared_in_memory(train)
-            if prepared is not None:
+        if train is not None and augmentation is None and prepare_train:
+
+            def announce(images: int, size: int) -> None:
                 logger.info(
-                    f"The {len(prepared)} training images are decoded and processed once and held in memory "
-                    f"({prepared.columns['pixel_values'].nbytes / 2**20:.1f} MiB): without augmentation every epoch "
-                    "reads the same tensors."
+                    f"The {images} training images are decoded and processed once and held in memory "
+                    f"({size / 2**20:.1f} MiB): without augmentation every epoch reads the same tensors."
                 )
-                train = prepared
+
+            train = prepared_in_memory(train, announce=announce) or train
         return train, test
 
 
@@ -543,7 +547,9 @@ def class_index_labels(dataset: DatasetDict, label_column: str) -> DatasetDict:
     """Labels as class indices, each conversion said in one line: floats that are whole numbers (0.0, 1.0, 2.0: a CSV
     or pandas round trip) read as the indices they are (a `ValueError` names a fractional one); names ("cat", "dog":
     a metadata file's labels) become a `ClassLabel` of the training split's names in sorted order, every split
-    encoded with the same names (a `ValueError` names the classes a split has that the training split lacks)."""
+    encoded with the same names (a `ValueError` names the classes a split has that the training split lacks). The
+    encoding is `datasets`' cast: a dataset stored with its image bytes (Hub parquet) is written once more into its
+    cache."""
     for split, part in dataset.items():
         feature = part.features[label_column]
         if getattr(feature, "dtype", "").startswith("float"):
@@ -568,8 +574,8 @@ def class_index_labels(dataset: DatasetDict, label_column: str) -> DatasetDict:
                 )
         reference = "train" if "train" in named else named[0]
         # "2" before "10" when every name is a number
-        names = sorted(set(dataset[reference][label_column]), key=lambda name: (0, int(name)) if name.isdigit()
-                       else (1, name))  # fmt: skip
+        names = sorted(set(dataset[reference][label_column]), key=lambda name: (0, int(name), name)
+                       if name.isdecimal() else (1, 0, name))  # fmt: skip
         for split in named:
             unknown = sorted(set(dataset[split][label_column]) - set(names))
             if unknown:
@@ -645,14 +651,28 @@ def read_data(data_args: DataArguments, seed: int = 0, need_labels: bool = True,
 
 
 def load_data(
-    data_args: DataArguments, config, seed: int = 0, augmentation=None, need_labels: bool = True, image_processor=None
+    data_args: DataArguments,
+    config,
+    seed: int = 0,
+    augmentation=None,
+    need_labels: bool = True,
+    image_processor=None,
+    prepare_train: bool = False,
 ):
     """(train, test, class names): `read_data`'s splits through `image_processor` (default: the config's);
-    `augmentation` (`AugmentationArguments`) augments the training split only."""
+    `augmentation` (`AugmentationArguments`) augments the training split only; `prepare_train`: see
+    `Data.transformed`."""
     data = read_data(data_args, seed, need_labels)
     extra = augmentation.build(config.image_size_hw, config.num_channels) if augmentation else None
     image_processor = image_processor if image_processor is not None else image_processor_for(config)
-    return (*data.transformed(image_processor, augmentation=extra), data.names)
+    return (*data.transformed(image_processor, augmentation=extra, prepare_train=prepare_train), data.names)
+
+
+def prepares_in_memory(training_args) -> bool:
+    """Whether a run decodes its (unaugmented) training split once into memory: in one process without DataLoader
+    workers. Workers already decode beside the step (and would receive the tensors through shared memory under
+    spawn / forkserver); each process of a group would decode the whole split and hold its own copy."""
+    return training_args.dataloader_num_workers == 0 and training_args.world_size == 1
 
 
 def default_num_channels(data_args: DataArguments) -> int:

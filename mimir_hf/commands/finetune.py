@@ -50,6 +50,7 @@ from .common import (
     logger,
     new_config,
     parse,
+    prepares_in_memory,
     push_to_hub,
     start_training_run,
     train,
@@ -132,8 +133,9 @@ def run(
         config = new_config(model_args, default_num_channels(data_args))
     image_processor = checkpoint_image_processor(model_args.model_name_or_path, config)
     train_dataset, eval_dataset, names = load_data(
-        data_args, config, training_args.seed, augmentation, image_processor=image_processor
-    )
+        data_args, config, training_args.seed, augmentation, image_processor=image_processor,
+        prepare_train=prepares_in_memory(training_args),
+    )  # fmt: skip
     aux_dataset = load_aux_data(data_args, config, augmentation, num_labels=len(names), image_processor=image_processor)
     model = build_classifier(model_args, config.num_channels, names, config)
     logger.info(

@@ -43,6 +43,7 @@ from .common import (
     logger,
     new_config,
     parse,
+    prepares_in_memory,
     push_to_hub,
     start_training_run,
     train,
@@ -132,8 +133,9 @@ def run(
     config = model.config
     image_processor = checkpoint_image_processor(model_args.model_name_or_path, config)
     train_dataset, eval_dataset, _ = load_data(
-        data_args, config, training_args.seed, augmentation, need_labels=False, image_processor=image_processor
-    )
+        data_args, config, training_args.seed, augmentation, need_labels=False, image_processor=image_processor,
+        prepare_train=prepares_in_memory(training_args),
+    )  # fmt: skip
     aux_dataset = load_aux_data(data_args, config, augmentation, image_processor=image_processor)
     logger.info(
         f"MIMIR pre-training: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "

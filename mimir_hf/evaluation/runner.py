@@ -38,6 +38,7 @@ def evaluate_robustness(
     num_workers: int = 0,
     show_progress: bool = False,
     resume_identity: dict | None = None,
+    split_loader: bool = False,
 ) -> RobustnessReport:
     """Run the whole battery on `data`: a map-style dataset of {"pixel_values" in [0, 1], "labels"}, a DataLoader
     of such batches, or an `(images, labels)` pair of tensors. Returns the report (accuracies in %).
@@ -48,13 +49,17 @@ def evaluate_robustness(
 
     `resume_identity` adds what else the resume file must have come from (the image processor, a label mapping).
 
+    Under several processes a DataLoader must give each process its own images (Accelerate-prepared, or drawing
+    through a `DistributedSampler`), else it is refused; `split_loader=True` vouches for one split otherwise (a
+    dataset sharded by rank), whose tallies are then merged.
+
     The model is left exactly as it was (weights, train/eval mode, requires_grad, the global RNG); the same model,
     data and settings give the same numbers.
     """
     settings = settings or RobustnessSettings()
     say = progress or (lambda message: None)
     attacks, sweep = attack_registry(model, settings), sweep_attacks(settings)
-    loader, share = _batches(data, settings, num_workers)
+    loader, share = _batches(data, settings, num_workers, split_loader)
     batches = iter(loader)
     first = next(batches, None)
     identity = {}
@@ -149,17 +154,20 @@ def _resume_identity(model, settings, loader, share: Share, first: dict | None, 
     return {**model_identity(model), "data": data, "settings": asdict(settings), **(extra or {})}
 
 
-def _batches(data, settings: RobustnessSettings, num_workers: int) -> tuple[Iterable, Share]:
+def _batches(
+    data, settings: RobustnessSettings, num_workers: int, split_loader: bool = False
+) -> tuple[Iterable, Share]:
     """(this process's batches of {"pixel_values", "labels"}, its share of the batches) from tensors, a Dataset or a
     DataLoader (a DataLoader is taken as it is; under several processes it must already give each its own part)."""
     if isinstance(data, DataLoader):
         share = batch_share(len(data) if hasattr(data, "__len__") else 0, split=False)
-        if share.processes > 1 and not _split_among_processes(data):
+        if share.processes > 1 and not (split_loader or _split_among_processes(data)):
             raise ValueError(
                 f"evaluate_robustness got a DataLoader that is not split among the {share.processes} processes (no "
                 "DistributedSampler, not prepared by Accelerate): every process would evaluate every batch and the "
                 f"report would count each image {share.processes} times. Pass the dataset itself (the report splits "
-                "its batches among the processes) or the loader from accelerator.prepare(loader)."
+                "its batches among the processes) or the loader from accelerator.prepare(loader); if each process's "
+                "loader already reads its own images (e.g. a dataset sharded by rank), pass split_loader=True."
             )
         return data, share
     if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], torch.Tensor):
@@ -181,13 +189,20 @@ def _split_among_processes(loader: DataLoader) -> bool:
     from accelerate.data_loader import BatchSamplerShard, DataLoaderDispatcher, IterableDatasetShard
     from torch.utils.data.distributed import DistributedSampler
 
-    batch_sampler = getattr(loader, "batch_sampler", None)
-    samplers = (loader.sampler, batch_sampler, getattr(batch_sampler, "sampler", None))
-    return (
-        isinstance(loader, DataLoaderDispatcher)
-        or isinstance(loader.dataset, IterableDatasetShard)
-        or any(isinstance(sampler, (BatchSamplerShard, DistributedSampler)) for sampler in samplers)
-    )
+    if isinstance(loader, DataLoaderDispatcher) or isinstance(loader.dataset, IterableDatasetShard):
+        return True
+    # samplers wrap samplers (a resumed loader's SkipBatchSampler around a BatchSamplerShard, a BatchSampler around
+    # a DistributedSampler): follow them down
+    pending, seen = [getattr(loader, "batch_sampler", None), getattr(loader, "sampler", None)], set()
+    while pending:
+        sampler = pending.pop()
+        if sampler is None or id(sampler) in seen:
+            continue
+        if isinstance(sampler, (BatchSamplerShard, DistributedSampler)):
+            return True
+        seen.add(id(sampler))
+        pending += [getattr(sampler, "batch_sampler", None), getattr(sampler, "sampler", None)]
+    return False
 
 
 def _image_range(share: Share, batch_size: int, data) -> range:
