@@ -102,7 +102,16 @@ def files_as_they_are(paths: list[str]) -> DataFilesList:
     is; it carries what `datasets` itself records of a local file (its modification time), so its cache is keyed
     as before."""
     paths = [os.path.abspath(path) for path in paths]
-    return DataFilesList(paths, [(str(os.stat(path).st_mtime),) for path in paths])
+    times = []
+    for path in paths:
+        try:
+            times.append((str(os.stat(path).st_mtime),))
+        except OSError as error:
+            raise ValueError(
+                f"{path} cannot be read ({error.strerror}): a broken link, or a file removed while the folder was "
+                "read; remove it or restore what it points to."
+            ) from None
+    return DataFilesList(paths, times)
 
 
 def check_metadata_files(files: list[str], argument: str) -> None:

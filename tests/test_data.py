@@ -278,6 +278,9 @@ def test_image_folder_files_go_to_datasets_as_files_not_patterns(tmp_path, monke
     monkeypatch.setattr(datasets.data_files, "resolve_pattern", no_search)
     dataset = load_image_dataset(train_dir=str(tmp_path / "run[1]"), test_fraction=0.5)
     assert len(dataset["train"]) + len(dataset["test"]) == len(paths)
+    (tmp_path / "run[1]" / "cat" / "gone.png").symlink_to(tmp_path / "nowhere.png")  # a broken link is named
+    with pytest.raises(ValueError, match=r"gone.png cannot be read \(No such file or directory\): a broken link"):
+        load_image_dataset(train_dir=str(tmp_path / "run[1]"), test_fraction=0.5)
 
 
 def test_a_training_split_without_augmentation_is_prepared_once_and_gives_the_lazy_batches(caplog):
