@@ -5,8 +5,7 @@ Every path ends the same way: a `DatasetDict` with a `"train"` and a `"test"` sp
 processor (`MimirImageProcessor`): the one preprocessing path of training, evaluation and `pipeline()`. A training
 split without augmentation gives the same tensors every epoch, so a run in one process without DataLoader workers
 computes up to `PREPARED_MEMORY_LIMIT` bytes of them once through that transform and holds them in memory
-(`prepared_in_memory`). Batches are stacked by
-`transformers.default_data_collator`.
+(`prepared_in_memory`). Batches are stacked by `transformers.default_data_collator`.
 """
 
 from __future__ import annotations
@@ -175,8 +174,8 @@ def check_metadata_in_every_split(data_files: dict[str, list[str]], train_dir: s
     if all(metadata.values()) or not any(metadata.values()):
         return
     with_it, without = ("train", "test") if metadata["train"] else ("test", "train")
-    names = {"train": ("--train_dir", train_dir), "test": ("--validation_dir", validation_dir)}
-    (has, _), (lacks, folder) = names[with_it], names[without]
+    flags, folders = {"train": "--train_dir", "test": "--validation_dir"}, {"train": train_dir, "test": validation_dir}
+    has, lacks, folder = flags[with_it], flags[without], folders[without]
     raise ValueError(
         f"{has} has a metadata file ({metadata[with_it][0]}) and {lacks}={folder!r} has none: imagefolder would read "
         f"both splits' images and labels from metadata files and find none for {lacks}. Give {folder} a "

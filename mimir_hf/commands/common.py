@@ -532,15 +532,15 @@ class Data:
             for part in (self.train, self.test)
         )  # fmt: skip
         if train is not None and augmentation is None and prepare_train:
-
-            def announce(images: int, size: int) -> None:
-                logger.info(
-                    f"The {images} training images are decoded and processed once and held in memory "
-                    f"({size / 2**20:.1f} MiB): without augmentation every epoch reads the same tensors."
-                )
-
-            train = prepared_in_memory(train, announce=announce) or train
+            train = prepared_in_memory(train, announce=_announce_prepared) or train
         return train, test
+
+
+def _announce_prepared(images: int, size: int) -> None:
+    logger.info(
+        f"The {images} training images are decoded and processed once and held in memory ({size / 2**20:.1f} MiB): "
+        "without augmentation every epoch reads the same tensors."
+    )
 
 
 def class_index_labels(dataset: DatasetDict, label_column: str) -> DatasetDict:
@@ -564,30 +564,31 @@ def class_index_labels(dataset: DatasetDict, label_column: str) -> DatasetDict:
             dataset[split] = part.cast_column(label_column, datasets.Value("int64"))
     named = [split for split, part in dataset.items() if getattr(part.features[label_column], "dtype", "") in
              ("string", "large_string")]  # fmt: skip
-    if named:
-        for split in named:
-            missing = dataset[split][label_column].count(None)
-            if missing:
-                raise ValueError(
-                    f"The {split} split has {missing} image(s) without a label in {label_column!r}; give every image "
-                    "its class."
-                )
-        reference = "train" if "train" in named else named[0]
-        # "2" before "10" when every name is a number
-        names = sorted(set(dataset[reference][label_column]), key=lambda name: (0, int(name), name)
-                       if name.isdecimal() else (1, 0, name))  # fmt: skip
-        for split in named:
-            unknown = sorted(set(dataset[split][label_column]) - set(names))
-            if unknown:
-                raise ValueError(
-                    f"The {split} split's labels {unknown[:5]} are not among the {reference} split's classes "
-                    f"{names[:10]}; every split must use the {reference} split's class names in {label_column!r}."
-                )
-            dataset[split] = dataset[split].cast_column(label_column, ClassLabel(names=names))
-        logger.info(
-            f"The labels in {label_column!r} are class names: read as {len(names)} classes in sorted order "
-            f"({', '.join(names[:10])}{', ...' if len(names) > 10 else ''})."
-        )
+    if not named:
+        return dataset
+    for split in named:
+        missing = dataset[split][label_column].count(None)
+        if missing:
+            raise ValueError(
+                f"The {split} split has {missing} image(s) without a label in {label_column!r}; give every image its "
+                "class."
+            )
+    reference = "train" if "train" in named else named[0]
+    # "2" before "10" when every name is a number
+    names = sorted(set(dataset[reference][label_column]), key=lambda name: (0, int(name), name)
+                   if name.isdecimal() else (1, 0, name))  # fmt: skip
+    for split in named:
+        unknown = sorted(set(dataset[split][label_column]) - set(names))
+        if unknown:
+            raise ValueError(
+                f"The {split} split's labels {unknown[:5]} are not among the {reference} split's classes "
+                f"{names[:10]}; every split must use the {reference} split's class names in {label_column!r}."
+            )
+        dataset[split] = dataset[split].cast_column(label_column, ClassLabel(names=names))
+    logger.info(
+        f"The labels in {label_column!r} are class names: read as {len(names)} classes in sorted order "
+        f"({', '.join(names[:10])}{', ...' if len(names) > 10 else ''})."
+    )
     return dataset
 
 
